@@ -1,0 +1,86 @@
+"""The one exception family of sse-sidecar.
+
+Third-party errors (aiohttp, websockets, redis) are translated into these at
+the boundary where they happen, so the proxy only ever reasons about ours.
+Each stream-ending error knows the terminal ``error`` code the client sees
+(DESIGN.md, "The normalised stream").
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SidecarError(Exception):
+    """Base of every error sse-sidecar raises on purpose."""
+
+    #: The ``code`` of the terminal ``error`` event this error ends a stream with.
+    code: ClassVar[str] = "internal"
+
+
+class ConfigError(SidecarError):
+    """The configuration is invalid; the message names the key and the value."""
+
+    code = "config"
+
+
+class ProtocolError(SidecarError):
+    """The upstream sent bytes that are not a valid event stream."""
+
+    code = "upstream_protocol"
+    #: Bounded label for metrics: which rule the bytes broke.
+    kind: ClassVar[str] = "malformed"
+
+
+class InvalidUTF8(ProtocolError):
+    kind = "invalid_utf8"
+
+
+class LineTooLong(ProtocolError):
+    kind = "line_too_long"
+
+
+class EventTooLarge(ProtocolError):
+    kind = "event_too_large"
+
+
+class TruncatedEvent(ProtocolError):
+    kind = "truncated_event"
+
+
+class UpstreamError(SidecarError):
+    """The upstream could not be reached or failed while streaming."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamDisconnected(UpstreamError):
+    code = "upstream_disconnected"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+
+
+class UpstreamStatus(UpstreamError):
+    """The upstream answered with an error status after the stream had begun."""
+
+    code = "upstream_status"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClientGone(SidecarError):
+    """The client's connection closed; nothing more can be written to it."""
+
+    code = "client_disconnected"
+
+
+class SlowClient(ClientGone):
+    """The client did not take one write within ``limits.write_timeout``."""
+
+    code = "slow_client"

@@ -1,0 +1,404 @@
+"""Typed, frozen configuration and its loader.
+
+Strategy: the YAML file is read into plain data, environment overrides are
+merged in, and :func:`build` walks the dataclasses below by their type hints,
+so every key is checked against one declaration and every error names the
+key path and the bad value. Loading has no side effects.
+
+Durations accept ``ms``, ``s``, ``m``, ``h`` (``15s``, ``1h``, ``250ms``) or a
+number of seconds; sizes accept ``B``, ``KiB``, ``MiB``, ``GiB``, ``KB``, ``MB``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+from yarl import URL
+
+from sidecar.errors import ConfigError
+
+ENV_PREFIX = "SSE_SIDECAR_"
+
+
+class _Unit:
+    """Marks a field whose value may carry a unit (duration or size)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+Duration = Annotated[float, _Unit("duration")]
+Size = Annotated[int, _Unit("size")]
+
+CommentMode = Literal["convert", "pass", "drop"]
+SessionPolicy = Literal["replace", "reject"]
+BackendKind = Literal["memory", "redis"]
+LogFormat = Literal["auto", "json", "console"]
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class Admin:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    #: Bearer token required on every admin path but /healthz; None: open.
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    kind: BackendKind = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    #: Write a keepalive after this long without any write; 0 turns heartbeats off.
+    interval: Duration = 15.0
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """The form of the keepalive event (converted comments and heartbeats)."""
+
+    event: str = "keepalive"
+    data: str = '{"type":"keepalive"}'
+
+
+@dataclass(frozen=True)
+class Terminal:
+    #: Event types that end a stream (the upstream's own terminal event).
+    events: tuple[str, ...] = ("done", "final")
+    #: Data payloads that end a stream, compared after stripping whitespace.
+    data: tuple[str, ...] = ("[DONE]",)
+
+
+@dataclass(frozen=True)
+class Session:
+    #: Where the key is read: header:NAME, cookie:NAME, query:NAME or path:INDEX.
+    from_: str = "header:X-Session-Key"
+    policy: SessionPolicy = "replace"
+    required: bool = False
+    pattern: str = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+@dataclass(frozen=True)
+class Resume:
+    enabled: bool = False
+    grace: Duration = 30.0
+    buffer_events: int = 1000
+    buffer_bytes: Size = 4 * 1024 * 1024
+    retention: Duration = 300.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_event_bytes: Size = 1024 * 1024
+    max_line_bytes: Size = 1024 * 1024
+    max_body_bytes: Size = 1024 * 1024
+    #: Largest non-SSE upstream response passed through to the client.
+    max_passthrough_bytes: Size = 1024 * 1024
+    connect_timeout: Duration = 10.0
+    #: No byte at all from the upstream for this long ends the stream.
+    idle_timeout: Duration = 300.0
+    max_duration: Duration = 3600.0
+    #: A client that takes longer than this to accept one write is cut off.
+    write_timeout: Duration = 30.0
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What the sidecar writes of its own at the start of every stream."""
+
+    #: ``retry:`` (milliseconds) sent first, so browsers reconnect at this pace.
+    retry: Duration | None = None
+    #: An opening event written as soon as the headers are out (null: none).
+    open_event: str | None = None
+    #: How long to wait for the upstream's status line before committing to a
+    #: 200 stream. Within it an error status is passed through as it is; after
+    #: it, headers are out and a late error status becomes error/upstream_status.
+    commit_after: Duration = 1.0
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    path: str
+    upstream: str
+    methods: tuple[str, ...] = ("GET", "POST")
+    comments: CommentMode = "convert"
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    keepalive: Keepalive = field(default_factory=Keepalive)
+    terminal: Terminal = field(default_factory=Terminal)
+    session: Session = field(default_factory=Session)
+    resume: Resume = field(default_factory=Resume)
+    limits: Limits = field(default_factory=Limits)
+    stream: Stream = field(default_factory=Stream)
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: str = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    routes: tuple[Route, ...]
+    listen: Listen = field(default_factory=Listen)
+    admin: Admin = field(default_factory=Admin)
+    workers: int = 1
+    backend: Backend = field(default_factory=Backend)
+    logging: Logging = field(default_factory=Logging)
+    #: Streams open at once across all routes; the next one gets a 503.
+    max_streams: int = 20000
+    #: On SIGTERM, how long running streams may go on before error/shutdown.
+    drain_timeout: Duration = 10.0
+    #: The ``retry:`` (milliseconds) sent with error/shutdown.
+    shutdown_retry: Duration = 1.0
+
+
+# --- parsing of values -------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
+}  # fmt: skip
+
+
+def parse_duration(value: object, key: str = "value") -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like 15s, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(f"{key}: a duration cannot be negative, got {value!r}")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"{key}: expected a duration like 250ms, 15s, 5m or 1h, got {value!r}")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
+def parse_size(value: object, key: str = "value") -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size like 1MiB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key}: a size cannot be negative, got {value!r}")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"{key}: expected a size like 64KiB or 1MiB, got {value!r}")
+    return int(match[1]) * _SIZE_UNITS[match[2]]
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *marks = get_args(tp)
+        unit = next((m for m in marks if isinstance(m, _Unit)), None)
+        if unit is not None:
+            return parse_duration(value, key) if unit.kind == "duration" else parse_size(value, key)
+        return _convert(base, value, key)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = (o for o in options if o is not type(None))
+        return _convert(inner, value, key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            allowed = ", ".join(map(str, get_args(tp)))
+            raise ConfigError(f"{key}: must be one of {allowed}, got {value!r}")
+        return value
+    if origin is tuple:
+        (inner, _) = get_args(tp)
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug here, not the user's
+
+
+def build(cls: Any, data: Any, key: str = "") -> Any:
+    """Build dataclass ``cls`` from mappings, naming ``key.path`` in every error."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls, include_extras=True)
+    fields = {f.name.rstrip("_"): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        where = f"{key}." if key else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        path = f"{key}.{name}" if key else name
+        if name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[name], path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path}: required key is missing")
+    return cls(**kwargs)
+
+
+# --- environment overrides -------------------------------------------------------
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Merge ``SSE_SIDECAR_A__B__C=value`` into ``data['a']['b']['c']``.
+
+    ``__`` separates levels (keys themselves contain ``_``); a route is named
+    by its ``name`` or its index: ``SSE_SIDECAR_ROUTES__CHAT__UPSTREAM``.
+    Values are read as YAML scalars, so ``8081``, ``true`` and ``15s`` work.
+    """
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        try:
+            value = yaml.safe_load(environ[var])
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{var}: not a valid value: {exc}") from None
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                node = _route_by_name_or_index(node, part, var)
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = [] if part == "routes" and i == 0 else {}
+                    node[part] = child
+                node = child
+        if isinstance(node, list) or not isinstance(node, dict):
+            raise ConfigError(f"{var}: does not name a configuration key")
+        node[path[-1]] = value
+    return data
+
+
+def _route_by_name_or_index(routes: list[Any], part: str, var: str) -> Any:
+    for route in routes:
+        if isinstance(route, dict) and str(route.get("name", "")).lower() == part:
+            return route
+    if part.isdigit() and int(part) < len(routes):
+        return routes[int(part)]
+    raise ConfigError(f"{var}: no route named or numbered {part!r}")
+
+
+# --- whole-config checks -----------------------------------------------------------
+
+_SESSION_SOURCE = re.compile(r"^(header|cookie|query):[!#$%&'*+.^_`|~0-9A-Za-z-]+$|^path:\d+$")
+
+
+def validate(config: Config) -> Config:
+    """Checks that span several keys; raises ConfigError naming the key."""
+    if not config.routes:
+        raise ConfigError("routes: at least one route is required")
+    names: set[str] = set()
+    paths: set[str] = set()
+    for i, route in enumerate(config.routes):
+        key = f"routes[{i}]"
+        if route.name in names:
+            raise ConfigError(f"{key}.name: duplicate route name {route.name!r}")
+        names.add(route.name)
+        if not route.path.startswith("/") or route.path.rstrip("/") in paths:
+            raise ConfigError(f"{key}.path: must start with / and be unique, got {route.path!r}")
+        paths.add(route.path.rstrip("/"))
+        _validate_route(route, key)
+    for name in ("listen", "admin"):
+        port = getattr(config, name).port
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name}.port: must be 0..65535, got {port}")
+    if config.workers < 1:
+        raise ConfigError(f"workers: must be at least 1, got {config.workers}")
+    if config.max_streams < 1:
+        raise ConfigError(f"max_streams: must be at least 1, got {config.max_streams}")
+    return config
+
+
+def _validate_route(route: Route, key: str) -> None:
+    url = URL(route.upstream)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(
+            f"{key}.upstream: must be an absolute http:// or https:// URL, got {route.upstream!r}"
+        )
+    if url.query_string or url.fragment:
+        raise ConfigError(f"{key}.upstream: must not carry a query or fragment")
+    bad = [m for m in route.methods if m not in ("GET", "POST")]
+    if bad:
+        raise ConfigError(f"{key}.methods: only GET and POST are streamed, got {bad[0]!r}")
+    if not _SESSION_SOURCE.match(route.session.from_):
+        raise ConfigError(
+            f"{key}.session.from: expected header:NAME, cookie:NAME, query:NAME or path:N, "
+            f"got {route.session.from_!r}"
+        )
+    try:
+        re.compile(route.session.pattern)
+    except re.error as exc:
+        raise ConfigError(f"{key}.session.pattern: not a valid regular expression: {exc}") from None
+    limits = route.limits
+    for name in ("max_event_bytes", "max_line_bytes", "idle_timeout", "max_duration"):
+        if getattr(limits, name) <= 0:
+            raise ConfigError(f"{key}.limits.{name}: must be greater than 0")
+    if route.resume.enabled and route.resume.buffer_events < 1:
+        raise ConfigError(f"{key}.resume.buffer_events: must be at least 1 when resume is on")
+
+
+# --- entry points ----------------------------------------------------------------
+
+
+def from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {data!r}")
+    if environ is not None:
+        data = apply_env(data, environ)
+    config: Config = build(Config, data)
+    return validate(config)
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from ``environ`` (default: none) and validate one YAML file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return from_mapping(data, os.environ if environ is None else environ)

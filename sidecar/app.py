@@ -1,0 +1,112 @@
+"""Build the aiohttp applications and run them: the stream server and the admin server.
+
+:class:`Sidecar` is what the CLI runs and what the integration tests start,
+so tests exercise the same start-up, drain and shutdown code as production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from sidecar.config import Config
+from sidecar.context import CONTEXT, Context
+from sidecar.metrics import Metrics, admin_app
+from sidecar.proxy import RouteProxy
+from sidecar.upstream.http import client_session
+
+
+def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
+    """The stream server: one handler per configured route, nothing else is proxied."""
+    ctx = Context(config=config, metrics=metrics or Metrics())
+    app = web.Application()
+    app[CONTEXT] = ctx
+    for route in config.routes:
+        proxy = RouteProxy(route, ctx)
+        app.router.add_route("*", proxy.pattern(), proxy.handle)
+    app.cleanup_ctx.append(_upstream_client)
+    return app
+
+
+async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CONTEXT]
+    ctx.session = client_session()
+    yield
+    await ctx.session.close()
+    ctx.session = None
+
+
+class Sidecar:
+    """A running sidecar: stream and admin servers, with drain on shutdown."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.app = create_app(config)
+        self.ctx = self.app[CONTEXT]
+        self._runner = web.AppRunner(
+            self.app,
+            # Cancel a stream's handler the moment its client disconnects, so
+            # the upstream request is closed at once (DESIGN.md, "Upstreams").
+            handler_cancellation=True,
+            access_log=None,
+        )
+        admin = config.admin
+        self._admin_runner = web.AppRunner(
+            admin_app(self.ctx.metrics, self.ctx.ready, admin.token), access_log=None
+        )
+        self.port = config.listen.port
+        self.admin_port = admin.port
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen; ``sock`` is a pre-bound socket (worker processes share one port)."""
+        await self._runner.setup()
+        await self._admin_runner.setup()
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(self._runner, sock)
+        else:
+            site = web.TCPSite(
+                self._runner, self.config.listen.host, self.config.listen.port, backlog=1024
+            )
+        await site.start()
+        self.port = _bound_port(site)
+        admin_site = web.TCPSite(self._admin_runner, self.config.admin.host, self.config.admin.port)
+        await admin_site.start()
+        self.admin_port = _bound_port(admin_site)
+
+    async def drain(self) -> None:
+        """Refuse new streams, let running ones finish, then end them with error/shutdown."""
+        ctx = self.ctx
+        ctx.draining = True
+        ctx.metrics.draining.set(1)
+        # No stream starts while draining, so waiting on today's set suffices.
+        running = [h.task for h in ctx.streams]
+        if running:
+            await asyncio.wait(running, timeout=self.config.drain_timeout)
+        for handle in list(ctx.streams):
+            handle.stop("shutdown")
+        tasks = [h.task for h in ctx.streams]
+        if tasks:
+            # Each stream writes its terminal event and ends; bounded by the
+            # write timeout of a client that does not read.
+            await asyncio.wait(tasks, timeout=2.0)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+        await self._admin_runner.cleanup()
+
+    async def shutdown(self) -> None:
+        await self.drain()
+        await self.stop()
+
+
+def _bound_port(site: web.BaseSite) -> int:
+    server = site._server  # aiohttp exposes the bound socket nowhere else
+    sockets = getattr(server, "sockets", None)
+    if not sockets:
+        raise RuntimeError("site is not listening")
+    port: int = sockets[0].getsockname()[1]
+    return port

@@ -1,0 +1,94 @@
+"""Which headers cross the proxy, in each direction (pure; RFC 9110 §7.6.1).
+
+Hop-by-hop headers, and every header the ``Connection`` header names, belong
+to one connection and are never forwarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+#: Request headers the sidecar sets itself for the upstream.
+_REQUEST_OWN = frozenset({"host", "content-length", "accept-encoding", "expect"})
+
+#: Response headers the sidecar sets itself on a stream it normalises.
+STREAM_OWN = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "cache-control",
+        "x-accel-buffering",
+        "etag",
+        "last-modified",
+    }
+)
+
+#: What every normalised stream is sent with (DESIGN.md, "The normalised stream").
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+def _connection_listed(headers: Headers) -> set[str]:
+    listed: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        listed.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return listed
+
+
+def strip(headers: Headers, also: Iterable[str] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers, Connection-listed ones and ``also``."""
+    drop = HOP_BY_HOP | _connection_listed(headers) | frozenset(also)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def upstream_request(
+    headers: Headers, *, peer: str | None, scheme: str, host: str | None, request_id: str
+) -> CIMultiDict[str]:
+    """Headers for the upstream request made on behalf of a client request."""
+    out = strip(headers, _REQUEST_OWN)
+    # The stream must come uncompressed: a compressed stream is buffered by
+    # the compressor and arrives as one late blob (DESIGN.md failure 7).
+    out["Accept-Encoding"] = "identity"
+    if peer:
+        prior = ", ".join(headers.getall("X-Forwarded-For", ()))
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    # Behind nginx these already name the original client side; keep them.
+    out.setdefault("X-Forwarded-Proto", scheme)
+    if host:
+        out.setdefault("X-Forwarded-Host", host)
+    out["X-Request-ID"] = request_id
+    return out
+
+
+def passthrough_response(headers: Headers) -> CIMultiDict[str]:
+    """Headers of an upstream response passed through unchanged (body re-framed by us)."""
+    return strip(headers, ("content-length", "content-encoding"))
+
+
+def stream_response(headers: Headers | None) -> CIMultiDict[str]:
+    """Headers of a normalised stream: the upstream's safe ones, then ours."""
+    out = strip(headers, STREAM_OWN) if headers is not None else CIMultiDict[str]()
+    out.update(STREAM_HEADERS)
+    return out

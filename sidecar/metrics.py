@@ -1,0 +1,195 @@
+"""Prometheus metrics (one registry per app, never the global one) and the admin server.
+
+Labels are bounded: route names, outcomes, kinds and reasons from fixed sets.
+Never a session key, a path with ids or a client address.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from sidecar import __version__
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_SILENCE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
+
+#: Every outcome a stream can end with (the ``outcome`` label).
+OUTCOMES = (
+    "completed",  # the upstream's own terminal event
+    "upstream_closed",  # clean upstream end without one: event end
+    "client_disconnected",
+    "slow_client",
+    "upstream_status",
+    "upstream_unreachable",
+    "upstream_disconnected",
+    "upstream_timeout",
+    "upstream_protocol",
+    "replaced",
+    "shutdown",
+    "resume_gap",
+    "passthrough",  # non-SSE or error response passed through unchanged
+)
+
+
+class Metrics:
+    """All metric objects of one sidecar process, on their own registry."""
+
+    def __init__(self) -> None:
+        # The *_created series double the output for no dashboard's benefit;
+        # the switch is process-wide in prometheus-client, and idempotent.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        p = "sse_sidecar_"
+        self.active_streams = Gauge(
+            p + "active_streams", "Streams open right now", ["route"], registry=r
+        )
+        self.streams = Counter(
+            p + "streams", "Streams ended, by outcome", ["route", "outcome"], registry=r
+        )
+        self.events = Counter(
+            p + "events",
+            "Events written to clients, by kind "
+            "(forwarded, comment_converted, comment_passed, comment_dropped, heartbeat, "
+            "terminal_synthesized, opening, replayed)",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.bytes_in = Counter(p + "upstream_bytes", "Bytes read from upstreams", ["route"],
+                                registry=r)  # fmt: skip
+        self.bytes_out = Counter(p + "client_bytes", "Bytes written to clients", ["route"],
+                                 registry=r)  # fmt: skip
+        self.ttfb = Histogram(
+            p + "upstream_ttfb_seconds",
+            "Time from request to the upstream's first body byte",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            p + "stream_duration_seconds", "Stream duration", ["route"],
+            buckets=_DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.max_silence = Histogram(
+            p + "upstream_max_silence_seconds",
+            "Longest upstream silence in each stream: the heartbeat interval must be below "
+            "what every proxy on the path tolerates",
+            ["route"],
+            buckets=_SILENCE_BUCKETS,
+            registry=r,
+        )
+        self.protocol_errors = Counter(
+            p + "upstream_protocol_errors",
+            "Malformed upstream streams, by rule broken",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            p + "rejected_requests",
+            "Requests refused before a stream started, by reason",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.passthrough = Counter(
+            p + "passthrough_responses",
+            "Upstream responses passed through unchanged (error status or not an event stream)",
+            ["route", "status_class"],
+            registry=r,
+        )
+        self.slow_clients = Counter(
+            p + "slow_client_disconnects",
+            "Clients cut off because one write took longer than limits.write_timeout",
+            ["route"],
+            registry=r,
+        )
+        self.session_conflicts = Counter(
+            p + "session_conflicts",
+            "Requests for a session that already had a live stream, by policy",
+            ["route", "policy"],
+            registry=r,
+        )
+        self.resume = Counter(
+            p + "resume", "Reconnects with Last-Event-ID, by result", ["route", "result"],
+            registry=r,
+        )  # fmt: skip
+        self.upstream_after_client = Histogram(
+            p + "upstream_after_client_gone_seconds",
+            "Seconds the upstream request stayed open after the client had gone",
+            ["route"],
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            p + "backend_up", "1 when the session/replay backend answers", ["backend"], registry=r
+        )
+        self.draining = Gauge(p + "draining", "1 while the process drains for shutdown",
+                              registry=r)  # fmt: skip
+        Info(p + "build", "Build information", registry=r).info({"version": __version__})
+
+    def init_route(self, route: str) -> None:
+        """Create every labelled child at 0 so rates and dashboards work from the start."""
+        self.active_streams.labels(route)
+        for outcome in OUTCOMES:
+            self.streams.labels(route, outcome)
+        for kind in ("forwarded", "comment_converted", "heartbeat", "terminal_synthesized"):
+            self.events.labels(route, kind)
+        self.bytes_in.labels(route)
+        self.bytes_out.labels(route)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# --- admin server ----------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def admin_app(
+    metrics: Metrics, ready: Callable[[], tuple[bool, str]], token: str | None
+) -> web.Application:
+    """``/metrics``, ``/healthz`` (alive) and ``/readyz`` (taking new streams)."""
+
+    async def healthz(_: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.StreamResponse:
+        ok, why = ready()
+        return web.Response(text=why + "\n", status=200 if ok else 503)
+
+    async def metrics_view(_: web.Request) -> web.StreamResponse:
+        resp = web.Response(body=metrics.render())
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    @web.middleware
+    async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # /healthz stays open so liveness probes need no secret.
+        if token is not None and request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return web.json_response(
+                    {"error": {"code": "unauthorized", "message": "bearer token required"}},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    app = web.Application(middlewares=[bearer])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    return app

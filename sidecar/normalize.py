@@ -1,0 +1,120 @@
+"""What the client is sent: pure decisions for each upstream item, heartbeats and endings.
+
+The proxy feeds decoded items in and writes what comes out; no clock and no
+socket here, so every rule of DESIGN.md's "normalised stream" is testable
+without a server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sidecar.config import CommentMode, Keepalive, Terminal
+from sidecar.sse import Comment, Event, Item, encode_comment, encode_event
+
+#: Codes of the terminal ``error`` event the sidecar writes itself (DESIGN.md).
+ERROR_CODES = frozenset(
+    {
+        "upstream_status",
+        "upstream_unreachable",
+        "upstream_disconnected",
+        "upstream_timeout",
+        "upstream_protocol",
+        "replaced",
+        "shutdown",
+        "resume_gap",
+    }
+)
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one chunk of upstream items turns into."""
+
+    data: bytes = b""
+    forwarded: int = 0
+    comments_converted: int = 0
+    comments_passed: int = 0
+    comments_dropped: int = 0
+    #: True when the chunk held the upstream's terminal event; nothing after it is kept.
+    terminal: bool = False
+
+
+class Normalizer:
+    """Per-route rules, shared by every stream of the route (it holds no stream state)."""
+
+    __slots__ = ("_comments", "_terminal_data", "_terminal_events", "keepalive")
+
+    def __init__(self, comments: CommentMode, keepalive: Keepalive, terminal: Terminal) -> None:
+        self._comments = comments
+        self._terminal_events = frozenset(terminal.events)
+        self._terminal_data = frozenset(terminal.data)
+        #: The keepalive event, encoded once: converted comments and heartbeats.
+        self.keepalive = encode_event(keepalive.data, keepalive.event)
+
+    def is_terminal(self, event: Event) -> bool:
+        if event.event is not None and event.event in self._terminal_events:
+            return True
+        return event.data is not None and event.data.strip() in self._terminal_data
+
+    def batch(self, items: list[Item]) -> Batch:
+        """Encode a chunk's items for the client, stopping after a terminal event."""
+        out: list[bytes] = []
+        batch = Batch()
+        for item in items:
+            if isinstance(item, Comment):
+                if self._comments == "convert":
+                    # Consecutive comments in one read become one keepalive:
+                    # they say the same thing and the client need not see each.
+                    if not out or out[-1] is not self.keepalive:
+                        out.append(self.keepalive)
+                    batch.comments_converted += 1
+                elif self._comments == "pass":
+                    out.append(encode_comment(item.text))
+                    batch.comments_passed += 1
+                else:
+                    batch.comments_dropped += 1
+                continue
+            out.append(encode_event(item.data, item.event, item.id, item.retry))
+            batch.forwarded += 1
+            if self.is_terminal(item):
+                batch.terminal = True
+                break
+        batch.data = b"".join(out)
+        return batch
+
+
+def heartbeat_due(now: float, last_write: float, interval: float) -> bool:
+    """A heartbeat is due when nothing was written for ``interval`` (0: never)."""
+    return interval > 0 and now - last_write >= interval
+
+
+def error_event(
+    code: str, message: str, *, partial: bool, retry_ms: int | None = None, **extra: object
+) -> bytes:
+    """The terminal ``error`` event the sidecar writes when a stream cannot end normally.
+
+    ``partial`` tells the client whether it already got part of the answer, so
+    a truncated answer never looks complete.
+    """
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown terminal error code {code!r}")
+    payload = {"type": "error", "code": code, "message": message, "partial": partial, **extra}
+    return encode_event(json.dumps(payload, separators=(",", ":")), "error", retry=retry_ms)
+
+
+def end_event(*, partial: bool) -> bytes:
+    """``event: end``: the upstream closed cleanly without a terminal event."""
+    payload = {"type": "end", "reason": "upstream_closed", "partial": partial}
+    return encode_event(json.dumps(payload, separators=(",", ":")), "end")
+
+
+def opening(retry_ms: int | None, open_event: str | None) -> bytes:
+    """What goes out right after the headers: an optional ``retry:`` and opening event."""
+    out = b""
+    if retry_ms is not None:
+        out += f"retry: {retry_ms}\n\n".encode()
+    if open_event:
+        out += encode_event(json.dumps({"type": open_event}, separators=(",", ":")), open_event)
+    return out

@@ -43,7 +43,7 @@ async def read_stream(
     method: str,
     url: str,
     *,
-    timeout: float = 10.0,
+    limit_s: float = 10.0,
     **kwargs: Any,
 ) -> Received:
     """Read a whole response; decode it as an event stream if it is one."""
@@ -52,7 +52,7 @@ async def read_stream(
     raw = bytearray()
     events: list[Event] = []
     times: list[float] = []
-    async with asyncio.timeout(timeout), http.request(method, url, **kwargs) as resp:
+    async with asyncio.timeout(limit_s), http.request(method, url, **kwargs) as resp:
         async for chunk in resp.content.iter_any():
             raw += chunk
             if resp.content_type == "text/event-stream":

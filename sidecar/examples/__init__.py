@@ -1,0 +1,1 @@
+"""Runnable examples that show what sse-sidecar does (start with ``producer``)."""

@@ -6,9 +6,10 @@ import asyncio
 import json
 import socket
 
+import aiohttp
 import pytest
 
-from tests.conftest import Script, make_config, sse
+from tests.conftest import Script, make_config
 from tests.integration.streams import read_stream
 
 DONE = b"event: done\ndata: [DONE]\n\n"
@@ -16,7 +17,7 @@ DONE = b"event: done\ndata: [DONE]\n\n"
 
 async def test_forwards_events_and_sets_stream_headers(upstream, start_sidecar):
     upstream.script = Script(
-        [b"event: token\nid: 7\ndata: {\"text\":\"Hi\"}\n\n", b"data: a\r\ndata: b\r\n\r\n", DONE],
+        [b'event: token\nid: 7\ndata: {"text":"Hi"}\n\n', b"data: a\r\ndata: b\r\n\r\n", DONE],
         headers={"X-Upstream": "yes", "Content-Length": "999", "Keep-Alive": "timeout=5"},
     )
     sc = await start_sidecar(make_config(upstream.url))
@@ -30,9 +31,7 @@ async def test_forwards_events_and_sets_stream_headers(upstream, start_sidecar):
     assert "Content-Length" not in got.headers
     assert "Content-Encoding" not in got.headers
     assert "Keep-Alive" not in got.headers
-    assert got.raw == (
-        b'event: token\nid: 7\ndata: {"text":"Hi"}\n\ndata: a\ndata: b\n\n' + DONE
-    )
+    assert got.raw == (b'event: token\nid: 7\ndata: {"text":"Hi"}\n\ndata: a\ndata: b\n\n' + DONE)
 
 
 async def test_forwards_path_query_body_and_safe_headers(upstream, start_sidecar):
@@ -129,14 +128,10 @@ async def test_custom_keepalive_and_data_sentinel_terminal(upstream, start_sidec
     assert got.raw == b"event: ping\ndata: {}\n\ndata: [DONE]\n\n"
 
 
-async def test_retry_and_opening_event_go_out_before_the_upstream_answers(
-    upstream, start_sidecar
-):
+async def test_retry_and_opening_event_go_out_before_the_upstream_answers(upstream, start_sidecar):
     upstream.script = Script([DONE], headers_delay=0.6)
     sc = await start_sidecar(
-        make_config(
-            upstream.url, stream={"retry": "2s", "open_event": "open", "commit_after": 0}
-        )
+        make_config(upstream.url, stream={"retry": "2s", "open_event": "open", "commit_after": 0})
     )
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -260,7 +255,9 @@ async def test_malformed_upstream_ends_with_protocol_error(upstream, start_sidec
     err = got.error()
     assert (err["code"], err["partial"]) == ("upstream_protocol", True)
     metrics = await sc.metrics()
-    assert f'sse_sidecar_upstream_protocol_errors_total{{kind="{kind}",route="test"}} 1.0' in metrics
+    assert (
+        f'sse_sidecar_upstream_protocol_errors_total{{kind="{kind}",route="test"}} 1.0' in metrics
+    )
 
 
 async def test_error_before_any_event_is_not_partial(upstream, start_sidecar):
@@ -294,17 +291,19 @@ async def test_150_concurrent_streams_all_get_their_first_event(upstream, start_
     sc = await start_sidecar(make_config(upstream.url))
     loop = asyncio.get_running_loop()
 
+    # The test client needs no pool cap either, or it would be what queues.
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
     async def first_event() -> float:
         t0 = loop.time()
-        async with sc.http.get(sc.url + "/s") as resp:
+        async with http.get(sc.url + "/s") as resp:
             assert await resp.content.readuntil(b"\n\n") == b"data: first\n\n"
             return loop.time() - t0
 
-    # The client needs no pool cap either, or it would be what queues.
-    sc.http.connector._limit = 0  # type: ignore[union-attr]
-    latencies = await asyncio.wait_for(
-        asyncio.gather(*(first_event() for _ in range(150))), 10.0
-    )
+    async with http:
+        latencies = await asyncio.wait_for(
+            asyncio.gather(*(first_event() for _ in range(150))), 10.0
+        )
     assert len(latencies) == 150
     assert max(latencies) < 3.0
 

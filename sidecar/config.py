@@ -227,6 +227,16 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             allowed = ", ".join(map(str, get_args(tp)))
             raise ConfigError(f"{key}: must be one of {allowed}, got {value!r}")
         return value
+    if tp is Any:
+        return value  # free-form (a JSON template); its user validates it
+    if origin is dict:
+        key_type, value_type = get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {
+            _convert(key_type, k, key): _convert(value_type, v, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if origin is tuple:
         (inner, _) = get_args(tp)
         if isinstance(value, str | bytes) or not isinstance(value, list | tuple):

@@ -64,6 +64,18 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class UpstreamRunFailed(UpstreamError):
+    """The producer itself reported that the run failed (a gateway's ``error`` state)."""
+
+    code = "upstream_error"
+
+
+class UpstreamAborted(UpstreamError):
+    """The producer reported the run as aborted (a gateway's ``aborted`` state)."""
+
+    code = "upstream_aborted"
+
+
 class UpstreamStatus(UpstreamError):
     """The upstream answered with an error status after the stream had begun."""
 

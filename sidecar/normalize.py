@@ -21,6 +21,8 @@ ERROR_CODES = frozenset(
         "upstream_disconnected",
         "upstream_timeout",
         "upstream_protocol",
+        "upstream_error",
+        "upstream_aborted",
         "replaced",
         "shutdown",
         "resume_gap",

@@ -16,12 +16,23 @@ from sidecar.config import Config
 from sidecar.context import CONTEXT, Context
 from sidecar.metrics import Metrics, admin_app
 from sidecar.proxy import RouteProxy
+from sidecar.sessions.base import SessionStore
+from sidecar.sessions.memory import MemorySessionStore
 from sidecar.upstream.http import client_session
+
+
+def session_store(config: Config) -> SessionStore:
+    if config.backend.kind == "redis":
+        from sidecar.sessions.redis import RedisSessionStore
+
+        backend = config.backend
+        return RedisSessionStore(backend.url, prefix=backend.prefix, lease=backend.lease)
+    return MemorySessionStore()
 
 
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
     """The stream server: one handler per configured route, nothing else is proxied."""
-    ctx = Context(config=config, metrics=metrics or Metrics())
+    ctx = Context(config=config, metrics=metrics or Metrics(), sessions=session_store(config))
     app = web.Application()
     app[CONTEXT] = ctx
     for route in config.routes:
@@ -34,7 +45,9 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
 async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CONTEXT]
     ctx.session = client_session()
+    await ctx.sessions.start()
     yield
+    await ctx.sessions.close()
     await ctx.session.close()
     ctx.session = None
 
@@ -52,6 +65,10 @@ class Sidecar:
             # the upstream request is closed at once (DESIGN.md, "Upstreams").
             handler_cancellation=True,
             access_log=None,
+            # Streams are ended by drain() before cleanup; what remains then
+            # is not worth holding the pod's grace period for.
+            shutdown_timeout=2.0,
+            keepalive_timeout=75.0,
         )
         admin = config.admin
         self._admin_runner = web.AppRunner(

@@ -42,6 +42,20 @@ OUTCOMES = (
     "shutdown",
     "resume_gap",
     "passthrough",  # non-SSE or error response passed through unchanged
+    "rejected",  # refused before streaming: session conflict, backend down
+)
+
+
+#: Every kind of event written to clients (the ``kind`` label of events_total).
+EVENT_KINDS = (
+    "forwarded",
+    "comment_converted",
+    "comment_passed",
+    "comment_dropped",
+    "heartbeat",
+    "terminal_synthesized",
+    "opening",
+    "replayed",
 )
 
 
@@ -144,10 +158,15 @@ class Metrics:
         self.active_streams.labels(route)
         for outcome in OUTCOMES:
             self.streams.labels(route, outcome)
-        for kind in ("forwarded", "comment_converted", "heartbeat", "terminal_synthesized"):
+        for kind in EVENT_KINDS:
             self.events.labels(route, kind)
+        for policy in ("replace", "reject"):
+            self.session_conflicts.labels(route, policy)
+        for result in ("hit", "gap", "miss"):
+            self.resume.labels(route, result)
         self.bytes_in.labels(route)
         self.bytes_out.labels(route)
+        self.slow_clients.labels(route)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -177,8 +196,8 @@ def admin_app(
 
     @web.middleware
     async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # /healthz stays open so liveness probes need no secret.
-        if token is not None and request.path != "/healthz":
+        # Probes need no secret: /healthz and /readyz say nothing sensitive.
+        if token is not None and request.path not in ("/healthz", "/readyz"):
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return web.json_response(

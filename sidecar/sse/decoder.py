@@ -24,7 +24,7 @@ Deliberate divergences from the spec, each for a proxy's sake:
 from __future__ import annotations
 
 from sidecar.errors import EventTooLarge, InvalidUTF8, LineTooLong, ProtocolError, TruncatedEvent
-from sidecar.sse.events import Comment, Event, Item
+from sidecar.sse.events import MAX_RETRY_MS, Comment, Event, Item
 
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
@@ -168,7 +168,9 @@ class Decoder:
         elif name == "retry":
             if not (value.isascii() and value.isdigit()):
                 return  # §9.2.6: retry must be ASCII digits only, else ignored
-            self._retry = int(value)
+            # Clamped: no reconnect delay needs more, and Python refuses
+            # int() of over 4300 digits.
+            self._retry = min(int(value), MAX_RETRY_MS) if len(value) <= 10 else MAX_RETRY_MS
         else:
             return  # unknown fields are ignored
         self._has_fields = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from sidecar.sse.events import Comment, Event, Item
+from sidecar.sse.events import MAX_RETRY_MS, Comment, Event, Item
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _NO_BREAKS = str.maketrans("", "", "\r\n")
@@ -34,7 +34,7 @@ def encode_event(
     if id is not None:
         lines.append("id: " + id.translate(_NO_BREAKS_OR_NUL))
     if retry is not None:
-        lines.append(f"retry: {max(int(retry), 0)}")
+        lines.append(f"retry: {min(max(int(retry), 0), MAX_RETRY_MS)}")
     if data is not None:
         if "\n" in data or "\r" in data:
             lines.extend("data: " + line for line in _LINE_BREAK.split(data))

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+#: The largest ``retry`` (ms, about 11.6 days) either side of the codec
+#: handles; larger values are clamped to it.
+MAX_RETRY_MS = 10**9
+
 
 class Event(NamedTuple):
     """One event block, as the WHATWG parser collects it between blank lines.

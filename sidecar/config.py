@@ -41,6 +41,7 @@ Size = Annotated[int, _Unit("size")]
 CommentMode = Literal["convert", "pass", "drop"]
 SessionPolicy = Literal["replace", "reject"]
 BackendKind = Literal["memory", "redis"]
+OutagePolicy = Literal["reject", "allow"]
 LogFormat = Literal["auto", "json", "console"]
 
 
@@ -62,6 +63,13 @@ class Admin:
 class Backend:
     kind: BackendKind = "memory"
     url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key and channel, so several deployments can share one Redis.
+    prefix: str = "sse-sidecar:"
+    #: A session owner's lease: a replica that dies frees its sessions after this.
+    lease: Duration = 10.0
+    #: While Redis is unreachable, new streams on routes with a session key are
+    #: refused with 503 (reject) or served without exclusivity (allow).
+    on_outage: OutagePolicy = "reject"
 
 
 @dataclass(frozen=True)
@@ -208,8 +216,24 @@ def parse_size(value: object, key: str = "value") -> int:
     return int(match[1]) * _SIZE_UNITS[match[2]]
 
 
+class EnvValue(str):
+    """A value from an environment variable: text, read as YAML only where the key is not text.
+
+    So ``SSE_SIDECAR_ADMIN__TOKEN='#s3cret'`` stays a string instead of
+    becoming a YAML comment (None), and ``...__PORT=8081`` is still a number.
+    """
+
+    __slots__ = ()
+
+
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
+    if isinstance(value, EnvValue):
+        is_text = tp is str or (origin in (Union, types.UnionType) and str in get_args(tp))
+        try:
+            value = str(value) if is_text else yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: not a valid value {str(value)!r}: {exc}") from None
     if origin is Annotated:
         base, *marks = get_args(tp)
         unit = next((m for m in marks if isinstance(m, _Unit)), None)
@@ -293,16 +317,21 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
 
     ``__`` separates levels (keys themselves contain ``_``); a route is named
     by its ``name`` or its index: ``SSE_SIDECAR_ROUTES__CHAT__UPSTREAM``.
-    Values are read as YAML scalars, so ``8081``, ``true`` and ``15s`` work.
+    Values stay text for text keys and are read as YAML elsewhere, so
+    ``8081``, ``true``, ``15s`` and ``[done, final]`` work.
+
+    Variables whose first part is not a top-level key are ignored: Kubernetes
+    injects ``SSE_SIDECAR_PORT``, ``SSE_SIDECAR_SERVICE_HOST``… for a Service
+    named sse-sidecar, and those must not stop the sidecar from starting.
     """
+    top_level = {f.name for f in dataclasses.fields(Config)}
     for var in sorted(environ):
         if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
             continue
         path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
-        try:
-            value = yaml.safe_load(environ[var])
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{var}: not a valid value: {exc}") from None
+        if path[0] not in top_level:
+            continue
+        value = EnvValue(environ[var])
         node: Any = data
         for i, part in enumerate(path[:-1]):
             if isinstance(node, list):
@@ -354,6 +383,13 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{name}.port: must be 0..65535, got {port}")
     if config.workers < 1:
         raise ConfigError(f"workers: must be at least 1, got {config.workers}")
+    if config.workers > 1 and config.backend.kind != "redis":
+        raise ConfigError(
+            f"workers: {config.workers} processes need backend.kind: redis, so that one "
+            "session has one stream across them (the memory backend sees one process only)"
+        )
+    if config.backend.lease < 1.0:
+        raise ConfigError(f"backend.lease: must be at least 1s, got {config.backend.lease:g}s")
     if config.max_streams < 1:
         raise ConfigError(f"max_streams: must be at least 1, got {config.max_streams}")
     return config

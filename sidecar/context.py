@@ -10,6 +10,7 @@ from aiohttp import web
 
 from sidecar.config import Config
 from sidecar.metrics import Metrics
+from sidecar.sessions.base import SessionStore
 
 
 class StreamHandle:
@@ -34,6 +35,7 @@ class StreamHandle:
 class Context:
     config: Config
     metrics: Metrics
+    sessions: SessionStore
     session: aiohttp.ClientSession | None = None
     streams: set[StreamHandle] = field(default_factory=set)
     draining: bool = False
@@ -47,6 +49,10 @@ class Context:
     def ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
+        healthy = self.sessions.healthy()
+        self.metrics.backend_up.labels(self.sessions.kind).set(1 if healthy else 0)
+        if not healthy:
+            return False, f"{self.sessions.kind} backend unreachable"
         return True, "ready"
 
 

@@ -96,3 +96,23 @@ class SlowClient(ClientGone):
     """The client did not take one write within ``limits.write_timeout``."""
 
     code = "slow_client"
+
+
+class SessionError(SidecarError):
+    """A request's session cannot be served; answered before any stream starts."""
+
+
+class BadSessionKey(SessionError):
+    code = "bad_session_key"
+
+
+class SessionConflict(SessionError):
+    """Policy ``reject``: the session already has a live stream."""
+
+    code = "session_conflict"
+
+
+class BackendUnavailable(SessionError):
+    """The session/replay backend (Redis) cannot be reached."""
+
+    code = "backend_unavailable"

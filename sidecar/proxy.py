@@ -23,15 +23,21 @@ from sidecar import headers as hdrs
 from sidecar.config import Route
 from sidecar.context import Context, StreamHandle
 from sidecar.errors import (
+    BackendUnavailable,
+    BadSessionKey,
     ClientGone,
     ProtocolError,
+    SessionConflict,
     SlowClient,
     UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
 )
+from sidecar.logs import session_hash
 from sidecar.metrics import Metrics
 from sidecar.normalize import Normalizer, end_event, error_event, heartbeat_due, opening
+from sidecar.sessions.base import Claim
+from sidecar.sessions.keys import SessionKeySource
 from sidecar.sse import Decoder
 from sidecar.upstream import http as upstream_http
 
@@ -87,6 +93,7 @@ class RouteProxy:
         self.metrics = RouteMetrics(ctx.metrics, route.name)
         self.base = URL(route.upstream)
         self.prefix = route.path.rstrip("/")
+        self.keys = SessionKeySource(route.session)
 
     def pattern(self) -> str:
         """The aiohttp route pattern: the prefix and anything below it, not ``/v1/chatter``."""
@@ -110,13 +117,20 @@ class RouteProxy:
         if url is None:
             self.metrics.rejected("bad_path")
             return json_error(400, "bad_path", "path segments . and .. are not allowed")
+        try:
+            key = self.keys.read(
+                request.headers, request.cookies, request.query, request.match_info["tail"]
+            )
+        except BadSessionKey as exc:
+            self.metrics.rejected("bad_session_key")
+            return json_error(400, exc.code, str(exc))
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
         task = asyncio.current_task()
         assert task is not None  # a handler always runs in a task
         handle = StreamHandle(secrets.token_hex(8), self.route.name, task)
-        run = StreamRun(self, request, handle, url, body)
+        run = StreamRun(self, request, handle, url, body, key)
         return await run.serve()
 
     async def _refuse(self, request: web.Request) -> web.Response | None:
@@ -171,6 +185,7 @@ class StreamRun:
         handle: StreamHandle,
         url: URL,
         body: bytes | None,
+        session_key: str | None,
     ) -> None:
         self.proxy = proxy
         self.route = proxy.route
@@ -179,6 +194,9 @@ class StreamRun:
         self.handle = handle
         self.url = url
         self.body = body
+        self.session_key = session_key
+        self.claim: Claim | None = None
+        self.opener: asyncio.Task[aiohttp.ClientResponse] | None = None
         self.request_id = request.headers.get("X-Request-ID") or handle.id
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
@@ -209,24 +227,53 @@ class StreamRun:
             route=self.route.name,
             stream_id=self.handle.id,
             request_id=self.request_id,
+            session=session_hash(self.session_key),
             method=self.request.method,
         )
-        opener = asyncio.ensure_future(self._open())
         try:
-            return await self._run(opener)
+            return await self._run()
         except asyncio.CancelledError:
             self.client_gone_at = self.loop.time()
             raise
         finally:
-            upstream_http.cancel_pending(opener)
+            upstream_http.cancel_pending(self.opener)
             upstream_http.close(self.upstream)
             ctx.streams.discard(self.handle)
+            if self.claim is not None:
+                await ctx.sessions.release(self.claim)
             self._account()
 
-    async def _run(self, opener: asyncio.Task[aiohttp.ClientResponse]) -> web.StreamResponse:
+    async def _claim(self, key: str) -> web.Response | None:
+        """Own the session, or the answer that refuses this request."""
+        ctx = self.proxy.ctx
+        policy = self.route.session.policy
+        try:
+            self.claim = await ctx.sessions.claim(self.route.name, key, policy, self.handle)
+        except SessionConflict as exc:
+            self.outcome = "rejected"
+            ctx.metrics.session_conflicts.labels(self.route.name, "reject").inc()
+            return json_error(409, exc.code, str(exc))
+        except BackendUnavailable as exc:
+            if ctx.config.backend.on_outage == "allow":
+                log.warning("session_unguarded", route=self.route.name, reason=str(exc))
+                self.metrics.rejected("backend_unavailable_allowed")
+                return None
+            self.outcome = "rejected"
+            self.metrics.rejected("backend_unavailable")
+            return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
+        if self.claim.replaced:
+            ctx.metrics.session_conflicts.labels(self.route.name, "replace").inc()
+        return None
+
+    async def _run(self) -> web.StreamResponse:
         try:
             try:
-                self.upstream = await self._await_upstream(opener)
+                if self.session_key is not None:
+                    refusal = await self._claim(self.session_key)
+                    if refusal is not None:
+                        return refusal
+                self.opener = asyncio.ensure_future(self._open())
+                self.upstream = await self._await_upstream(self.opener)
                 if self.response is None:
                     if not _is_stream(self.upstream):
                         return await self._passthrough(self.upstream)
@@ -273,6 +320,7 @@ class StreamRun:
             route=self.route.name,
             stream_id=self.handle.id,
             request_id=self.request_id,
+            session=session_hash(self.session_key),
             outcome=self.outcome,
             duration_s=round(now - self.started, 3),
             events_forwarded=self.forwarded,

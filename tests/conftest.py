@@ -44,6 +44,7 @@ class UpstreamRecord:
     query: str
     headers: dict[str, str]
     body: bytes
+    started_at: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     client_gone_at: float | None = None
     ended_at: float | None = None
@@ -82,9 +83,10 @@ class ScriptedUpstream:
             dict(request.headers),
             await request.read(),
         )
+        loop = asyncio.get_running_loop()
+        record.started_at = loop.time()
         self.requests.append(record)
         script = self.script(request) if callable(self.script) else self.script
-        loop = asyncio.get_running_loop()
         try:
             if script.headers_delay:
                 await asyncio.sleep(script.headers_delay)

@@ -7,7 +7,6 @@ so tests exercise the same start-up, drain and shutdown code as production.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -55,8 +54,11 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
 class Sidecar:
     """A running sidecar: stream and admin servers, with drain on shutdown."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, worker: bool = False) -> None:
+        """``worker``: one of several processes sharing the port (SO_REUSEPORT);
+        the supervisor, not the worker, then serves the admin port."""
         self.config = config
+        self.worker = worker
         self.app = create_app(config)
         self.ctx = self.app[CONTEXT]
         self._runner = web.AppRunner(
@@ -72,24 +74,22 @@ class Sidecar:
         )
         admin = config.admin
         self._admin_runner = web.AppRunner(
-            admin_app(self.ctx.metrics, self.ctx.ready, admin.token), access_log=None
+            admin_app(self.ctx.metrics.render, self.ctx.ready, admin.token), access_log=None
         )
         self.port = config.listen.port
         self.admin_port = admin.port
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Listen; ``sock`` is a pre-bound socket (worker processes share one port)."""
+    async def start(self) -> None:
         await self._runner.setup()
-        await self._admin_runner.setup()
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(self._runner, sock)
-        else:
-            site = web.TCPSite(
-                self._runner, self.config.listen.host, self.config.listen.port, backlog=1024
-            )
+        listen = self.config.listen
+        site = web.TCPSite(
+            self._runner, listen.host, listen.port, backlog=1024, reuse_port=self.worker or None
+        )
         await site.start()
         self.port = _bound_port(site)
+        if self.worker:
+            return
+        await self._admin_runner.setup()
         admin_site = web.TCPSite(self._admin_runner, self.config.admin.host, self.config.admin.port)
         await admin_site.start()
         self.admin_port = _bound_port(admin_site)

@@ -64,24 +64,29 @@ def main(argv: list[str] | None = None) -> int:
     return run(config)
 
 
-def run(config: Config) -> int:
+def run(config: Config, *, worker: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT; with ``workers > 1``, supervise worker processes."""
     from sidecar import logs
 
     logs.configure(config.logging)
+    if config.workers > 1 and not worker:
+        from sidecar.workers import Supervisor
+
+        return asyncio.run(Supervisor(config).run())
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_serve(config))
-    return uvloop.run(_serve(config))
+        return asyncio.run(_serve(config, worker))
+    return uvloop.run(_serve(config, worker))
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, worker: bool) -> int:
     import structlog
 
     from sidecar.app import Sidecar
 
     log = structlog.get_logger("sse_sidecar")
-    sidecar = Sidecar(config)
+    sidecar = Sidecar(config, worker=worker)
     await sidecar.start()
     log.info(
         "listening",

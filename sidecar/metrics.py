@@ -16,7 +16,6 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
     disable_created_metrics,
     generate_latest,
 )
@@ -68,8 +67,14 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = r = CollectorRegistry(auto_describe=True)
         p = "sse_sidecar_"
+        # multiprocess_mode only matters with workers > 1 (prometheus-client's
+        # multiprocess mode, see sidecar/workers.py): sum over live workers.
         self.active_streams = Gauge(
-            p + "active_streams", "Streams open right now", ["route"], registry=r
+            p + "active_streams",
+            "Streams open right now",
+            ["route"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.streams = Counter(
             p + "streams", "Streams ended, by outcome", ["route", "outcome"], registry=r
@@ -147,11 +152,26 @@ class Metrics:
             registry=r,
         )
         self.backend_up = Gauge(
-            p + "backend_up", "1 when the session/replay backend answers", ["backend"], registry=r
+            p + "backend_up",
+            "1 when the session/replay backend answers",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
-        self.draining = Gauge(p + "draining", "1 while the process drains for shutdown",
-                              registry=r)  # fmt: skip
-        Info(p + "build", "Build information", registry=r).info({"version": __version__})
+        self.draining = Gauge(
+            p + "draining",
+            "1 while the process drains for shutdown",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        # A gauge rather than an Info: Info does not work across worker processes.
+        Gauge(
+            p + "build_info",
+            "Build information",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        ).labels(__version__).set(1)
 
     def init_route(self, route: str) -> None:
         """Create every labelled child at 0 so rates and dashboards work from the start."""
@@ -178,7 +198,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def admin_app(
-    metrics: Metrics, ready: Callable[[], tuple[bool, str]], token: str | None
+    render: Callable[[], bytes], ready: Callable[[], tuple[bool, str]], token: str | None
 ) -> web.Application:
     """``/metrics``, ``/healthz`` (alive) and ``/readyz`` (taking new streams)."""
 
@@ -190,7 +210,7 @@ def admin_app(
         return web.Response(text=why + "\n", status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.StreamResponse:
-        resp = web.Response(body=metrics.render())
+        resp = web.Response(body=render())
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 

@@ -12,6 +12,7 @@ number of seconds; sizes accept ``B``, ``KiB``, ``MiB``, ``GiB``, ``KB``, ``MB``
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -131,7 +132,7 @@ class Limits:
 class Stream:
     """What the sidecar writes of its own at the start of every stream."""
 
-    #: ``retry:`` (milliseconds) sent first, so browsers reconnect at this pace.
+    #: ``retry:`` sent first (written in milliseconds), so browsers reconnect at this pace.
     retry: Duration | None = None
     #: An opening event written as soon as the headers are out (null: none).
     open_event: str | None = None
@@ -175,7 +176,7 @@ class Config:
     max_streams: int = 20000
     #: On SIGTERM, how long running streams may go on before error/shutdown.
     drain_timeout: Duration = 10.0
-    #: The ``retry:`` (milliseconds) sent with error/shutdown.
+    #: The ``retry:`` sent with error/shutdown (written in milliseconds).
     shutdown_retry: Duration = 1.0
 
 
@@ -194,9 +195,13 @@ def parse_duration(value: object, key: str = "value") -> float:
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected a duration like 15s, got {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ConfigError(f"{key}: a duration cannot be negative, got {value!r}")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ConfigError(f"{key}: a duration must be a finite number >= 0, got {value!r}")
+        return seconds
     match = _DURATION.match(str(value))
     if not match:
         raise ConfigError(f"{key}: expected a duration like 250ms, 15s, 5m or 1h, got {value!r}")
@@ -342,7 +347,9 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
                     child = [] if part == "routes" and i == 0 else {}
                     node[part] = child
                 node = child
-        if isinstance(node, list) or not isinstance(node, dict):
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"{var}: does not name a configuration key")
+        if not isinstance(node, dict):
             raise ConfigError(f"{var}: does not name a configuration key")
         node[path[-1]] = value
     return data
@@ -396,7 +403,11 @@ def validate(config: Config) -> Config:
 
 
 def _validate_route(route: Route, key: str) -> None:
-    url = URL(route.upstream)
+    try:
+        url = URL(route.upstream)
+        url.port  # noqa: B018 - parsing the port is what may fail
+    except ValueError as exc:
+        raise ConfigError(f"{key}.upstream: not a valid URL {route.upstream!r}: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(
             f"{key}.upstream: must be an absolute http:// or https:// URL, got {route.upstream!r}"
@@ -406,7 +417,7 @@ def _validate_route(route: Route, key: str) -> None:
     bad = [m for m in route.methods if m not in ("GET", "POST")]
     if bad:
         raise ConfigError(f"{key}.methods: only GET and POST are streamed, got {bad[0]!r}")
-    if not _SESSION_SOURCE.match(route.session.from_):
+    if not _SESSION_SOURCE.fullmatch(route.session.from_):
         raise ConfigError(
             f"{key}.session.from: expected header:NAME, cookie:NAME, query:NAME or path:N, "
             f"got {route.session.from_!r}"
@@ -416,8 +427,15 @@ def _validate_route(route: Route, key: str) -> None:
     except re.error as exc:
         raise ConfigError(f"{key}.session.pattern: not a valid regular expression: {exc}") from None
     limits = route.limits
-    for name in ("max_event_bytes", "max_line_bytes", "idle_timeout", "max_duration"):
-        if getattr(limits, name) <= 0:
+    for name in (
+        "max_event_bytes",
+        "max_line_bytes",
+        "idle_timeout",
+        "max_duration",
+        "connect_timeout",
+        "write_timeout",
+    ):
+        if not getattr(limits, name) > 0:
             raise ConfigError(f"{key}.limits.{name}: must be greater than 0")
     if route.resume.enabled and route.resume.buffer_events < 1:
         raise ConfigError(f"{key}.resume.buffer_events: must be at least 1 when resume is on")
@@ -443,6 +461,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -59,7 +59,7 @@ def _connection_listed(headers: Headers) -> set[str]:
 
 def strip(headers: Headers, also: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy without hop-by-hop headers, Connection-listed ones and ``also``."""
-    drop = HOP_BY_HOP | _connection_listed(headers) | frozenset(also)
+    drop = HOP_BY_HOP | _connection_listed(headers) | {name.lower() for name in also}
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 

@@ -170,6 +170,7 @@ class Decoder:
                 return  # §9.2.6: retry must be ASCII digits only, else ignored
             # Clamped: no reconnect delay needs more, and Python refuses
             # int() of over 4300 digits.
+            value = value.lstrip("0") or "0"
             self._retry = min(int(value), MAX_RETRY_MS) if len(value) <= 10 else MAX_RETRY_MS
         else:
             return  # unknown fields are ignored

@@ -43,12 +43,16 @@ def encode_event(
     if not lines:
         return b""
     lines.append("\n")
-    return "\n".join(lines).encode()
+    # "replace": a lone surrogate (json.loads('"\\ud800"') makes one) becomes
+    # "?" instead of an exception in the middle of a stream.
+    return "\n".join(lines).encode("utf-8", "replace")
 
 
 def encode_comment(text: str) -> bytes:
     """Comment lines for ``text``; a multi-line text becomes several comments."""
-    return "".join(": " + line + "\n" for line in _LINE_BREAK.split(text)).encode()
+    return "".join(": " + line + "\n" for line in _LINE_BREAK.split(text)).encode(
+        "utf-8", "replace"
+    )
 
 
 def encode_item(item: Item) -> bytes:

@@ -1,0 +1,275 @@
+"""Normaliser tests: the exact bytes a client gets for each upstream item and each ending."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.config import Keepalive, Terminal
+from sidecar.normalize import (
+    ERROR_CODES,
+    Batch,
+    Normalizer,
+    end_event,
+    error_event,
+    heartbeat_due,
+    opening,
+)
+from sidecar.sse import Comment, Decoder, Event, Item
+
+KEEPALIVE = b'event: keepalive\ndata: {"type":"keepalive"}\n\n'
+
+
+def normalizer(comments: str = "convert", terminal: Terminal | None = None) -> Normalizer:
+    return Normalizer(comments, Keepalive(), terminal or Terminal())  # type: ignore[arg-type]
+
+
+def decode(raw: bytes) -> list[Item]:
+    decoder = Decoder()
+    return decoder.feed(raw) + decoder.close()
+
+
+# --- keepalive and comments ------------------------------------------------------
+
+
+def test_default_keepalive_bytes() -> None:
+    assert normalizer().keepalive == KEEPALIVE
+
+
+def test_custom_keepalive_bytes() -> None:
+    custom = Normalizer("convert", Keepalive(event="ping", data="{}"), Terminal())
+    assert custom.keepalive == b"event: ping\ndata: {}\n\n"
+    assert custom.batch([Comment("x")]).data == b"event: ping\ndata: {}\n\n"
+
+
+def test_convert_merges_consecutive_comments_and_counts_each() -> None:
+    items: list[Item] = [Comment("a"), Comment("b"), Comment(""), Event("x"), Comment("c")]
+    assert normalizer("convert").batch(items) == Batch(
+        data=KEEPALIVE + b"data: x\n\n" + KEEPALIVE,
+        forwarded=1,
+        comments_converted=4,
+    )
+
+
+def test_convert_only_comments_gives_one_keepalive() -> None:
+    batch = normalizer("convert").batch([Comment("ping")] * 5)
+    assert batch == Batch(data=KEEPALIVE, comments_converted=5)
+
+
+def test_convert_keepalives_do_not_merge_across_batches() -> None:
+    n = normalizer("convert")
+    assert n.batch([Comment("a")]).data + n.batch([Comment("b")]).data == KEEPALIVE * 2
+
+
+def test_pass_encodes_each_comment() -> None:
+    items: list[Item] = [Comment("a"), Comment(" b"), Event("x"), Comment("two\nlines")]
+    assert normalizer("pass").batch(items) == Batch(
+        data=b": a\n:  b\ndata: x\n\n: two\n: lines\n",
+        forwarded=1,
+        comments_passed=3,
+    )
+
+
+def test_drop_counts_and_writes_nothing_for_comments() -> None:
+    items: list[Item] = [Comment("a"), Event("x"), Comment("b"), Comment("c")]
+    assert normalizer("drop").batch(items) == Batch(
+        data=b"data: x\n\n", forwarded=1, comments_dropped=3
+    )
+
+
+def test_empty_batch() -> None:
+    assert normalizer().batch([]) == Batch()
+
+
+# --- forwarding and terminal events ------------------------------------------------------
+
+
+def test_events_are_forwarded_with_every_field() -> None:
+    items: list[Item] = [
+        Event("a\nb", event="delta", id="1", retry=2000),
+        Event("", id="2"),
+        Event(None, id="3"),
+    ]
+    assert normalizer().batch(items) == Batch(
+        data=(b"event: delta\nid: 1\nretry: 2000\ndata: a\ndata: b\n\nid: 2\ndata: \n\nid: 3\n\n"),
+        forwarded=3,
+    )
+
+
+@pytest.mark.parametrize("name", ["done", "final"])
+def test_terminal_by_event_name_ends_the_batch(name: str) -> None:
+    items: list[Item] = [
+        Event("x"),
+        Comment("c1"),
+        Event('{"ok":true}', event=name),
+        Event("after"),
+        Comment("c2"),
+        Event("[DONE]"),
+    ]
+    assert normalizer().batch(items) == Batch(
+        data=b"data: x\n\n" + KEEPALIVE + f'event: {name}\ndata: {{"ok":true}}\n\n'.encode(),
+        forwarded=2,
+        comments_converted=1,
+        terminal=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "wire"),
+    [
+        ("[DONE]", b"data: [DONE]\n\n"),
+        ("  [DONE]  ", b"data:   [DONE]  \n\n"),
+        ("\t[DONE]\n", b"data: \t[DONE]\ndata: \n\n"),
+    ],
+)
+def test_terminal_by_data_sentinel_ignores_surrounding_whitespace(data: str, wire: bytes) -> None:
+    batch = normalizer("pass").batch([Event(data), Comment("after"), Event("after")])
+    assert batch == Batch(data=wire, forwarded=1, terminal=True)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event("[DONE] more"),
+        Event("[done]"),
+        Event("done"),
+        Event("final"),
+        Event("x", event="message"),
+        Event("x", event="Done"),
+        Event(None),
+        Event(None, event="delta"),
+    ],
+)
+def test_not_terminal(event: Event) -> None:
+    n = normalizer()
+    assert n.is_terminal(event) is False
+    assert n.batch([event]).terminal is False
+
+
+def test_terminal_rules_come_from_config() -> None:
+    n = normalizer(terminal=Terminal(events=("end",), data=("<EOF>",)))
+    assert n.is_terminal(Event("x", event="end")) is True
+    assert n.is_terminal(Event(" <EOF> ")) is True
+    assert n.is_terminal(Event("x", event="done")) is False
+    assert n.is_terminal(Event("[DONE]")) is False
+    off = normalizer(terminal=Terminal(events=(), data=()))
+    assert off.batch([Event("[DONE]", event="done"), Event("y")]).forwarded == 2
+
+
+# --- heartbeats --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "last_write", "interval", "due"),
+    [
+        (115.0, 100.0, 15.0, True),
+        (114.999, 100.0, 15.0, False),
+        (100.0, 100.0, 15.0, False),
+        (1000.0, 100.0, 15.0, True),
+        (100.25, 100.0, 0.25, True),
+        (100.0, 100.0, 0.0, False),
+        (1e9, 0.0, 0.0, False),
+    ],
+)
+def test_heartbeat_due(now: float, last_write: float, interval: float, due: bool) -> None:
+    assert heartbeat_due(now, last_write, interval) is due
+
+
+# --- endings the sidecar writes --------------------------------------------------------
+
+
+def test_error_codes_are_those_of_the_design() -> None:
+    assert {
+        "upstream_status",
+        "upstream_unreachable",
+        "upstream_disconnected",
+        "upstream_timeout",
+        "upstream_protocol",
+        "replaced",
+        "shutdown",
+        "resume_gap",
+    } <= ERROR_CODES
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_CODES))
+def test_every_error_code_is_written(code: str) -> None:
+    assert error_event(code, "m", partial=False) == (
+        f'event: error\ndata: {{"type":"error","code":"{code}","message":"m",'
+        f'"partial":false}}\n\n'.encode()
+    )
+
+
+def test_error_event_exact_bytes() -> None:
+    assert error_event("upstream_timeout", "no upstream byte for 300s", partial=True) == (
+        b'event: error\ndata: {"type":"error","code":"upstream_timeout",'
+        b'"message":"no upstream byte for 300s","partial":true}\n\n'
+    )
+    assert error_event("replaced", "another stream took over", partial=False) == (
+        b'event: error\ndata: {"type":"error","code":"replaced",'
+        b'"message":"another stream took over","partial":false}\n\n'
+    )
+
+
+def test_error_event_with_retry_and_extra_fields() -> None:
+    assert error_event("shutdown", "bye", partial=False, retry_ms=1000) == (
+        b'event: error\nretry: 1000\ndata: {"type":"error","code":"shutdown",'
+        b'"message":"bye","partial":false}\n\n'
+    )
+    assert error_event("upstream_status", "bad gateway", partial=True, status=502) == (
+        b'event: error\ndata: {"type":"error","code":"upstream_status",'
+        b'"message":"bad gateway","partial":true,"status":502}\n\n'
+    )
+
+
+@pytest.mark.parametrize("code", ["oops", "", "internal", "UPSTREAM_TIMEOUT"])
+def test_unknown_error_code_raises(code: str) -> None:
+    with pytest.raises(ValueError, match=r"^unknown terminal error code "):
+        error_event(code, "m", partial=False)
+
+
+def test_error_message_with_line_breaks_stays_on_one_data_line() -> None:
+    message = "line one\nline two\r\nthird\rfourth\u2028fifth\n\nevent: injected"
+    raw = error_event("upstream_protocol", message, partial=True, retry_ms=500)
+    assert raw.count(b"\n") == 4  # event, retry, data, blank line
+    assert raw.count(b"data:") == 1
+    (event,) = decode(raw)
+    assert isinstance(event, Event)
+    assert (event.event, event.retry, event.id) == ("error", 500, None)
+    assert event.data is not None
+    assert json.loads(event.data) == {
+        "type": "error",
+        "code": "upstream_protocol",
+        "message": message,
+        "partial": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("partial", "wire"),
+    [
+        (False, b'event: end\ndata: {"type":"end","reason":"upstream_closed","partial":false}\n\n'),
+        (True, b'event: end\ndata: {"type":"end","reason":"upstream_closed","partial":true}\n\n'),
+    ],
+)
+def test_end_event(partial: bool, wire: bytes) -> None:
+    assert end_event(partial=partial) == wire
+    (event,) = decode(wire)
+    assert event == Event(
+        f'{{"type":"end","reason":"upstream_closed","partial":{str(partial).lower()}}}', "end"
+    )
+
+
+@pytest.mark.parametrize(
+    ("retry_ms", "open_event", "wire"),
+    [
+        (3000, None, b"retry: 3000\n\n"),
+        (None, "open", b'event: open\ndata: {"type":"open"}\n\n'),
+        (3000, "open", b'retry: 3000\n\nevent: open\ndata: {"type":"open"}\n\n'),
+        (0, None, b"retry: 0\n\n"),
+        (None, None, b""),
+        (None, "", b""),
+    ],
+)
+def test_opening(retry_ms: int | None, open_event: str | None, wire: bytes) -> None:
+    assert opening(retry_ms, open_event) == wire

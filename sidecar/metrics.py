@@ -192,6 +192,34 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class RouteMetrics:
+    """The labelled children of one route, resolved once instead of per event."""
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        metrics.init_route(route)
+        self.metrics = metrics
+        self.route = route
+        self.active = metrics.active_streams.labels(route)
+        self.bytes_in = metrics.bytes_in.labels(route)
+        self.bytes_out = metrics.bytes_out.labels(route)
+        self.ttfb = metrics.ttfb.labels(route)
+        self.duration = metrics.duration.labels(route)
+        self.max_silence = metrics.max_silence.labels(route)
+        self.after_client = metrics.upstream_after_client.labels(route)
+        self.forwarded = metrics.events.labels(route, "forwarded")
+        self.converted = metrics.events.labels(route, "comment_converted")
+        self.heartbeat = metrics.events.labels(route, "heartbeat")
+
+    def event(self, kind: str, n: int = 1) -> None:
+        self.metrics.events.labels(self.route, kind).inc(n)
+
+    def outcome(self, outcome: str) -> None:
+        self.metrics.streams.labels(self.route, outcome).inc()
+
+    def rejected(self, reason: str) -> None:
+        self.metrics.rejected.labels(self.route, reason).inc()
+
+
 # --- admin server ----------------------------------------------------------------
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

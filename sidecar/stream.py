@@ -1,0 +1,421 @@
+"""One stream, from the upstream request to the terminal event.
+
+The only code with the clock and the client socket. One coroutine per
+stream reads the upstream, writes forwarded events, heartbeats and the
+terminal event, so there is exactly one write path and a heartbeat can never
+land inside an event (STYLE.md habit 3). Stopping a stream from outside
+(shutdown, replace) cancels that coroutine with a reason; it then writes the
+terminal event itself. Resumable streams (sidecar/resume.py) reuse this class
+with the log of the run instead of the client as the place events go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from sidecar import headers as hdrs
+from sidecar.context import StreamHandle
+from sidecar.errors import (
+    BackendUnavailable,
+    ClientGone,
+    ProtocolError,
+    SessionConflict,
+    SlowClient,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from sidecar.logs import session_hash
+from sidecar.normalize import end_event, error_event, heartbeat_due, opening
+from sidecar.sessions.base import Claim
+from sidecar.sse import Decoder
+from sidecar.upstream import http as upstream_http
+
+if TYPE_CHECKING:
+    from sidecar.proxy import RouteProxy
+
+log = structlog.get_logger("sse_sidecar")
+
+_STOP_MESSAGES = {
+    "shutdown": "the server is shutting down; reconnect",
+    "replaced": "a newer stream for this session replaced this one",
+}
+
+
+def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+class StreamRun:
+    """One stream, from the upstream request to the terminal event."""
+
+    def __init__(
+        self,
+        proxy: RouteProxy,
+        request: web.Request,
+        handle: StreamHandle,
+        url: URL,
+        body: bytes | None,
+        session_key: str | None,
+    ) -> None:
+        self.proxy = proxy
+        self.route = proxy.route
+        self.metrics = proxy.metrics
+        self.request = request
+        self.handle = handle
+        self.url = url
+        self.body = body
+        self.session_key = session_key
+        self.claim: Claim | None = None
+        self.opener: asyncio.Task[aiohttp.ClientResponse] | None = None
+        self.request_id = request.headers.get("X-Request-ID") or handle.id
+        self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
+        self.response: web.StreamResponse | None = None
+        self.upstream: aiohttp.ClientResponse | None = None
+        self.outcome = "client_disconnected"
+        self.last_write = self.started
+        self.last_byte = self.started
+        self.max_silence = 0.0
+        self.forwarded = 0
+        self.heartbeats = 0
+        self.bytes_out = 0
+        self.client_gone_at: float | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether the client already has part of the answer."""
+        return self.forwarded > 0
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def serve(self) -> web.StreamResponse:
+        ctx = self.proxy.ctx
+        ctx.streams.add(self.handle)
+        self.metrics.active.inc()
+        log.info(
+            "stream_start",
+            route=self.route.name,
+            stream_id=self.handle.id,
+            request_id=self.request_id,
+            session=session_hash(self.session_key),
+            method=self.request.method,
+        )
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            self.client_gone_at = self.loop.time()
+            raise
+        finally:
+            upstream_http.cancel_pending(self.opener)
+            upstream_http.close(self.upstream)
+            ctx.streams.discard(self.handle)
+            if self.claim is not None:
+                await ctx.sessions.release(self.claim)
+            self._account()
+
+    async def _claim(self, key: str) -> web.Response | None:
+        """Own the session, or the answer that refuses this request."""
+        ctx = self.proxy.ctx
+        policy = self.route.session.policy
+        try:
+            self.claim = await ctx.sessions.claim(self.route.name, key, policy, self.handle)
+        except SessionConflict as exc:
+            self.outcome = "rejected"
+            ctx.metrics.session_conflicts.labels(self.route.name, "reject").inc()
+            return json_error(409, exc.code, str(exc))
+        except BackendUnavailable as exc:
+            if ctx.config.backend.on_outage == "allow":
+                log.warning("session_unguarded", route=self.route.name, reason=str(exc))
+                self.metrics.rejected("backend_unavailable_allowed")
+                return None
+            self.outcome = "rejected"
+            self.metrics.rejected("backend_unavailable")
+            return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
+        if self.claim.replaced:
+            ctx.metrics.session_conflicts.labels(self.route.name, "replace").inc()
+        return None
+
+    async def _run(self) -> web.StreamResponse:
+        try:
+            try:
+                if self.session_key is not None:
+                    refusal = await self._claim(self.session_key)
+                    if refusal is not None:
+                        return refusal
+                self.opener = asyncio.ensure_future(self._open())
+                self.upstream = await self._await_upstream(self.opener)
+                if self.response is None:
+                    if not _is_stream(self.upstream):
+                        return await self._passthrough(self.upstream)
+                    await self._commit(self.upstream)
+                else:
+                    _check_late(self.upstream)
+                await self._pump(self.upstream)
+            except asyncio.CancelledError:
+                code = self.handle.stop_code
+                if code is None:
+                    raise  # the client went away (aiohttp cancels the handler)
+                self.handle.task.uncancel()
+                upstream_http.close(self.upstream)
+                retry = _ms(self.proxy.ctx.config.shutdown_retry) if code == "shutdown" else None
+                await self._end_with_error(code, _STOP_MESSAGES[code], retry_ms=retry)
+            except (UpstreamError, ProtocolError) as exc:
+                upstream_http.close(self.upstream)
+                if isinstance(exc, ProtocolError):
+                    self.proxy.ctx.metrics.protocol_errors.labels(self.route.name, exc.kind).inc()
+                await self._end_with_error(exc.code, str(exc))
+        except SlowClient:
+            self.outcome = "slow_client"
+            self.client_gone_at = self.loop.time()
+            self.proxy.ctx.metrics.slow_clients.labels(self.route.name).inc()
+        except ClientGone:
+            self.outcome = "client_disconnected"
+            self.client_gone_at = self.loop.time()
+        assert self.response is not None  # every path above commits first
+        return self.response
+
+    def _account(self) -> None:
+        now = self.loop.time()
+        m = self.metrics
+        m.active.dec()
+        m.outcome(self.outcome)
+        m.duration.observe(now - self.started)
+        if self.upstream is not None:
+            m.max_silence.observe(max(self.max_silence, now - self.last_byte))
+        if self.client_gone_at is not None:
+            # The upstream was closed in serve()'s finally, right before this.
+            m.after_client.observe(now - self.client_gone_at)
+        log.info(
+            "stream_end",
+            route=self.route.name,
+            stream_id=self.handle.id,
+            request_id=self.request_id,
+            session=session_hash(self.session_key),
+            outcome=self.outcome,
+            duration_s=round(now - self.started, 3),
+            events_forwarded=self.forwarded,
+            heartbeats=self.heartbeats,
+            bytes_out=self.bytes_out,
+            max_silence_s=round(self.max_silence, 3),
+        )
+
+    # --- upstream --------------------------------------------------------------
+
+    async def _open(self) -> aiohttp.ClientResponse:
+        req = self.request
+        headers = hdrs.upstream_request(
+            req.headers,
+            peer=req.remote,
+            scheme=req.scheme,
+            host=req.host,
+            request_id=self.request_id,
+        )
+        return await upstream_http.open_stream(
+            self.proxy.ctx.http,
+            req.method,
+            self.url,
+            headers,
+            self.body,
+            self.route.limits.connect_timeout,
+        )
+
+    async def _await_upstream(
+        self, opener: asyncio.Task[aiohttp.ClientResponse]
+    ) -> aiohttp.ClientResponse:
+        """Wait for the upstream's headers; commit to a stream if they take too long.
+
+        Within ``stream.commit_after`` an error status can still be passed
+        through; past it the client gets headers, heartbeats, and later either
+        the stream or a terminal error.
+        """
+        commit_at = self.started + self.route.stream.commit_after
+        while True:
+            if self.response is None and self.loop.time() >= commit_at:
+                await self._commit(None)
+            deadline = commit_at if self.response is None else self._next_deadline()
+            done, _ = await asyncio.wait({opener}, timeout=max(deadline - self.loop.time(), 0))
+            if done:
+                return opener.result()
+            if self.response is not None:
+                await self._tick()
+
+    async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
+        limits = self.route.limits
+        decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
+        batch_of = self.proxy.normalizer.batch
+        m = self.metrics
+        loop = self.loop
+        self.last_byte = loop.time()
+        first = True
+        while True:
+            try:
+                async with asyncio.timeout_at(self._next_deadline()):
+                    chunk = await upstream_http.read_chunk(upstream)
+            except TimeoutError:
+                await self._tick()
+                continue
+            now = loop.time()
+            silence = now - self.last_byte
+            self.max_silence = max(self.max_silence, silence)
+            self.last_byte = now
+            if first:
+                m.ttfb.observe(now - self.started)
+                first = False
+            if not chunk:
+                decoder.close()  # raises TruncatedEvent if it ended inside an event
+                await self._end(end_event(partial=self.partial), "upstream_closed")
+                return
+            m.bytes_in.inc(len(chunk))
+            items = decoder.feed(chunk)
+            if not items:
+                continue
+            batch = batch_of(items)
+            if batch.forwarded:
+                self.forwarded += batch.forwarded
+                m.forwarded.inc(batch.forwarded)
+            if batch.comments_converted:
+                m.converted.inc(batch.comments_converted)
+            if batch.comments_passed:
+                m.event("comment_passed", batch.comments_passed)
+            if batch.comments_dropped:
+                m.event("comment_dropped", batch.comments_dropped)
+            if batch.data:
+                await self._write(batch.data)
+            if batch.terminal:
+                self.outcome = "completed"
+                return
+            if decoder.error is not None:
+                raise decoder.error
+
+    def _next_deadline(self) -> float:
+        limits = self.route.limits
+        deadline = min(self.last_byte + limits.idle_timeout, self.started + limits.max_duration)
+        interval = self.route.heartbeat.interval
+        if interval > 0:
+            deadline = min(deadline, self.last_write + interval)
+        return deadline
+
+    async def _tick(self) -> None:
+        """A deadline passed: end the stream on a limit, else write a heartbeat if due."""
+        now = self.loop.time()
+        limits = self.route.limits
+        if now >= self.started + limits.max_duration:
+            raise UpstreamTimeout(f"stream reached limits.max_duration ({limits.max_duration:g}s)")
+        if now - self.last_byte >= limits.idle_timeout:
+            raise UpstreamTimeout(
+                f"no bytes from upstream for limits.idle_timeout ({limits.idle_timeout:g}s)"
+            )
+        if heartbeat_due(now, self.last_write, self.route.heartbeat.interval):
+            await self._write(self.proxy.normalizer.keepalive)
+            self.heartbeats += 1
+            self.metrics.heartbeat.inc()
+
+    async def _passthrough(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """Hand a non-stream (or error) response to the client as it is."""
+        limit = self.route.limits.max_passthrough_bytes
+        try:
+            body = await upstream_http.read_body(upstream, limit)
+        except UpstreamError as exc:
+            self.outcome = "upstream_disconnected"
+            return json_error(502, "bad_upstream_response", str(exc))
+        self.outcome = "passthrough"
+        self.proxy.ctx.metrics.passthrough.labels(
+            self.route.name, f"{upstream.status // 100}xx"
+        ).inc()
+        resp = web.Response(
+            status=upstream.status,
+            reason=upstream.reason,
+            body=body,
+            headers=hdrs.passthrough_response(upstream.headers),
+        )
+        resp.headers["X-Request-ID"] = self.request_id
+        return resp
+
+    # --- client ----------------------------------------------------------------
+
+    async def _commit(self, upstream: aiohttp.ClientResponse | None) -> None:
+        """Send the stream's headers (and opening) now, before any upstream event."""
+        headers = hdrs.stream_response(upstream.headers if upstream is not None else None)
+        headers["X-Request-ID"] = self.request_id
+        if self.request.version >= (1, 1) and self.request.keep_alive:
+            # Implied by HTTP/1.1, but some intermediaries only trust it spelled out.
+            headers["Connection"] = "keep-alive"
+        response = web.StreamResponse(status=200, headers=headers)
+        self.response = response
+        try:
+            await response.prepare(self.request)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            raise ClientGone("client closed before the stream began") from None
+        self.last_write = self.loop.time()
+        stream = self.route.stream
+        retry = _ms(stream.retry) if stream.retry is not None else None
+        first = opening(retry, stream.open_event)
+        if first:
+            await self._write(first)
+            if stream.open_event:
+                self.metrics.event("opening")
+
+    async def _write(self, data: bytes) -> None:
+        """The one write path of the stream."""
+        response = self.response
+        assert response is not None
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("client connection closed")
+        try:
+            if transport.get_write_buffer_size() == 0:
+                await response.write(data)  # an empty buffer cannot block
+            else:
+                # The client is behind; bound how long it may hold the stream.
+                timeout = self.route.limits.write_timeout
+                try:
+                    async with asyncio.timeout(timeout):
+                        await response.write(data)
+                except TimeoutError:
+                    raise SlowClient(f"client took over {timeout:g}s to accept a write") from None
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            raise ClientGone("client connection closed") from None
+        self.last_write = self.loop.time()
+        self.bytes_out += len(data)
+        self.metrics.bytes_out.inc(len(data))
+
+    async def _end(self, data: bytes, outcome: str) -> None:
+        self.outcome = outcome
+        await self._write(data)
+        self.metrics.event("terminal_synthesized")
+
+    async def _end_with_error(self, code: str, message: str, retry_ms: int | None = None) -> None:
+        if self.response is None:
+            await self._commit(None)
+        extra: dict[str, object] = {}
+        if isinstance(self.upstream, aiohttp.ClientResponse) and code == "upstream_status":
+            extra["status"] = self.upstream.status
+        data = error_event(code, message, partial=self.partial, retry_ms=retry_ms, **extra)
+        await self._end(data, code)
+
+
+def _is_stream(upstream: aiohttp.ClientResponse) -> bool:
+    return 200 <= upstream.status < 300 and upstream.content_type == "text/event-stream"
+
+
+def _check_late(upstream: aiohttp.ClientResponse) -> None:
+    """After commit, an upstream that is not a stream can only end it with an error."""
+    if not 200 <= upstream.status < 300:
+        raise UpstreamStatus(upstream.status, f"upstream answered {upstream.status}")
+    if upstream.content_type != "text/event-stream":
+        raise UpstreamStatus(
+            upstream.status, f"upstream answered {upstream.content_type}, not an event stream"
+        )
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

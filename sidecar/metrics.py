@@ -42,6 +42,7 @@ OUTCOMES = (
     "resume_gap",
     "passthrough",  # non-SSE or error response passed through unchanged
     "rejected",  # refused before streaming: session conflict, backend down
+    "abandoned",  # resume: the client did not come back within the grace period
 )
 
 

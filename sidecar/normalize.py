@@ -8,9 +8,10 @@ without a server.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidecar.config import CommentMode, Keepalive, Terminal
+from sidecar.replay.base import Entry
 from sidecar.sse import Comment, Event, Item, encode_comment, encode_event
 
 #: Codes of the terminal ``error`` event the sidecar writes itself (DESIGN.md).
@@ -30,6 +31,24 @@ ERROR_CODES = frozenset(
 )
 
 
+class IdSource:
+    """Event ids of a resumable run: ``<nonce>-<seq>``.
+
+    The nonce is random per run, so an id tells nothing about other runs or
+    sessions, and seq orders the run's events.
+    """
+
+    __slots__ = ("nonce", "seq")
+
+    def __init__(self, nonce: str) -> None:
+        self.nonce = nonce
+        self.seq = 0
+
+    def next(self) -> tuple[int, str]:
+        self.seq += 1
+        return self.seq, f"{self.nonce}-{self.seq}"
+
+
 @dataclass(slots=True)
 class Batch:
     """What one chunk of upstream items turns into."""
@@ -41,6 +60,8 @@ class Batch:
     comments_dropped: int = 0
     #: True when the chunk held the upstream's terminal event; nothing after it is kept.
     terminal: bool = False
+    #: With an IdSource (resume on): the events as log entries, keepalives left out.
+    entries: list[Entry] = field(default_factory=list)
 
 
 class Normalizer:
@@ -60,8 +81,12 @@ class Normalizer:
             return True
         return event.data is not None and event.data.strip() in self._terminal_data
 
-    def batch(self, items: list[Item]) -> Batch:
-        """Encode a chunk's items for the client, stopping after a terminal event."""
+    def batch(self, items: list[Item], ids: IdSource | None = None) -> Batch:
+        """Encode a chunk's items for the client, stopping after a terminal event.
+
+        With ``ids``, every event gets an id (the upstream's own when it set
+        one) and is also returned as a log entry for resume.
+        """
         out: list[bytes] = []
         batch = Batch()
         for item in items:
@@ -78,9 +103,17 @@ class Normalizer:
                 else:
                     batch.comments_dropped += 1
                 continue
-            out.append(encode_event(item.data, item.event, item.id, item.retry))
             batch.forwarded += 1
-            if self.is_terminal(item):
+            terminal = self.is_terminal(item)
+            if ids is None:
+                out.append(encode_event(item.data, item.event, item.id, item.retry))
+            else:
+                seq, event_id = ids.next()
+                event_id = item.id or event_id
+                data = encode_event(item.data, item.event, event_id, item.retry)
+                out.append(data)
+                batch.entries.append(Entry(seq, event_id, data, terminal))
+            if terminal:
                 batch.terminal = True
                 break
         batch.data = b"".join(out)
@@ -93,7 +126,13 @@ def heartbeat_due(now: float, last_write: float, interval: float) -> bool:
 
 
 def error_event(
-    code: str, message: str, *, partial: bool, retry_ms: int | None = None, **extra: object
+    code: str,
+    message: str,
+    *,
+    partial: bool,
+    retry_ms: int | None = None,
+    event_id: str | None = None,
+    **extra: object,
 ) -> bytes:
     """The terminal ``error`` event the sidecar writes when a stream cannot end normally.
 
@@ -103,13 +142,15 @@ def error_event(
     if code not in ERROR_CODES:
         raise ValueError(f"unknown terminal error code {code!r}")
     payload = {"type": "error", "code": code, "message": message, "partial": partial, **extra}
-    return encode_event(json.dumps(payload, separators=(",", ":")), "error", retry=retry_ms)
+    return encode_event(
+        json.dumps(payload, separators=(",", ":")), "error", id=event_id, retry=retry_ms
+    )
 
 
-def end_event(*, partial: bool) -> bytes:
+def end_event(*, partial: bool, event_id: str | None = None) -> bytes:
     """``event: end``: the upstream closed cleanly without a terminal event."""
     payload = {"type": "end", "reason": "upstream_closed", "partial": partial}
-    return encode_event(json.dumps(payload, separators=(",", ":")), "end")
+    return encode_event(json.dumps(payload, separators=(",", ":")), "end", id=event_id)
 
 
 def opening(retry_ms: int | None, open_event: str | None) -> bytes:

@@ -70,7 +70,9 @@ class RouteProxy:
         assert task is not None  # a handler always runs in a task
         handle = StreamHandle(secrets.token_hex(8), self.route.name, task)
         run = StreamRun(self, request, handle, url, body, key)
-        return await run.serve()
+        response = await run.serve()
+        assert response is not None  # a client stream always commits or refuses
+        return response
 
     async def _refuse(self, request: web.Request) -> web.Response | None:
         if self.ctx.draining:

@@ -20,6 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar import headers as hdrs
+from sidecar.config import Route
 from sidecar.context import StreamHandle
 from sidecar.errors import (
     BackendUnavailable,
@@ -32,7 +33,14 @@ from sidecar.errors import (
     UpstreamTimeout,
 )
 from sidecar.logs import session_hash
-from sidecar.normalize import end_event, error_event, heartbeat_due, opening
+from sidecar.normalize import (
+    Batch,
+    IdSource,
+    end_event,
+    error_event,
+    heartbeat_due,
+    opening,
+)
 from sidecar.sessions.base import Claim
 from sidecar.sse import Decoder
 from sidecar.upstream import http as upstream_http
@@ -80,6 +88,12 @@ class StreamRun:
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
         self.response: web.StreamResponse | None = None
+        #: Numbers events for resume (None: the route does not resume).
+        self.ids: IdSource | None = None
+        #: Headers are out: from now on the stream can only end with an event.
+        self.committed = False
+        #: Write a heartbeat after this long without a write (0: never).
+        self.heartbeat_interval = self.route.heartbeat.interval
         self.upstream: aiohttp.ClientResponse | None = None
         self.outcome = "client_disconnected"
         self.last_write = self.started
@@ -97,7 +111,8 @@ class StreamRun:
 
     # --- lifecycle -------------------------------------------------------------
 
-    async def serve(self) -> web.StreamResponse:
+    async def serve(self) -> web.StreamResponse | None:
+        """Run the stream; the response to return (None only for a resumable run)."""
         ctx = self.proxy.ctx
         ctx.streams.add(self.handle)
         self.metrics.active.inc()
@@ -144,7 +159,7 @@ class StreamRun:
             ctx.metrics.session_conflicts.labels(self.route.name, "replace").inc()
         return None
 
-    async def _run(self) -> web.StreamResponse:
+    async def _run(self) -> web.StreamResponse | None:
         try:
             try:
                 if self.session_key is not None:
@@ -153,7 +168,7 @@ class StreamRun:
                         return refusal
                 self.opener = asyncio.ensure_future(self._open())
                 self.upstream = await self._await_upstream(self.opener)
-                if self.response is None:
+                if not self.committed:
                     if not _is_stream(self.upstream):
                         return await self._passthrough(self.upstream)
                     await self._commit(self.upstream)
@@ -164,8 +179,13 @@ class StreamRun:
                 code = self.handle.stop_code
                 if code is None:
                     raise  # the client went away (aiohttp cancels the handler)
-                self.handle.task.uncancel()
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()
                 upstream_http.close(self.upstream)
+                if code == "abandoned":
+                    self.outcome = "abandoned"  # nobody came back within resume.grace
+                    return None
                 retry = _ms(self.proxy.ctx.config.shutdown_retry) if code == "shutdown" else None
                 await self._end_with_error(code, _STOP_MESSAGES[code], retry_ms=retry)
             except (UpstreamError, ProtocolError) as exc:
@@ -180,7 +200,6 @@ class StreamRun:
         except ClientGone:
             self.outcome = "client_disconnected"
             self.client_gone_at = self.loop.time()
-        assert self.response is not None  # every path above commits first
         return self.response
 
     def _account(self) -> None:
@@ -239,13 +258,13 @@ class StreamRun:
         """
         commit_at = self.started + self.route.stream.commit_after
         while True:
-            if self.response is None and self.loop.time() >= commit_at:
+            if not self.committed and self.loop.time() >= commit_at:
                 await self._commit(None)
-            deadline = commit_at if self.response is None else self._next_deadline()
+            deadline = commit_at if not self.committed else self._next_deadline()
             done, _ = await asyncio.wait({opener}, timeout=max(deadline - self.loop.time(), 0))
             if done:
                 return opener.result()
-            if self.response is not None:
+            if self.committed:
                 await self._tick()
 
     async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
@@ -272,13 +291,15 @@ class StreamRun:
                 first = False
             if not chunk:
                 decoder.close()  # raises TruncatedEvent if it ended inside an event
-                await self._end(end_event(partial=self.partial), "upstream_closed")
+                await self._end(
+                    end_event(partial=self.partial, event_id=self._next_id()), "upstream_closed"
+                )
                 return
             m.bytes_in.inc(len(chunk))
             items = decoder.feed(chunk)
             if not items:
                 continue
-            batch = batch_of(items)
+            batch = batch_of(items, self.ids)
             if batch.forwarded:
                 self.forwarded += batch.forwarded
                 m.forwarded.inc(batch.forwarded)
@@ -288,8 +309,7 @@ class StreamRun:
                 m.event("comment_passed", batch.comments_passed)
             if batch.comments_dropped:
                 m.event("comment_dropped", batch.comments_dropped)
-            if batch.data:
-                await self._write(batch.data)
+            await self._emit(batch)
             if batch.terminal:
                 self.outcome = "completed"
                 return
@@ -299,7 +319,7 @@ class StreamRun:
     def _next_deadline(self) -> float:
         limits = self.route.limits
         deadline = min(self.last_byte + limits.idle_timeout, self.started + limits.max_duration)
-        interval = self.route.heartbeat.interval
+        interval = self.heartbeat_interval
         if interval > 0:
             deadline = min(deadline, self.last_write + interval)
         return deadline
@@ -314,7 +334,7 @@ class StreamRun:
             raise UpstreamTimeout(
                 f"no bytes from upstream for limits.idle_timeout ({limits.idle_timeout:g}s)"
             )
-        if heartbeat_due(now, self.last_write, self.route.heartbeat.interval):
+        if heartbeat_due(now, self.last_write, self.heartbeat_interval):
             await self._write(self.proxy.normalizer.keepalive)
             self.heartbeats += 1
             self.metrics.heartbeat.inc()
@@ -344,49 +364,32 @@ class StreamRun:
 
     async def _commit(self, upstream: aiohttp.ClientResponse | None) -> None:
         """Send the stream's headers (and opening) now, before any upstream event."""
-        headers = hdrs.stream_response(upstream.headers if upstream is not None else None)
-        headers["X-Request-ID"] = self.request_id
-        if self.request.version >= (1, 1) and self.request.keep_alive:
-            # Implied by HTTP/1.1, but some intermediaries only trust it spelled out.
-            headers["Connection"] = "keep-alive"
-        response = web.StreamResponse(status=200, headers=headers)
-        self.response = response
-        try:
-            await response.prepare(self.request)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            raise ClientGone("client closed before the stream began") from None
+        self.committed = True
+        upstream_headers = upstream.headers if upstream is not None else None
+        self.response = await start_response(self.request, upstream_headers, self.request_id)
         self.last_write = self.loop.time()
-        stream = self.route.stream
-        retry = _ms(stream.retry) if stream.retry is not None else None
-        first = opening(retry, stream.open_event)
+        first = opening_of(self.route)
         if first:
             await self._write(first)
-            if stream.open_event:
+            if self.route.stream.open_event:
                 self.metrics.event("opening")
 
     async def _write(self, data: bytes) -> None:
         """The one write path of the stream."""
-        response = self.response
-        assert response is not None
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
-            raise ClientGone("client connection closed")
-        try:
-            if transport.get_write_buffer_size() == 0:
-                await response.write(data)  # an empty buffer cannot block
-            else:
-                # The client is behind; bound how long it may hold the stream.
-                timeout = self.route.limits.write_timeout
-                try:
-                    async with asyncio.timeout(timeout):
-                        await response.write(data)
-                except TimeoutError:
-                    raise SlowClient(f"client took over {timeout:g}s to accept a write") from None
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            raise ClientGone("client connection closed") from None
+        assert self.response is not None
+        await client_write(self.request, self.response, data, self.route.limits.write_timeout)
         self.last_write = self.loop.time()
         self.bytes_out += len(data)
         self.metrics.bytes_out.inc(len(data))
+
+    async def _emit(self, batch: Batch) -> None:
+        """Where a chunk's events go: to the client (a resumable run: to its log)."""
+        if batch.data:
+            await self._write(batch.data)
+
+    def _next_id(self) -> str | None:
+        """The id of an event the sidecar writes itself (resumable runs number them)."""
+        return None
 
     async def _end(self, data: bytes, outcome: str) -> None:
         self.outcome = outcome
@@ -394,13 +397,63 @@ class StreamRun:
         self.metrics.event("terminal_synthesized")
 
     async def _end_with_error(self, code: str, message: str, retry_ms: int | None = None) -> None:
-        if self.response is None:
+        if not self.committed:
             await self._commit(None)
         extra: dict[str, object] = {}
         if isinstance(self.upstream, aiohttp.ClientResponse) and code == "upstream_status":
             extra["status"] = self.upstream.status
-        data = error_event(code, message, partial=self.partial, retry_ms=retry_ms, **extra)
+        data = error_event(
+            code,
+            message,
+            partial=self.partial,
+            retry_ms=retry_ms,
+            event_id=self._next_id(),
+            **extra,
+        )
         await self._end(data, code)
+
+
+async def start_response(
+    request: web.Request, upstream_headers: hdrs.Headers | None, request_id: str
+) -> web.StreamResponse:
+    """Send a normalised stream's headers to the client now."""
+    headers = hdrs.stream_response(upstream_headers)
+    headers["X-Request-ID"] = request_id
+    if request.version >= (1, 1) and request.keep_alive:
+        # Implied by HTTP/1.1, but some intermediaries only trust it spelled out.
+        headers["Connection"] = "keep-alive"
+    response = web.StreamResponse(status=200, headers=headers)
+    try:
+        await response.prepare(request)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise ClientGone("client closed before the stream began") from None
+    return response
+
+
+def opening_of(route: Route) -> bytes:
+    stream = route.stream
+    return opening(_ms(stream.retry) if stream.retry is not None else None, stream.open_event)
+
+
+async def client_write(
+    request: web.Request, response: web.StreamResponse, data: bytes, write_timeout: float
+) -> None:
+    """Write to a client, or raise ClientGone / SlowClient; the body of every write path."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientGone("client connection closed")
+    try:
+        if transport.get_write_buffer_size() == 0:
+            await response.write(data)  # an empty buffer cannot block
+        else:
+            # The client is behind; bound how long it may hold the stream.
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await response.write(data)
+            except TimeoutError:
+                raise SlowClient(f"client took over {write_timeout:g}s to accept a write") from None
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise ClientGone("client connection closed") from None
 
 
 def _is_stream(upstream: aiohttp.ClientResponse) -> bool:

@@ -1,0 +1,77 @@
+"""The interface of resume buffers (memory, redis).
+
+A *run* is one upstream request. Its events go into the run's *log* as
+entries numbered 1, 2, 3… (``seq``), each with the event id the client sees.
+A client that reconnects with ``Last-Event-ID`` is given the entries after
+that id, then follows the log until its terminal entry. Logs are per
+session: finding one takes the route and the session key, so an id alone
+never reaches another session's events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    event_id: str
+    #: The encoded event as the client gets it, its ``id:`` line included.
+    data: bytes
+    terminal: bool = False
+
+
+class ReplayLog(Protocol):
+    """The log of one run."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        """Add entries (seq strictly increasing); the oldest go past the caps."""
+        ...
+
+    async def after(self, event_id: str) -> list[Entry] | None:
+        """Entries after ``event_id``; None when the id is unknown or evicted."""
+        ...
+
+    async def read(self, after_seq: int, block: float | None) -> list[Entry]:
+        """Entries with seq > ``after_seq``, waiting up to ``block`` seconds for one (else [])."""
+        ...
+
+    async def finish(self, retention: float) -> None:
+        """The run ended (its terminal entry is in): keep the log ``retention`` seconds."""
+        ...
+
+    async def follow(self, ttl: float) -> None:
+        """Say a client follows this log (renewed by the follower; expires after ``ttl``)."""
+        ...
+
+    async def followed(self) -> bool:
+        """Whether a client on another process follows it (the run keeps going then)."""
+        ...
+
+
+class ReplayStore(Protocol):
+    kind: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def open(
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int
+    ) -> ReplayLog:
+        """A new, empty log for a run; it replaces the session's previous log."""
+        ...
+
+    async def find(self, route: str, key: str) -> ReplayLog | None:
+        """The session's current log, live or finished within its retention."""
+        ...
+
+    async def drop(self, log: ReplayLog) -> None:
+        """Forget a log now (a run abandoned by its client)."""
+        ...

@@ -1,0 +1,169 @@
+"""In-process resume buffers, bounded per run and across the process.
+
+Each log keeps at most ``max_events`` entries and ``max_bytes`` bytes (the
+oldest go first). The store also holds every log's bytes under one global
+cap: past it, finished logs are dropped oldest first, then the oldest
+entries of the largest live log, so many sessions cannot grow the process
+without limit. Each eviction is reported through ``on_evict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+
+from sidecar.replay.base import Entry
+
+DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
+
+
+class MemoryReplayLog:
+    def __init__(
+        self, store: MemoryReplayStore, slot: tuple[str, str], run_id: str, max_events: int,
+        max_bytes: int,
+    ) -> None:  # fmt: skip
+        self._store = store
+        self.slot = slot
+        self._run_id = run_id
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.entries: deque[Entry] = deque()
+        self._index: dict[str, int] = {}
+        self.bytes = 0
+        self.last_seq = 0
+        self.finished = False
+        self._changed = asyncio.Event()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            self.entries.append(entry)
+            self._index[entry.event_id] = entry.seq
+            self.bytes += len(entry.data)
+            self.last_seq = entry.seq
+        added = sum(len(e.data) for e in entries)
+        while self.entries and (len(self.entries) > self.max_events or self.bytes > self.max_bytes):
+            self.evict_oldest()
+        self._store.grew(self, added)
+        # Wake every reader: they wait on the event of the moment they looked.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def evict_oldest(self) -> None:
+        old = self.entries.popleft()
+        self.bytes -= len(old.data)
+        self._store.total -= len(old.data)
+        if self._index.get(old.event_id) == old.seq:
+            del self._index[old.event_id]
+
+    async def after(self, event_id: str) -> list[Entry] | None:
+        seq = self._index.get(event_id)
+        if seq is None or not self.entries or seq < self.entries[0].seq - 1:
+            return None
+        return [e for e in self.entries if e.seq > seq]
+
+    async def read(self, after_seq: int, block: float | None) -> list[Entry]:
+        if self.last_seq <= after_seq and not self.finished:
+            changed = self._changed
+            try:
+                async with asyncio.timeout(block):
+                    await changed.wait()
+            except TimeoutError:
+                return []
+        if not self.entries or self.entries[-1].seq <= after_seq:
+            return []
+        # Entries are numbered without gaps, so the start is an offset.
+        start = max(after_seq + 1 - self.entries[0].seq, 0)
+        return [self.entries[i] for i in range(start, len(self.entries))]
+
+    async def finish(self, retention: float) -> None:
+        self.finished = True
+        self._store.finished(self)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(retention, self._store.forget, self)
+
+    async def follow(self, ttl: float) -> None:
+        return None  # followers of a local run attach to the run itself
+
+    async def followed(self) -> bool:
+        return False
+
+    def cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+
+class MemoryReplayStore:
+    kind = "memory"
+
+    def __init__(
+        self,
+        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
+        self.max_total_bytes = max_total_bytes
+        self.total = 0
+        self._logs: dict[tuple[str, str], MemoryReplayLog] = {}
+        #: Finished logs, oldest first: the first to go under memory pressure.
+        self._finished: OrderedDict[int, MemoryReplayLog] = OrderedDict()
+        self._on_evict = on_evict or (lambda _kind: None)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for log in list(self._logs.values()):
+            self.forget(log)
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    async def open(
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int
+    ) -> MemoryReplayLog:
+        slot = (route, key)
+        old = self._logs.get(slot)
+        if old is not None:
+            self.forget(old)
+        log = MemoryReplayLog(self, slot, run_id, max_events, max_bytes)
+        self._logs[slot] = log
+        return log
+
+    async def find(self, route: str, key: str) -> MemoryReplayLog | None:
+        return self._logs.get((route, key))
+
+    async def drop(self, log: object) -> None:
+        if isinstance(log, MemoryReplayLog):
+            self.forget(log)
+
+    def forget(self, log: MemoryReplayLog) -> None:
+        log.cancel_expiry()
+        if self._logs.get(log.slot) is log:
+            del self._logs[log.slot]
+        self._finished.pop(id(log), None)
+        self.total -= log.bytes
+        log.bytes = 0
+        log.entries.clear()
+
+    def finished(self, log: MemoryReplayLog) -> None:
+        self._finished[id(log)] = log
+
+    def grew(self, log: MemoryReplayLog, added: int) -> None:
+        self.total += added
+        while self.total > self.max_total_bytes and self._finished:
+            _, oldest = self._finished.popitem(last=False)
+            self.forget(oldest)
+            self._on_evict("finished_log")
+        while self.total > self.max_total_bytes:
+            largest = max(self._logs.values(), key=lambda lg: lg.bytes)
+            if not largest.entries:
+                break
+            largest.evict_oldest()
+            self._on_evict("oldest_entry")

@@ -15,6 +15,8 @@ from sidecar.config import Config
 from sidecar.context import CONTEXT, Context
 from sidecar.metrics import Metrics, admin_app
 from sidecar.proxy import RouteProxy
+from sidecar.replay.base import ReplayStore
+from sidecar.replay.memory import MemoryReplayStore
 from sidecar.sessions.base import SessionStore
 from sidecar.sessions.memory import MemorySessionStore
 from sidecar.upstream.http import client_session
@@ -29,9 +31,26 @@ def session_store(config: Config) -> SessionStore:
     return MemorySessionStore()
 
 
+def replay_store(config: Config, metrics: Metrics) -> ReplayStore:
+    def evicted(kind: str) -> None:
+        metrics.replay_evictions.labels(kind).inc()
+
+    if config.backend.kind == "redis":
+        from sidecar.replay.redis import RedisReplayStore
+
+        return RedisReplayStore(config.backend.url, prefix=config.backend.prefix)
+    return MemoryReplayStore(config.replay_max_bytes, on_evict=evicted)
+
+
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
     """The stream server: one handler per configured route, nothing else is proxied."""
-    ctx = Context(config=config, metrics=metrics or Metrics(), sessions=session_store(config))
+    metrics = metrics or Metrics()
+    ctx = Context(
+        config=config,
+        metrics=metrics,
+        sessions=session_store(config),
+        replay=replay_store(config, metrics),
+    )
     app = web.Application()
     app[CONTEXT] = ctx
     for route in config.routes:
@@ -45,7 +64,9 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CONTEXT]
     ctx.session = client_session()
     await ctx.sessions.start()
+    await ctx.replay.start()
     yield
+    await ctx.replay.close()
     await ctx.sessions.close()
     await ctx.session.close()
     ctx.session = None
@@ -100,12 +121,12 @@ class Sidecar:
         ctx.draining = True
         ctx.metrics.draining.set(1)
         # No stream starts while draining, so waiting on today's set suffices.
-        running = [h.task for h in ctx.streams]
+        running = [h.task for h in ctx.streams if h.task is not None]
         if running:
             await asyncio.wait(running, timeout=self.config.drain_timeout)
         for handle in list(ctx.streams):
             handle.stop("shutdown")
-        tasks = [h.task for h in ctx.streams]
+        tasks = [h.task for h in ctx.streams if h.task is not None]
         if tasks:
             # Each stream writes its terminal event and ends; bounded by the
             # write timeout of a client that does not read.

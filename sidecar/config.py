@@ -111,6 +111,9 @@ class Resume:
     buffer_events: int = 1000
     buffer_bytes: Size = 4 * 1024 * 1024
     retention: Duration = 300.0
+    #: Query parameter that carries the last event id for fetch() clients
+    #: (EventSource sends the Last-Event-ID header by itself).
+    query_param: str = "last_event_id"
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ class Config:
     drain_timeout: Duration = 10.0
     #: The ``retry:`` sent with error/shutdown (written in milliseconds).
     shutdown_retry: Duration = 1.0
+    #: All resume buffers of the process together; past it the oldest go.
+    replay_max_bytes: Size = 256 * 1024 * 1024
 
 
 # --- parsing of values -------------------------------------------------------

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from sidecar.config import Config
 from sidecar.metrics import Metrics
+from sidecar.replay.base import ReplayStore
 from sidecar.sessions.base import SessionStore
+
+if TYPE_CHECKING:
+    from sidecar.resume import ResumableRun
 
 
 class StreamHandle:
@@ -18,15 +24,16 @@ class StreamHandle:
 
     __slots__ = ("id", "route", "stop_code", "task")
 
-    def __init__(self, stream_id: str, route: str, task: asyncio.Task[object]) -> None:
+    def __init__(self, stream_id: str, route: str, task: asyncio.Task[Any] | None = None) -> None:
         self.id = stream_id
         self.route = route
-        self.task = task
+        #: The task running the stream; set before the task first runs.
+        self.task: asyncio.Task[Any] | None = task
         self.stop_code: str | None = None
 
     def stop(self, code: str) -> None:
-        """End the stream with ``error/<code>`` (shutdown, replaced)."""
-        if self.stop_code is None:
+        """End the stream with ``error/<code>`` (shutdown, replaced), or quietly (abandoned)."""
+        if self.stop_code is None and self.task is not None:
             self.stop_code = code
             self.task.cancel()
 
@@ -36,9 +43,20 @@ class Context:
     config: Config
     metrics: Metrics
     sessions: SessionStore
+    replay: ReplayStore
     session: aiohttp.ClientSession | None = None
     streams: set[StreamHandle] = field(default_factory=set)
+    #: Resumable runs of this process by (route, session key).
+    runs: dict[tuple[str, str], ResumableRun] = field(default_factory=dict)
     draining: bool = False
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task held until it ends (asyncio keeps only weak references)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     @property
     def http(self) -> aiohttp.ClientSession:

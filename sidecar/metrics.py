@@ -152,6 +152,12 @@ class Metrics:
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
             registry=r,
         )
+        self.replay_evictions = Counter(
+            p + "replay_evictions",
+            "Resume buffers trimmed to stay under replay_max_bytes, by what went",
+            ["kind"],
+            registry=r,
+        )
         self.backend_up = Gauge(
             p + "backend_up",
             "1 when the session/replay backend answers",

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from yarl import URL
 
+from sidecar import resume
 from sidecar.config import Route
 from sidecar.context import Context, StreamHandle
 from sidecar.errors import BadSessionKey
@@ -66,6 +67,15 @@ class RouteProxy:
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
+        if self.route.resume.enabled:
+            last_id = request.headers.get("Last-Event-ID") or request.query.get(
+                self.route.resume.query_param
+            )
+            if last_id:
+                # A reconnect follows the run it lost; a POST body is not sent again.
+                return await resume.reattach(self, request, key, last_id)
+            if key is not None:
+                return await resume.start(self, request, url, body, key)
         task = asyncio.current_task()
         assert task is not None  # a handler always runs in a task
         handle = StreamHandle(secrets.token_hex(8), self.route.name, task)

@@ -38,6 +38,10 @@ class ReplayLog(Protocol):
         """Entries after ``event_id``; None when the id is unknown or evicted."""
         ...
 
+    async def last(self) -> Entry | None:
+        """The newest entry still held."""
+        ...
+
     async def read(self, after_seq: int, block: float | None) -> list[Entry]:
         """Entries with seq > ``after_seq``, waiting up to ``block`` seconds for one (else [])."""
         ...

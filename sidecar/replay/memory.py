@@ -30,6 +30,7 @@ class MemoryReplayLog:
         self.max_bytes = max_bytes
         self.entries: deque[Entry] = deque()
         self._index: dict[str, int] = {}
+        self._boundary: tuple[str, int] | None = None
         self.bytes = 0
         self.last_seq = 0
         self.finished = False
@@ -56,6 +57,8 @@ class MemoryReplayLog:
 
     def evict_oldest(self) -> None:
         old = self.entries.popleft()
+        # A client whose last event is the newest evicted one misses nothing.
+        self._boundary = (old.event_id, old.seq)
         self.bytes -= len(old.data)
         self._store.total -= len(old.data)
         if self._index.get(old.event_id) == old.seq:
@@ -63,9 +66,14 @@ class MemoryReplayLog:
 
     async def after(self, event_id: str) -> list[Entry] | None:
         seq = self._index.get(event_id)
+        if seq is None and self._boundary is not None and self._boundary[0] == event_id:
+            seq = self._boundary[1]
         if seq is None or not self.entries or seq < self.entries[0].seq - 1:
             return None
         return [e for e in self.entries if e.seq > seq]
+
+    async def last(self) -> Entry | None:
+        return self.entries[-1] if self.entries else None
 
     async def read(self, after_seq: int, block: float | None) -> list[Entry]:
         if self.last_seq <= after_seq and not self.finished:

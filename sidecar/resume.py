@@ -1,0 +1,294 @@
+"""Resume: a run that outlives its client, and the clients that follow it.
+
+Strategy: on a route with resume on, a request with a session key starts a
+:class:`ResumableRun` in a task of its own. The run is a :class:`StreamRun`
+whose events go into the session's replay log instead of to a socket; the
+request's handler is a :class:`Follower` of that log, writing what it holds
+and then what arrives, with heartbeats, over the one write path of its
+client. When the client leaves, the run keeps going for ``resume.grace``; a
+reconnect with the session key and ``Last-Event-ID`` follows the same log
+from after that id, without a second upstream request. Finished logs are
+kept for ``resume.retention``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from sidecar.context import StreamHandle
+from sidecar.errors import ClientGone, SlowClient
+from sidecar.headers import Headers
+from sidecar.normalize import Batch, IdSource, error_event
+from sidecar.replay.base import Entry, ReplayLog
+from sidecar.stream import StreamRun, client_write, opening_of, start_response
+
+if TYPE_CHECKING:
+    from sidecar.proxy import RouteProxy
+
+log = structlog.get_logger("sse_sidecar")
+
+
+class ResumableRun(StreamRun):
+    """A stream whose events go to the session's replay log; followers write them out."""
+
+    def __init__(self, *args: Any, replay_log: ReplayLog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = replay_log
+        self.ids = IdSource(replay_log.run_id)
+        self.heartbeat_interval = 0.0  # each follower heartbeats its own client
+        self.ready: asyncio.Future[web.StreamResponse | None] = self.loop.create_future()
+        self.stream_headers: Headers | None = None
+        self.followers = 0
+        self.done = False
+        self._grace: asyncio.TimerHandle | None = None
+        self._terminal: tuple[int, str] | None = None
+        self._detached_at: float | None = None
+
+    @property
+    def slot(self) -> tuple[str, str]:
+        assert self.session_key is not None
+        return (self.route.name, self.session_key)
+
+    async def serve(self) -> web.StreamResponse | None:
+        response: web.StreamResponse | None = None
+        try:
+            response = await super().serve()
+        finally:
+            self.done = True
+            if not self.ready.done():
+                self.ready.set_result(response)  # refused or passed through
+            self._cancel_grace()
+            ctx = self.proxy.ctx
+            if ctx.runs.get(self.slot) is self:
+                del ctx.runs[self.slot]
+            if self.committed and self.outcome != "abandoned":
+                await self.log.finish(self.route.resume.retention)
+            else:
+                await ctx.replay.drop(self.log)
+        return response
+
+    async def _commit(self, upstream: Any) -> None:
+        self.committed = True
+        self.stream_headers = upstream.headers if upstream is not None else None
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    async def _emit(self, batch: Batch) -> None:
+        if batch.entries:
+            await self.log.append(batch.entries)
+
+    def _next_id(self) -> str | None:
+        assert self.ids is not None
+        self._terminal = self.ids.next()
+        return self._terminal[1]
+
+    async def _end(self, data: bytes, outcome: str) -> None:
+        assert self._terminal is not None
+        self.outcome = outcome
+        seq, event_id = self._terminal
+        await self.log.append([Entry(seq, event_id, data, terminal=True)])
+        self.metrics.event("terminal_synthesized")
+
+    # --- who is listening ------------------------------------------------------
+
+    def attach(self) -> None:
+        self.followers += 1
+        self._cancel_grace()
+        if self._detached_at is not None:
+            self._detached_at = None
+
+    def detach(self) -> None:
+        self.followers -= 1
+        if self.followers == 0 and not self.done:
+            self._detached_at = self.loop.time()
+            self._grace = self.loop.call_later(self.route.resume.grace, self._grace_over)
+
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if self.followers == 0 and not self.done:
+            self.proxy.ctx.spawn(self._abandon_unless_followed())
+
+    async def _abandon_unless_followed(self) -> None:
+        # A client may follow this log from another process (Redis backend).
+        if await self.log.followed():
+            self._grace = self.loop.call_later(self.route.resume.grace, self._grace_over)
+            return
+        if self.followers == 0 and not self.done:
+            if self._detached_at is not None:
+                self.metrics.after_client.observe(self.loop.time() - self._detached_at)
+            self.handle.stop("abandoned")
+
+
+class Follower:
+    """One client's view of a run's log: the single write path of that client."""
+
+    def __init__(
+        self,
+        proxy: RouteProxy,
+        request: web.Request,
+        replay_log: ReplayLog,
+        after_seq: int,
+        run: ResumableRun | None,
+        request_id: str,
+        replay_until: int = 0,
+    ) -> None:
+        self.proxy = proxy
+        self.route = proxy.route
+        self.request = request
+        self.log = replay_log
+        self.after_seq = after_seq
+        self.run = run
+        self.request_id = request_id
+        #: Entries up to this seq were in the log before this client came: "replayed".
+        self.replay_until = replay_until
+        self.loop = asyncio.get_running_loop()
+        self.response: web.StreamResponse | None = None
+        self.last_write = self.loop.time()
+
+    async def serve(self, headers: Headers | None = None) -> web.StreamResponse:
+        self.response = await start_response(self.request, headers, self.request_id)
+        if self.run is not None:
+            self.run.attach()
+        try:
+            first = opening_of(self.route)
+            if first:
+                await self._write(first)
+            await self._follow()
+        except (ClientGone, SlowClient) as exc:
+            if isinstance(exc, SlowClient):
+                self.proxy.ctx.metrics.slow_clients.labels(self.route.name).inc()
+        finally:
+            if self.run is not None:
+                self.run.detach()
+        return self.response
+
+    async def _follow(self) -> None:
+        m = self.proxy.metrics
+        interval = self.route.heartbeat.interval
+        idle = self.route.limits.idle_timeout
+        grace = self.route.resume.grace
+        last_entry = self.loop.time()
+        followed_at = -grace
+        while True:
+            now = self.loop.time()
+            if self.run is None and now - followed_at > grace / 3:
+                await self.log.follow(grace)  # keeps a run on another process going
+                followed_at = now
+            block = min(last_entry + idle, now + grace / 3) - now
+            if interval > 0:
+                block = min(block, self.last_write + interval - now)
+            entries = await self.log.read(self.after_seq, max(block, 0.0))
+            now = self.loop.time()
+            if entries:
+                last_entry = now
+                await self._write(b"".join(e.data for e in entries))
+                replayed = sum(1 for e in entries if e.seq <= self.replay_until)
+                if replayed:
+                    m.event("replayed", replayed)
+                self.after_seq = entries[-1].seq
+                if entries[-1].terminal:
+                    return
+                continue
+            if self.run is not None and self.run.done:
+                return  # the run ended without a terminal entry: abandoned or a bug
+            if now - last_entry >= idle:
+                data = error_event(
+                    "upstream_timeout",
+                    f"no event for limits.idle_timeout ({idle:g}s) while following the stream",
+                    partial=True,
+                )
+                await self._write(data)
+                return
+            if interval > 0 and now - self.last_write >= interval:
+                await self._write(self.proxy.normalizer.keepalive)
+                m.heartbeat.inc()
+
+    async def _write(self, data: bytes) -> None:
+        assert self.response is not None
+        await client_write(self.request, self.response, data, self.route.limits.write_timeout)
+        self.last_write = self.loop.time()
+        self.proxy.metrics.bytes_out.inc(len(data))
+
+
+async def start(
+    proxy: RouteProxy,
+    request: web.Request,
+    url: URL,
+    body: bytes | None,
+    key: str,
+) -> web.StreamResponse:
+    """A new run for the session, followed by this request's client."""
+    ctx = proxy.ctx
+    resume = proxy.route.resume
+    replay_log = await ctx.replay.open(
+        proxy.route.name, key, secrets.token_hex(6), resume.buffer_events, resume.buffer_bytes
+    )
+    handle = StreamHandle(secrets.token_hex(8), proxy.route.name)
+    run = ResumableRun(proxy, request, handle, url, body, key, replay_log=replay_log)
+    handle.task = ctx.spawn(run.serve())
+    ctx.runs[run.slot] = run
+    run.attach()
+    try:
+        # Shielded: a client that leaves now must not cancel the run's answer.
+        ready = await asyncio.shield(run.ready)
+        if ready is not None:
+            return ready
+        follower = Follower(proxy, request, replay_log, 0, run, run.request_id)
+        return await follower.serve(run.stream_headers)
+    finally:
+        run.detach()
+
+
+async def reattach(
+    proxy: RouteProxy, request: web.Request, key: str | None, last_id: str
+) -> web.StreamResponse:
+    """A reconnect with Last-Event-ID: what the client missed, then the live rest."""
+    ctx = proxy.ctx
+    route = proxy.route.name
+    request_id = request.headers.get("X-Request-ID") or secrets.token_hex(8)
+    run = ctx.runs.get((route, key)) if key is not None else None
+    replay_log = run.log if run is not None else None
+    if replay_log is None and key is not None:
+        replay_log = await ctx.replay.find(route, key)
+    entries = await replay_log.after(last_id) if replay_log is not None else None
+    if replay_log is None or entries is None:
+        result = "miss" if replay_log is None else "gap"
+        ctx.metrics.resume.labels(route, result).inc()
+        proxy.metrics.outcome("resume_gap")
+        why = "no resumable stream for this session" if key is not None else "no session key"
+        return await _gap(request, request_id, f"cannot resume after this id: {why}")
+    if not entries:
+        last = await replay_log.last()
+        if last is not None and last.terminal and last.event_id == last_id:
+            # The client has the whole stream. 204 tells EventSource to stop
+            # reconnecting (WHATWG §9.2.3).
+            ctx.metrics.resume.labels(route, "hit").inc()
+            return web.Response(status=204)
+        after_seq = last.seq if last is not None else 0
+    else:
+        after_seq = entries[0].seq - 1
+    ctx.metrics.resume.labels(route, "hit").inc()
+    log.info("stream_resumed", route=route, request_id=request_id, replayed=len(entries))
+    until = entries[-1].seq if entries else after_seq
+    follower = Follower(proxy, request, replay_log, after_seq, run, request_id, until)
+    return await follower.serve(run.stream_headers if run is not None else None)
+
+
+async def _gap(request: web.Request, request_id: str, message: str) -> web.StreamResponse:
+    response = await start_response(request, None, request_id)
+    data = error_event("resume_gap", message, partial=True)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write(data)
+    return response

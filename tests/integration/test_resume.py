@@ -1,0 +1,240 @@
+"""Resume with Last-Event-ID against a run that kept going (memory backend)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from tests.conftest import Script, make_config
+from tests.integration.streams import read_stream
+
+N = 12
+DONE = b"event: done\ndata: [DONE]\n\n"
+
+
+def numbered(n: int = N, gap: float = 0.1) -> Script:
+    steps: list[bytes | float | str] = []
+    for i in range(1, n + 1):
+        steps += [f"data: {i}\n\n".encode(), gap]
+    steps.append(DONE)
+    return Script(steps)
+
+
+def resume_config(url: str, **resume):
+    return make_config(
+        url,
+        session={"from": "query:s"},
+        resume={"enabled": True, "grace": "3s", **resume},
+        heartbeat={"interval": "500ms"},
+    )
+
+
+async def read_until(resp: aiohttp.ClientResponse, count: int) -> list[tuple[str, str]]:
+    """Read ``count`` data events (id, data) from a live response, then stop."""
+    events: list[tuple[str, str]] = []
+    while len(events) < count:
+        block = (await resp.content.readuntil(b"\n\n")).decode()
+        fields = dict(line.split(": ", 1) for line in block.strip().split("\n") if ": " in line)
+        if fields.get("event", "message") == "message" and "data" in fields:
+            events.append((fields["id"], fields["data"]))
+    return events
+
+
+def data_events(got) -> list[str]:
+    return [e.data for e in got.events if (e.event or "message") == "message" and e.data]
+
+
+async def test_reconnect_gets_exactly_the_missed_events(upstream, start_sidecar):
+    upstream.script = numbered()
+    sc = await start_sidecar(resume_config(upstream.url))
+    k = 4
+    async with sc.http.get(sc.url + "/s?s=alice") as resp:
+        first = await read_until(resp, k)
+        resp.connection.transport.abort()  # type: ignore[union-attr]
+    assert [d for _, d in first] == ["1", "2", "3", "4"]
+    await asyncio.sleep(2.0)  # the run goes on meanwhile
+    got = await read_stream(
+        sc.http, "GET", sc.url + "/s?s=alice", headers={"Last-Event-ID": first[-1][0]}
+    )
+    assert got.status == 200
+    assert data_events(got) == [str(i) for i in range(k + 1, N + 1)]
+    assert got.kinds()[-1] == "done"
+    assert len(upstream.requests) == 1
+    ids = [e.id for e in got.events if e.id]
+    assert len(set(ids)) == len(ids)
+    metrics = await sc.metrics()
+    assert 'sse_sidecar_resume_total{result="hit",route="test"} 1.0' in metrics
+    assert 'sse_sidecar_streams_total{outcome="completed",route="test"} 1.0' in metrics
+
+
+async def test_fetch_client_resumes_with_a_post_and_query_param(upstream, start_sidecar):
+    upstream.script = numbered(8)
+    sc = await start_sidecar(resume_config(upstream.url))
+    async with sc.http.post(sc.url + "/s?s=bob", json={"prompt": "hi"}) as resp:
+        first = await read_until(resp, 3)
+        resp.connection.transport.abort()  # type: ignore[union-attr]
+    got = await read_stream(
+        sc.http,
+        "POST",
+        sc.url + f"/s?s=bob&last_event_id={first[-1][0]}",
+        json={"prompt": "hi"},
+    )
+    assert data_events(got) == ["4", "5", "6", "7", "8"]
+    assert len(upstream.requests) == 1
+    assert upstream.requests[0].body == b'{"prompt": "hi"}'
+
+
+async def test_upstream_ids_are_kept_and_resumable(upstream, start_sidecar):
+    upstream.script = Script(
+        [b"id: a\ndata: 1\n\n", b"id: b\ndata: 2\n\n", 0.5, b"id: c\ndata: 3\n\n", DONE]
+    )
+    sc = await start_sidecar(resume_config(upstream.url))
+    async with sc.http.get(sc.url + "/s?s=carol") as resp:
+        first = await read_until(resp, 2)
+        resp.connection.transport.abort()  # type: ignore[union-attr]
+    assert first == [("a", "1"), ("b", "2")]
+    got = await read_stream(sc.http, "GET", sc.url + "/s?s=carol", headers={"Last-Event-ID": "b"})
+    assert next((e.id, e.data) for e in got.events) == ("c", "3")
+
+
+async def test_after_grace_the_upstream_is_closed_and_resume_is_a_gap(upstream, start_sidecar):
+    upstream.script = Script([b"data: 1\n\n", "hang"])
+    sc = await start_sidecar(resume_config(upstream.url, grace="500ms"))
+    loop = asyncio.get_running_loop()
+    async with sc.http.get(sc.url + "/s?s=dave") as resp:
+        (first,) = await read_until(resp, 1)
+        resp.connection.transport.abort()  # type: ignore[union-attr]
+        left = loop.time()
+    record = upstream.requests[0]
+    await asyncio.wait_for(record.finished.wait(), 2.0)
+    assert 0.4 <= record.ended_at - left < 1.5  # kept for the grace, then closed
+    got = await read_stream(
+        sc.http, "GET", sc.url + "/s?s=dave", headers={"Last-Event-ID": first[0]}
+    )
+    assert got.kinds() == ["error"]
+    assert got.error()["code"] == "resume_gap"
+    metrics = await sc.metrics()
+    assert 'sse_sidecar_streams_total{outcome="abandoned",route="test"} 1.0' in metrics
+
+
+async def test_evicted_id_is_a_gap(upstream, start_sidecar):
+    upstream.script = numbered(10, gap=0.02)
+    sc = await start_sidecar(resume_config(upstream.url, buffer_events=3))
+    async with sc.http.get(sc.url + "/s?s=erin") as resp:
+        first = await read_until(resp, 1)
+        resp.connection.transport.abort()  # type: ignore[union-attr]
+    await asyncio.sleep(0.5)
+    got = await read_stream(
+        sc.http, "GET", sc.url + "/s?s=erin", headers={"Last-Event-ID": first[0][0]}
+    )
+    assert got.kinds() == ["error"]
+    err = got.error()
+    assert (err["code"], err["partial"]) == ("resume_gap", True)
+    assert 'sse_sidecar_resume_total{result="gap",route="test"} 1.0' in await sc.metrics()
+
+
+async def test_finished_stream_replays_its_tail_within_retention(upstream, start_sidecar):
+    upstream.script = numbered(5, gap=0.01)
+    sc = await start_sidecar(resume_config(upstream.url))
+    whole = await read_stream(sc.http, "GET", sc.url + "/s?s=frank")
+    ids = [e.id for e in whole.events]
+    assert data_events(whole) == ["1", "2", "3", "4", "5"]
+    got = await read_stream(
+        sc.http, "GET", sc.url + "/s?s=frank", headers={"Last-Event-ID": ids[2]}
+    )
+    assert data_events(got) == ["4", "5"]
+    assert got.kinds()[-1] == "done"
+    # With the terminal event's id the client has everything: 204 stops EventSource.
+    async with sc.http.get(sc.url + "/s?s=frank", headers={"Last-Event-ID": ids[-1]}) as resp:
+        assert resp.status == 204
+    assert len(upstream.requests) == 1
+
+
+async def test_another_sessions_key_gets_nothing(upstream, start_sidecar):
+    upstream.script = numbered(6, gap=0.05)
+    sc = await start_sidecar(resume_config(upstream.url))
+    whole = await read_stream(sc.http, "GET", sc.url + "/s?s=grace")
+    valid_id = whole.events[1].id
+    for path in ("/s?s=mallory", "/s"):
+        got = await read_stream(sc.http, "GET", sc.url + path, headers={"Last-Event-ID": valid_id})
+        assert got.kinds() == ["error"]
+        assert got.error()["code"] == "resume_gap"
+        assert b"data: 3" not in got.raw
+    assert len(upstream.requests) == 1
+
+
+async def test_ids_do_not_reveal_other_runs(upstream, start_sidecar):
+    upstream.script = numbered(2, gap=0.0)
+    sc = await start_sidecar(resume_config(upstream.url))
+    a = await read_stream(sc.http, "GET", sc.url + "/s?s=a")
+    b = await read_stream(sc.http, "GET", sc.url + "/s?s=b")
+    nonce_a = a.events[0].id.rsplit("-", 1)[0]
+    nonce_b = b.events[0].id.rsplit("-", 1)[0]
+    assert nonce_a != nonce_b
+    assert len(nonce_a) >= 12
+
+
+async def test_heartbeats_reach_a_follower_during_silence(upstream, start_sidecar):
+    upstream.script = Script([b"data: 1\n\n", 1.3, DONE])
+    sc = await start_sidecar(resume_config(upstream.url))
+    got = await read_stream(sc.http, "GET", sc.url + "/s?s=henry")
+    assert got.kinds().count("keepalive") >= 2
+    assert got.kinds()[0] == "message"
+    assert got.kinds()[-1] == "done"
+
+
+async def test_new_request_without_last_event_id_replaces_a_detached_run(upstream, start_sidecar):
+    upstream.script = Script([b"data: 1\n\n", "hang"])
+    sc = await start_sidecar(resume_config(upstream.url))
+    async with sc.http.get(sc.url + "/s?s=ivy") as resp:
+        await read_until(resp, 1)
+        resp.connection.transport.abort()  # type: ignore[union-attr]
+    async with sc.http.get(sc.url + "/s?s=ivy") as resp:
+        await read_until(resp, 1)
+        await asyncio.wait_for(upstream.requests[0].finished.wait(), 1.0)
+    assert len(upstream.requests) == 2
+
+
+async def test_error_terminal_is_replayed_too(upstream, start_sidecar):
+    upstream.script = Script([b"data: 1\n\n", 0.3, b"data: 2\n\n", "abort"])
+    sc = await start_sidecar(resume_config(upstream.url))
+    async with sc.http.get(sc.url + "/s?s=jack") as resp:
+        first = await read_until(resp, 1)
+        resp.connection.transport.abort()  # type: ignore[union-attr]
+    await asyncio.sleep(0.6)
+    got = await read_stream(
+        sc.http, "GET", sc.url + "/s?s=jack", headers={"Last-Event-ID": first[0][0]}
+    )
+    assert got.kinds() == ["message", "error"]
+    err = got.error()
+    assert (err["code"], err["partial"]) == ("upstream_disconnected", True)
+    assert got.events[-1].id is not None  # the terminal has an id, so it is resumable too
+
+
+async def test_passthrough_still_works_on_resume_routes(upstream, start_sidecar):
+    upstream.script = Script([b'{"error":"nope"}'], status=401, content_type="application/json")
+    sc = await start_sidecar(resume_config(upstream.url))
+    async with sc.http.get(sc.url + "/s?s=kim") as resp:
+        assert resp.status == 401
+        assert json.loads(await resp.read()) == {"error": "nope"}
+
+
+async def test_shutdown_reaches_a_follower(upstream, start_sidecar):
+    upstream.script = Script([b"data: 1\n\n", "hang"])
+    sc = await start_sidecar(resume_config(upstream.url, grace="10s"))
+    async with sc.http.get(sc.url + "/s?s=liz") as resp:
+        await read_until(resp, 1)
+        for handle in list(sc.sidecar.ctx.streams):
+            handle.stop("shutdown")
+        rest = await asyncio.wait_for(resp.content.read(), 2.0)
+    assert b'"code":"shutdown"' in rest
+
+
+async def test_resume_route_without_key_streams_plainly(upstream, start_sidecar):
+    upstream.script = numbered(2, gap=0.0)
+    sc = await start_sidecar(resume_config(upstream.url))
+    got = await read_stream(sc.http, "GET", sc.url + "/s")
+    assert data_events(got) == ["1", "2"]
+    assert all(e.id is None for e in got.events)  # no session: nothing to resume

@@ -208,7 +208,7 @@ class StreamRun:
         m.active.dec()
         m.outcome(self.outcome)
         m.duration.observe(now - self.started)
-        if self.upstream is not None:
+        if self.upstream is not None and self.committed:
             m.max_silence.observe(max(self.max_silence, now - self.last_byte))
         if self.client_gone_at is not None:
             # The upstream was closed in serve()'s finally, right before this.

@@ -81,6 +81,22 @@ class Normalizer:
             return True
         return event.data is not None and event.data.strip() in self._terminal_data
 
+    def unchanged(self, items: list[Item]) -> bool:
+        """Whether these items go to the client exactly as the upstream wrote them.
+
+        True when there is nothing to convert, drop or stop at: then the
+        proxy forwards the upstream's bytes as they are (the fast path),
+        instead of encoding the same events again.
+        """
+        passing = self._comments == "pass"
+        for item in items:
+            if isinstance(item, Comment):
+                if not passing:
+                    return False
+            elif self.is_terminal(item):
+                return False
+        return True
+
     def batch(self, items: list[Item], ids: IdSource | None = None) -> Batch:
         """Encode a chunk's items for the client, stopping after a terminal event.
 

@@ -42,7 +42,7 @@ from sidecar.normalize import (
     opening,
 )
 from sidecar.sessions.base import Claim
-from sidecar.sse import Decoder
+from sidecar.sse import Decoder, Event
 from sidecar.upstream import http as upstream_http
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class StreamRun:
     async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
         limits = self.route.limits
         decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
-        batch_of = self.proxy.normalizer.batch
+        normalizer = self.proxy.normalizer
         m = self.metrics
         loop = self.loop
         self.last_byte = loop.time()
@@ -296,10 +296,25 @@ class StreamRun:
                 )
                 return
             m.bytes_in.inc(len(chunk))
+            whole = decoder.at_boundary
             items = decoder.feed(chunk)
             if not items:
                 continue
-            batch = batch_of(items, self.ids)
+            if (
+                whole
+                and decoder.at_boundary
+                and decoder.error is None
+                and self.ids is None
+                and b"\r" not in chunk
+                and normalizer.unchanged(items)
+            ):
+                # Fast path: the chunk is whole events needing no change.
+                forwarded = sum(1 for item in items if type(item) is Event)
+                self.forwarded += forwarded
+                m.forwarded.inc(forwarded)
+                await self._write(chunk)
+                continue
+            batch = normalizer.batch(items, self.ids)
             if batch.forwarded:
                 self.forwarded += batch.forwarded
                 m.forwarded.inc(batch.forwarded)

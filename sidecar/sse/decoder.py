@@ -76,6 +76,11 @@ class Decoder:
         self._size = 0
 
     @property
+    def at_boundary(self) -> bool:
+        """Between events: everything fed so far was complete events and lines."""
+        return not (self._buf or self._has_fields or self._cr_pending or self._bom_pending)
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes held for an unfinished line or event (what a cap must bound)."""
         return len(self._buf) + self._size
@@ -110,13 +115,8 @@ class Decoder:
         self._buf = lines.pop()
         items: list[Item] = []
         try:
-            for line in lines:
-                if line:
-                    if len(line) > self.max_line_bytes:
-                        raise LineTooLong(f"upstream line longer than {self.max_line_bytes} bytes")
-                    self._line(line, items)
-                elif self._has_fields:
-                    items.append(self._dispatch())
+            if lines:
+                self._lines(buf, lines, items)
             if len(self._buf) > self.max_line_bytes:
                 raise LineTooLong(f"upstream line longer than {self.max_line_bytes} bytes")
         except ProtocolError as exc:
@@ -140,21 +140,44 @@ class Decoder:
             raise TruncatedEvent("upstream stream ended inside an event (no final blank line)")
         return []
 
-    def _line(self, line: bytes, items: list[Item]) -> None:
-        colon = line.find(b":")
+    def _lines(self, buf: bytes, raw_lines: list[bytes], items: list[Item]) -> None:
+        """Interpret complete lines, decoding them to text in one call when valid."""
+        complete = len(buf) - len(self._buf)
+        if complete > self.max_line_bytes and max(map(len, raw_lines)) > self.max_line_bytes:
+            # Lines before the long one still count: interpret them one by one.
+            texts = None
+        else:
+            try:
+                texts = buf[:complete].decode("utf-8").split("\n")
+            except UnicodeDecodeError:
+                texts = None  # find the bad line below, after the good ones
+        if texts is not None:
+            for raw, line in zip(raw_lines, texts, strict=False):
+                if line:
+                    self._line(line, len(raw), items)
+                elif self._has_fields:
+                    items.append(self._dispatch())
+            return
+        for raw in raw_lines:
+            if raw:
+                if len(raw) > self.max_line_bytes:
+                    raise LineTooLong(f"upstream line longer than {self.max_line_bytes} bytes")
+                self._line(_text(raw), len(raw), items)
+            elif self._has_fields:
+                items.append(self._dispatch())
+
+    def _line(self, line: str, nbytes: int, items: list[Item]) -> None:
+        colon = line.find(":")
         if colon == 0:
-            text = _text(line[1:])
-            items.append(Comment(text[1:] if text[:1] == " " else text))
+            items.append(Comment(line[2:] if line[1:2] == " " else line[1:]))
             return
         if colon < 0:
-            name, value = _text(line), ""
+            name, value = line, ""
         else:
-            name = _text(line[:colon])
-            value = _text(line[colon + 1 :])
-            if value[:1] == " ":
-                value = value[1:]
+            name = line[:colon]
+            value = line[colon + 2 :] if line[colon + 1 : colon + 2] == " " else line[colon + 1 :]
         if name == "data":
-            self._size += len(line) + 1
+            self._size += nbytes + 1
             if self._size > self.max_event_bytes:
                 self._reset_event()
                 raise EventTooLarge(f"upstream event larger than {self.max_event_bytes} bytes")

@@ -321,3 +321,25 @@ async def test_newline_injection_never_reaches_the_wire(upstream, start_sidecar)
     got = await read_stream(sc2.http, "GET", sc2.url + f"/s/{evil}?{evil}")
     assert got.kinds() == ["error"]
     assert got.raw.count(b"\n\n") == 1
+
+
+async def test_whole_unchanged_chunks_are_forwarded_byte_for_byte(upstream, start_sidecar):
+    # No space after the colon, an unknown field, a retry: all the same
+    # meaning, and the fast path hands the upstream's bytes on as they are.
+    chunk = b"data:a\nfoo: bar\nretry: 10\n\nid:7\ndata:b\n\n"
+    upstream.script = Script([b"data: 0\n\n", 0.05, chunk, 0.05, DONE])
+    sc = await start_sidecar(make_config(upstream.url))
+    got = await read_stream(sc.http, "GET", sc.url + "/s")
+    assert got.raw == b"data: 0\n\n" + chunk + DONE
+    assert [e.data for e in got.events] == ["0", "a", "b", "[DONE]"]
+
+
+async def test_bad_bytes_after_good_events_in_one_read_never_reach_the_client(
+    upstream, start_sidecar
+):
+    upstream.script = Script([b"data: 0\n\n", 0.05, b"data: ok\n\ndata: \xff\n\n"])
+    sc = await start_sidecar(make_config(upstream.url))
+    got = await read_stream(sc.http, "GET", sc.url + "/s")
+    assert b"\xff" not in got.raw
+    assert got.kinds() == ["message", "message", "error"]
+    assert got.error()["code"] == "upstream_protocol"

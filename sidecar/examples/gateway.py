@@ -1,0 +1,414 @@
+"""An example WebSocket agent gateway that speaks the protocol of issue 6.
+
+Put the sidecar in front of it (a ``ws://`` route with the default
+``websocket:`` profile), or talk to it directly::
+
+    python -m sidecar.examples.gateway --port 8765
+    # send: {"type":"req","id":"1","method":"agent","params":{"message":"hi",
+    #        "sessionKey":"agent:main:main","idempotencyKey":"k1"}}
+
+A request gets an accepted ``res`` with a run id, then ``chat`` events whose
+text is CUMULATIVE, then ``final`` and a final ``res``. Like a real gateway it
+broadcasts every run's events to every connection, so runs on one session key
+interleave on every socket. Markers in the message select a behaviour:
+``[reset]`` (the text is rewritten once mid-run, shorter and different),
+``[error]``, ``[abort]``, ``[die]`` (the requesting connection is cut without
+a close frame mid-run), ``[slow]`` (five times slower, with a pause) and
+``[tool]`` (``agent`` tool-call events mid-run). What the text is, and how it
+grows, is pure and exported (:func:`final_text`, :func:`cumulative_texts`) so
+tests can compute what a client must assemble.
+
+Strategy: one task per run broadcasts its frames; one record per connection
+(:class:`ConnectionRecord`, with an ``asyncio.Event`` set when the socket
+closed) lets tests assert from the gateway's side that a client went away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import random
+import re
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+TOKEN_INTERVAL = 0.04
+FIRST_TOKEN_DELAY = 0.3
+SLOW_FACTOR = 5.0
+SLOW_PAUSE = 1.0
+TOOL_DELAY = 0.2
+DEFAULT_SESSION = "agent:main:main"
+RECORDS_KEPT = 1000
+ERROR_MESSAGE = "the model backend failed ([error] requested)"
+ABORT_MESSAGE = "the run was aborted ([abort] requested)"
+MARKERS = ("[reset]", "[error]", "[abort]", "[die]", "[slow]", "[tool]")
+
+_ANSWER = (
+    "Here is what I found about {topic}: the gateway streams this answer in small "
+    "pieces, and every piece repeats all the text so far — déjà vu 🙂 — until a "
+    "final event closes the run."
+)
+_DRAFT = "Thinking about {topic}… hmm, that came out wrong, let me start over."
+
+
+# --- the text of a run (pure) ---------------------------------------------------------
+
+
+def _topic(message: str) -> str:
+    for marker in MARKERS:
+        message = message.replace(marker, " ")
+    topic = " ".join(message.split())[:60]
+    return topic or "nothing in particular"
+
+
+def final_text(message: str) -> str:
+    """The whole answer to ``message``: what a client must end up with."""
+    return _ANSWER.format(topic=_topic(message))
+
+
+def _growth(text: str, rng: random.Random, start: int = 0) -> list[str]:
+    """Cumulative prefixes of ``text`` from ``start``, growing by 1 to 6 characters."""
+    out: list[str] = []
+    end = start
+    while end < len(text):
+        end = min(len(text), end + rng.randint(1, 6))
+        out.append(text[:end])
+    return out
+
+
+def cumulative_texts(message: str) -> list[str]:
+    """The text of each ``delta`` event for ``message``, in order; ``final`` carries the last.
+
+    With ``[reset]`` the run first drafts a different text, then restarts the
+    answer from a shorter prefix that the draft does not start with.
+    """
+    rng = random.Random(message)
+    answer = final_text(message)
+    if "[reset]" not in message:
+        return _growth(answer, rng)
+    draft = _DRAFT.format(topic=_topic(message))
+    drafted = _growth(draft, rng)[: max(2, len(draft) // 6)]
+    return drafted + _growth(answer, rng)
+
+
+# --- what the gateway saw ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ConnectionRecord:
+    """One WebSocket connection as the gateway saw it."""
+
+    id: int
+    path: str
+    #: The handshake request's headers (case-insensitive lookups).
+    headers: Headers
+    #: Set once the socket is closed, however it closed.
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    close_code: int | None = None
+    requests: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One run: who asked, and how it ended (running, final, error, aborted, died, stopped)."""
+
+    run_id: str
+    session_key: str
+    message: str
+    connection_id: int
+    state: str = "running"
+
+
+class Gateway:
+    """The example gateway; ``speed`` divides every delay (10 = ten times faster)."""
+
+    def __init__(self, *, speed: float = 1.0) -> None:
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive number, got {speed!r}")
+        self.speed = speed
+        #: The latest connections and runs (older ones are forgotten).
+        self.connections: deque[ConnectionRecord] = deque(maxlen=RECORDS_KEPT)
+        self.runs: deque[RunRecord] = deque(maxlen=RECORDS_KEPT)
+        #: Connections accepted, and those of them that closed since.
+        self.opened = 0
+        self.closed = 0
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idempotency: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self._run_ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._changed = asyncio.Event()
+
+    # --- observable state ---------------------------------------------------------
+
+    async def wait_until(self, predicate: Callable[[Gateway], bool]) -> None:
+        """Return once ``predicate(self)`` holds; bound it with ``asyncio.timeout``."""
+        while not predicate(self):
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8765) -> str:
+        """Listen (port 0: any free port) and return the ``ws://`` URL."""
+        self._server = await serve(
+            self._connection, host, port, process_request=_health, close_timeout=1.0
+        )
+        return self.url
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"ws://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    async def stop(self) -> None:
+        """Stop runs, close every connection with 1001 and stop listening."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def kill(self) -> None:
+        """Die like a crashed process: every connection cut, no close frames."""
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            for connection in self._server.connections:
+                connection.transport.abort()
+            self._server.close(close_connections=False)
+
+    # --- protocol -----------------------------------------------------------------
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        record = ConnectionRecord(next(self._ids), ws.request.path, ws.request.headers)
+        self.connections.append(record)
+        self.opened += 1
+        self._notify()
+        try:
+            async for message in ws:
+                await self._on_message(ws, record, message)
+        except ConnectionClosed:
+            pass  # cut without a close frame: recorded below like any close
+        finally:
+            record.close_code = ws.close_code
+            record.closed.set()
+            self.closed += 1
+            self._notify()
+
+    async def _on_message(
+        self, ws: ServerConnection, record: ConnectionRecord, message: str | bytes
+    ) -> None:
+        try:
+            frame = json.loads(message)
+        except ValueError:
+            frame = None
+        record.requests.append(frame)
+        if not isinstance(frame, dict) or frame.get("type") != "req":
+            await _send(ws, _failed(None, "INVALID_REQUEST", "frames must be req objects"))
+            return
+        request_id = frame.get("id")
+        params = frame.get("params")
+        if frame.get("method") != "agent":
+            await _send(ws, _failed(request_id, "UNKNOWN_METHOD", "only agent is served"))
+            return
+        if not isinstance(params, dict) or not isinstance(params.get("message"), str):
+            await _send(ws, _failed(request_id, "INVALID_REQUEST", "params.message is required"))
+            return
+        key = params.get("idempotencyKey")
+        if isinstance(key, str) and key in self._idempotency:
+            # A retried request joins the run it already started.
+            await _send(ws, _accepted(request_id, self._idempotency[key]))
+            return
+        agent = params.get("agentId") if isinstance(params.get("agentId"), str) else "main"
+        session_key = params.get("sessionKey")
+        if not isinstance(session_key, str):
+            session_key = DEFAULT_SESSION if agent == "main" else f"agent:{agent}:main"
+        run = RunRecord(f"run-{next(self._run_ids)}", session_key, params["message"], record.id)
+        if isinstance(key, str):
+            self._idempotency[key] = run.run_id
+            if len(self._idempotency) > RECORDS_KEPT:
+                del self._idempotency[next(iter(self._idempotency))]
+        self.runs.append(run)
+        self._notify()
+        await _send(ws, _accepted(request_id, run.run_id))
+        task = asyncio.create_task(self._play(ws, request_id, run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _play(self, ws: ServerConnection, request_id: object, run: RunRecord) -> None:
+        message = run.message
+        slow = SLOW_FACTOR if "[slow]" in message else 1.0
+        texts = cumulative_texts(message)
+        third = max(1, len(texts) // 3)
+        try:
+            self._agent(run, "lifecycle", {"phase": "start"})
+            await self._sleep(FIRST_TOKEN_DELAY * slow)
+            for i, text in enumerate(texts):
+                if i == third:
+                    outcome = await self._midway(ws, request_id, run)
+                    if outcome is not None:
+                        if outcome:  # {} when the connection was cut
+                            await _send(ws, outcome)
+                        return
+                self._chat(run, "delta", message={"role": "assistant", "content": _parts(text)})
+                await self._sleep(TOKEN_INTERVAL * slow)
+            self._agent(run, "lifecycle", {"phase": "end"})
+            self._chat(run, "final", message={"role": "assistant", "content": _parts(texts[-1])})
+            run.state = "final"
+            await _send(ws, _finished(request_id, run.run_id, "ok"))
+        except asyncio.CancelledError:
+            run.state = "stopped"
+            raise
+        finally:
+            self._notify()
+
+    async def _midway(
+        self, ws: ServerConnection, request_id: object, run: RunRecord
+    ) -> dict[str, object] | None:
+        """Mid-run behaviours; the final response (or {}) when the run ended here."""
+        message = run.message
+        if "[tool]" in message:
+            call = {"name": "search", "toolCallId": f"{run.run_id}-tool-1"}
+            self._agent(run, "tool", {**call, "phase": "start", "args": {"q": _topic(message)}})
+            await self._sleep(TOOL_DELAY)
+            self._agent(run, "tool", {**call, "phase": "result", "result": {"hits": 3}})
+        if "[slow]" in message:
+            await self._sleep(SLOW_PAUSE)
+        if "[die]" in message:
+            run.state = "died"
+            ws.transport.abort()
+            return {}
+        if "[error]" in message:
+            run.state = "error"
+            self._chat(run, "error", errorMessage=ERROR_MESSAGE)
+            return _failed(request_id, "AGENT_ERROR", ERROR_MESSAGE)
+        if "[abort]" in message:
+            run.state = "aborted"
+            self._chat(run, "aborted", errorMessage=ABORT_MESSAGE)
+            return _finished(request_id, run.run_id, "aborted")
+        return None
+
+    def _chat(self, run: RunRecord, state: str, **extra: object) -> None:
+        payload = {"runId": run.run_id, "sessionKey": run.session_key, "state": state, **extra}
+        self._broadcast({"type": "event", "event": "chat", "payload": payload})
+
+    def _agent(self, run: RunRecord, stream: str, data: dict[str, object]) -> None:
+        payload = {"runId": run.run_id, "sessionKey": run.session_key, "stream": stream}
+        self._broadcast({"type": "event", "event": "agent", "payload": {**payload, "data": data}})
+
+    def _broadcast(self, frame: dict[str, object]) -> None:
+        assert self._server is not None
+        frame["seq"] = next(self._seq)
+        broadcast(self._server.connections, json.dumps(frame, ensure_ascii=False))
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self.speed)
+
+
+def _parts(text: str) -> list[dict[str, str]]:
+    return [{"type": "text", "text": text}]
+
+
+def _accepted(request_id: object, run_id: str) -> dict[str, object]:
+    payload = {"runId": run_id, "status": "accepted"}
+    return {"type": "res", "id": request_id, "ok": True, "payload": payload}
+
+
+def _finished(request_id: object, run_id: str, status: str) -> dict[str, object]:
+    payload = {"runId": run_id, "status": status}
+    return {"type": "res", "id": request_id, "ok": True, "payload": payload}
+
+
+def _failed(request_id: object, code: str, message: str) -> dict[str, object]:
+    error = {"code": code, "message": message}
+    return {"type": "res", "id": request_id, "ok": False, "error": error}
+
+
+async def _send(ws: ServerConnection, frame: dict[str, object]) -> None:
+    with contextlib.suppress(ConnectionClosed):  # the client left: nobody to answer
+        await ws.send(json.dumps(frame, ensure_ascii=False))
+
+
+def _health(connection: ServerConnection, request: Request) -> Response | None:
+    if request.path == "/healthz":
+        return connection.respond(200, "ok\n")
+    return None
+
+
+# --- command line --------------------------------------------------------------------
+
+_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
+
+
+def _speed(text: str) -> float:
+    value = float(text) if _NUMBER.match(text) else math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sse-sidecar example-gateway",
+        description="Serve an example WebSocket agent gateway (cumulative chat events).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
+    parser.add_argument("--port", type=int, default=8765, help="port to bind (%(default)s)")
+    parser.add_argument(
+        "--speed", type=_speed, default=1.0, help="divide every delay by this (%(default)s)"
+    )
+    return parser
+
+
+async def _serve(host: str, port: int, speed: float) -> int:
+    gateway = Gateway(speed=speed)
+    try:
+        url = await gateway.start(host, port)
+    except OSError as exc:
+        print(f"example gateway: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"example gateway listening on {url} (speed {speed:g})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # Windows: Ctrl+C still works
+                loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await gateway.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the example gateway until SIGINT/SIGTERM; return the exit status."""
+    args = _arg_parser().parse_args(argv)
+    try:
+        return asyncio.run(_serve(args.host, args.port, args.speed))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

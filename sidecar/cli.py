@@ -27,8 +27,15 @@ def _example_producer(argv: list[str]) -> int:
     return producer.main(argv)
 
 
+def _example_gateway(argv: list[str]) -> int:
+    from sidecar.examples import gateway
+
+    return gateway.main(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "example-producer": _example_producer,
+    "example-gateway": _example_gateway,
 }
 
 

@@ -25,6 +25,7 @@ import yaml
 from yarl import URL
 
 from sidecar.errors import ConfigError
+from sidecar.upstream.ws_profile import WebSocketProfile, validate_profile
 
 ENV_PREFIX = "SSE_SIDECAR_"
 
@@ -159,6 +160,13 @@ class Route:
     resume: Resume = field(default_factory=Resume)
     limits: Limits = field(default_factory=Limits)
     stream: Stream = field(default_factory=Stream)
+    #: For ws:// and wss:// upstreams: the gateway's protocol (default: the
+    #: agent-gateway profile, see sidecar/upstream/ws_profile.py).
+    websocket: WebSocketProfile | None = None
+
+    @property
+    def is_websocket(self) -> bool:
+        return self.upstream.startswith(("ws://", "wss://"))
 
 
 @dataclass(frozen=True)
@@ -413,10 +421,15 @@ def _validate_route(route: Route, key: str) -> None:
         url.port  # noqa: B018 - parsing the port is what may fail
     except ValueError as exc:
         raise ConfigError(f"{key}.upstream: not a valid URL {route.upstream!r}: {exc}") from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https", "ws", "wss") or not url.host:
         raise ConfigError(
-            f"{key}.upstream: must be an absolute http:// or https:// URL, got {route.upstream!r}"
+            f"{key}.upstream: must be an absolute http(s):// or ws(s):// URL, "
+            f"got {route.upstream!r}"
         )
+    if route.websocket is not None:
+        if not route.is_websocket:
+            raise ConfigError(f"{key}.websocket: only for ws:// or wss:// upstreams")
+        validate_profile(route.websocket, f"{key}.websocket")
     if url.query_string or url.fragment:
         raise ConfigError(f"{key}.upstream: must not carry a query or fragment")
     bad = [m for m in route.methods if m not in ("GET", "POST")]

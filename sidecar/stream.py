@@ -12,7 +12,7 @@ with the log of the run instead of the client as the place events go.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import structlog
@@ -44,9 +44,12 @@ from sidecar.normalize import (
 from sidecar.sessions.base import Claim
 from sidecar.sse import Decoder, Event
 from sidecar.upstream import http as upstream_http
+from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
 
 if TYPE_CHECKING:
     from sidecar.proxy import RouteProxy
+
+T = TypeVar("T")
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -84,6 +87,7 @@ class StreamRun:
         self.session_key = session_key
         self.claim: Claim | None = None
         self.opener: asyncio.Task[aiohttp.ClientResponse] | None = None
+        self.source: WebSocketSource | None = None
         self.request_id = request.headers.get("X-Request-ID") or handle.id
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
@@ -132,6 +136,8 @@ class StreamRun:
         finally:
             upstream_http.cancel_pending(self.opener)
             upstream_http.close(self.upstream)
+            if self.source is not None:
+                self.source.abort()  # client gone or stream over: the socket goes now
             ctx.streams.discard(self.handle)
             if self.claim is not None:
                 await ctx.sessions.release(self.claim)
@@ -166,6 +172,9 @@ class StreamRun:
                     refusal = await self._claim(self.session_key)
                     if refusal is not None:
                         return refusal
+                if self.route.is_websocket:
+                    await self._run_websocket()
+                    return self.response
                 self.opener = asyncio.ensure_future(self._open())
                 self.upstream = await self._await_upstream(self.opener)
                 if not self.committed:
@@ -247,9 +256,7 @@ class StreamRun:
             self.route.limits.connect_timeout,
         )
 
-    async def _await_upstream(
-        self, opener: asyncio.Task[aiohttp.ClientResponse]
-    ) -> aiohttp.ClientResponse:
+    async def _await_upstream(self, opener: asyncio.Future[T]) -> T:
         """Wait for the upstream's headers; commit to a stream if they take too long.
 
         Within ``stream.commit_after`` an error status can still be passed
@@ -330,6 +337,65 @@ class StreamRun:
                 return
             if decoder.error is not None:
                 raise decoder.error
+
+    async def _run_websocket(self) -> None:
+        """A WebSocket gateway's run: its events instead of an HTTP body's."""
+        profile = self.route.websocket or WebSocketProfile()
+        body: object = self.body if self.body else dict(self.request.query)
+        source = WebSocketSource(
+            self.route.upstream,
+            profile,
+            body=body,
+            session_key=self.session_key,
+            request_id=self.request_id,
+            terminal_event=self.route.terminal.events[0] if self.route.terminal.events else "done",
+        )
+        self.source = source
+        opener = asyncio.ensure_future(source.open())
+        try:
+            await self._await_upstream(opener)
+        finally:
+            if not opener.done():
+                opener.cancel()
+        if not self.committed:
+            await self._commit(None)
+        try:
+            await self._pump_items(source)
+        finally:
+            for kind, count in source.malformed.items():
+                self.proxy.ctx.metrics.protocol_errors.labels(self.route.name, kind).inc(count)
+
+    async def _pump_items(self, source: WebSocketSource) -> None:
+        """Like _pump, for a source that yields items rather than bytes."""
+        normalizer = self.proxy.normalizer
+        m = self.metrics
+        self.last_byte = self.loop.time()
+        first = True
+        while True:
+            try:
+                async with asyncio.timeout_at(self._next_deadline()):
+                    items = await source.read()
+            except TimeoutError:
+                await self._tick()
+                continue
+            now = self.loop.time()
+            self.max_silence = max(self.max_silence, now - self.last_byte)
+            self.last_byte = now
+            if first:
+                m.ttfb.observe(now - self.started)
+                first = False
+            if not items:  # the tracker ended without a terminal event
+                await self._end(
+                    end_event(partial=self.partial, event_id=self._next_id()), "upstream_closed"
+                )
+                return
+            batch = normalizer.batch(list(items), self.ids)
+            self.forwarded += batch.forwarded
+            m.forwarded.inc(batch.forwarded)
+            await self._emit(batch)
+            if batch.terminal:
+                self.outcome = "completed"
+                return
 
     def _next_deadline(self) -> float:
         limits = self.route.limits

@@ -112,6 +112,10 @@ class Normalizer:
                     # they say the same thing and the client need not see each.
                     if not out or out[-1] is not self.keepalive:
                         out.append(self.keepalive)
+                        if ids is not None:
+                            # Followers of a resumable run see it too; without
+                            # an id, it is never a place to resume from.
+                            batch.entries.append(Entry(ids.next()[0], "", self.keepalive))
                     batch.comments_converted += 1
                 elif self._comments == "pass":
                     out.append(encode_comment(item.text))

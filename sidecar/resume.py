@@ -156,6 +156,11 @@ class Follower:
         self.loop = asyncio.get_running_loop()
         self.response: web.StreamResponse | None = None
         self.last_write = self.loop.time()
+        self.started = self.last_write
+        self.outcome = "client_disconnected"
+        self.bytes_out = 0
+        self.heartbeats = 0
+        self.replayed = 0
 
     async def serve(self, headers: Headers | None = None) -> web.StreamResponse:
         self.response = await start_response(self.request, headers, self.request_id)
@@ -166,12 +171,26 @@ class Follower:
             if first:
                 await self._write(first)
             await self._follow()
+            self.outcome = "completed"
         except (ClientGone, SlowClient) as exc:
             if isinstance(exc, SlowClient):
+                self.outcome = "slow_client"
                 self.proxy.ctx.metrics.slow_clients.labels(self.route.name).inc()
         finally:
             if self.run is not None:
                 self.run.detach()
+            # The run logs its own start and end; this is the client's side.
+            log.info(
+                "follow_end",
+                route=self.route.name,
+                request_id=self.request_id,
+                run=self.log.run_id,
+                outcome=self.outcome,
+                duration_s=round(self.loop.time() - self.started, 3),
+                replayed=self.replayed,
+                heartbeats=self.heartbeats,
+                bytes_out=self.bytes_out,
+            )
         return self.response
 
     async def _follow(self) -> None:
@@ -196,13 +215,16 @@ class Follower:
                 await self._write(b"".join(e.data for e in entries))
                 replayed = sum(1 for e in entries if e.seq <= self.replay_until)
                 if replayed:
+                    self.replayed += replayed
                     m.event("replayed", replayed)
                 self.after_seq = entries[-1].seq
                 if entries[-1].terminal:
                     return
                 continue
             if self.run is not None and self.run.done:
-                return  # the run ended without a terminal entry: abandoned or a bug
+                if await self.log.read(self.after_seq, 0):
+                    continue  # it ended while we looked: write the rest first
+                return  # it ended without a terminal entry (abandoned)
             if now - last_entry >= idle:
                 data = error_event(
                     "upstream_timeout",
@@ -213,12 +235,14 @@ class Follower:
                 return
             if interval > 0 and now - self.last_write >= interval:
                 await self._write(self.proxy.normalizer.keepalive)
+                self.heartbeats += 1
                 m.heartbeat.inc()
 
     async def _write(self, data: bytes) -> None:
         assert self.response is not None
         await client_write(self.request, self.response, data, self.route.limits.write_timeout)
         self.last_write = self.loop.time()
+        self.bytes_out += len(data)
         self.proxy.metrics.bytes_out.inc(len(data))
 
 

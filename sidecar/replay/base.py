@@ -18,6 +18,7 @@ from typing import Protocol
 @dataclass(frozen=True, slots=True)
 class Entry:
     seq: int
+    #: "" for a keepalive: followers write it, but no one resumes from it.
     event_id: str
     #: The encoded event as the client gets it, its ``id:`` line included.
     data: bytes

@@ -10,6 +10,7 @@ without limit. Each eviction is reported through ``on_evict``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
@@ -44,7 +45,8 @@ class MemoryReplayLog:
     async def append(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
             self.entries.append(entry)
-            self._index[entry.event_id] = entry.seq
+            if entry.event_id:
+                self._index[entry.event_id] = entry.seq
             self.bytes += len(entry.data)
             self.last_seq = entry.seq
         added = sum(len(e.data) for e in entries)
@@ -66,7 +68,7 @@ class MemoryReplayLog:
 
     async def after(self, event_id: str) -> list[Entry] | None:
         seq = self._index.get(event_id)
-        if seq is None and self._boundary is not None and self._boundary[0] == event_id:
+        if seq is None and self._boundary is not None and self._boundary[0] == event_id != "":
             seq = self._boundary[1]
         if seq is None or not self.entries or seq < self.entries[0].seq - 1:
             return None
@@ -78,11 +80,11 @@ class MemoryReplayLog:
     async def read(self, after_seq: int, block: float | None) -> list[Entry]:
         if self.last_seq <= after_seq and not self.finished:
             changed = self._changed
-            try:
+            # A timeout that fires in the same turn as an append must not
+            # hide the entries: look at the log either way.
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(block):
                     await changed.wait()
-            except TimeoutError:
-                return []
         if not self.entries or self.entries[-1].seq <= after_seq:
             return []
         # Entries are numbered without gaps, so the start is an offset.

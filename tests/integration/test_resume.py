@@ -96,6 +96,7 @@ async def test_upstream_ids_are_kept_and_resumable(upstream, start_sidecar):
         resp.connection.transport.abort()  # type: ignore[union-attr]
     assert first == [("a", "1"), ("b", "2")]
     got = await read_stream(sc.http, "GET", sc.url + "/s?s=carol", headers={"Last-Event-ID": "b"})
+    assert got.events, got.raw
     assert next((e.id, e.data) for e in got.events) == ("c", "3")
 
 

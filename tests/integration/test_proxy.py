@@ -343,3 +343,25 @@ async def test_bad_bytes_after_good_events_in_one_read_never_reach_the_client(
     assert b"\xff" not in got.raw
     assert got.kinds() == ["message", "message", "error"]
     assert got.error()["code"] == "upstream_protocol"
+
+
+async def test_a_client_that_stops_reading_is_cut_off(upstream, start_sidecar):
+    big = b"data: " + b"x" * 65536 + b"\n\n"
+    upstream.script = Script([big] * 400 + [DONE])
+    sc = await start_sidecar(
+        make_config(upstream.url, limits={"write_timeout": "300ms", "max_event_bytes": "1MiB"})
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.sidecar.port)
+    writer.write(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")  # headers, then never read again
+    try:
+        for _ in range(100):
+            metrics = await sc.metrics()
+            if 'sse_sidecar_slow_client_disconnects_total{route="test"} 1.0' in metrics:
+                break
+            await asyncio.sleep(0.1)
+        assert 'sse_sidecar_streams_total{outcome="slow_client",route="test"} 1.0' in metrics
+        await asyncio.wait_for(upstream.requests[0].finished.wait(), 2.0)
+    finally:
+        writer.close()

@@ -365,3 +365,18 @@ async def test_a_client_that_stops_reading_is_cut_off(upstream, start_sidecar):
         await asyncio.wait_for(upstream.requests[0].finished.wait(), 2.0)
     finally:
         writer.close()
+
+
+async def test_global_stream_cap_and_method_answer_in_json(upstream, start_sidecar):
+    upstream.script = Script([b"data: 1\n\n", "hang"])
+    sc = await start_sidecar(make_config(upstream.url, methods=["GET"], top={"max_streams": 1}))
+    async with sc.http.get(sc.url + "/s") as first:
+        await first.content.readuntil(b"\n\n")
+        async with sc.http.get(sc.url + "/s") as second:
+            assert second.status == 503
+            assert (await second.json())["error"]["code"] == "overloaded"
+    async with sc.http.delete(sc.url + "/s") as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "GET"
+    metrics = await sc.metrics()
+    assert 'sse_sidecar_rejected_requests_total{reason="max_streams",route="test"} 1.0' in metrics

@@ -14,6 +14,7 @@ from aiohttp import web
 from sidecar.config import Config
 from sidecar.context import CONTEXT, Context
 from sidecar.metrics import Metrics, admin_app
+from sidecar.probe import add_probe_route
 from sidecar.proxy import RouteProxy
 from sidecar.replay.base import ReplayStore
 from sidecar.replay.memory import MemoryReplayStore
@@ -53,6 +54,11 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     )
     app = web.Application()
     app[CONTEXT] = ctx
+    if config.probe_path is not None:
+        # Before the routes: aiohttp takes the first match, and a route at /
+        # would hide the probe.
+        intervals = [r.heartbeat.interval for r in config.routes if r.heartbeat.interval > 0]
+        add_probe_route(app, config.probe_path, min(intervals, default=0.0))
     for route in config.routes:
         proxy = RouteProxy(route, ctx)
         app.router.add_route("*", proxy.pattern(), proxy.handle)

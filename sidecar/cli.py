@@ -2,7 +2,8 @@
 
 ``sse-sidecar [--config FILE]`` runs (FILE defaults to $SSE_SIDECAR_CONFIG);
 ``sse-sidecar --check-config FILE`` validates FILE with env overrides and exits;
-``sse-sidecar example-producer ...`` runs the bundled example SSE producer.
+``sse-sidecar doctor URL`` checks the chain in front of the sidecar;
+``sse-sidecar example-producer ...`` and ``example-gateway ...`` run the examples.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ def _example_gateway(argv: list[str]) -> int:
     return gateway.main(argv)
 
 
+def _doctor(argv: list[str]) -> int:
+    from sidecar import doctor
+
+    return doctor.main(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "doctor": _doctor,
     "example-producer": _example_producer,
     "example-gateway": _example_gateway,
 }

@@ -191,6 +191,10 @@ class Config:
     shutdown_retry: Duration = 1.0
     #: All resume buffers of the process together; past it the oldest go.
     replay_max_bytes: Size = 256 * 1024 * 1024
+    #: Where ``sse-sidecar doctor`` finds the diagnostic stream on the stream
+    #: port (null: no probe). It sends a few events, then stays silent to
+    #: measure what the chain in front tolerates.
+    probe_path: str | None = "/_sse-sidecar/probe"
 
 
 # --- parsing of values -------------------------------------------------------
@@ -397,6 +401,13 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{key}.path: must start with / and be unique, got {route.path!r}")
         paths.add(route.path.rstrip("/"))
         _validate_route(route, key)
+    if config.probe_path is not None and (
+        not config.probe_path.startswith("/") or config.probe_path.rstrip("/") in paths
+    ):
+        raise ConfigError(
+            f"probe_path: must start with / and differ from every route path, "
+            f"got {config.probe_path!r}"
+        )
     for name in ("listen", "admin"):
         port = getattr(config, name).port
         if not 0 <= port <= 65535:

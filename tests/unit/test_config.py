@@ -334,15 +334,15 @@ def test_null_section_means_defaults() -> None:
         ),
         (
             config(route(upstream="ftp://example.com")),
-            "routes[0].upstream: must be an absolute http:// or https:// URL, got 'ftp://example.com'",
+            "routes[0].upstream: must be an absolute http(s):// or ws(s):// URL, got 'ftp://example.com'",
         ),
         (
             config(route(upstream="/relative")),
-            "routes[0].upstream: must be an absolute http:// or https:// URL, got '/relative'",
+            "routes[0].upstream: must be an absolute http(s):// or ws(s):// URL, got '/relative'",
         ),
         (
             config(route(upstream="http:///nohost")),
-            "routes[0].upstream: must be an absolute http:// or https:// URL, got 'http:///nohost'",
+            "routes[0].upstream: must be an absolute http(s):// or ws(s):// URL, got 'http:///nohost'",
         ),
         (
             config(route(upstream="http://a/x?k=v")),

@@ -7,11 +7,14 @@ run's index hash ``{prefix}replay-index:…`` holds the byte count, the caps,
 the finished flag, the *boundary* (the newest evicted entry, as in
 :mod:`sidecar.replay.memory`) and the seq of every event id the upstream chose;
 the sidecar's own ids (``{run}-{seq}``, :class:`~sidecar.normalize.IdSource`)
-carry their seq and are checked against the entry instead. Appends, trims and
-look-ups are Lua scripts, so caps are exact (count and bytes, like memory) and
-no reader sees half an append. Every key expires: live runs after
-``live_ttl`` without an append, finished ones after their retention. Redis
-errors become :class:`~sidecar.errors.BackendUnavailable` within about a second.
+carry their seq and are checked against the entry instead; keepalives (id "")
+are never a place to resume from. Appends, trims and look-ups are Lua
+scripts, so caps are exact (count and bytes, like memory) and no reader sees
+half an append. Every key expires: live runs after ``live_ttl`` without an
+append, finished ones after their retention. Redis errors become
+:class:`~sidecar.errors.BackendUnavailable` within about a second. A follower
+waits in ``XREAD BLOCK`` on a second client without a socket timeout: one
+pooled connection per waiting follower of this process.
 
 Memory has a global cap across logs; here that is Redis's own ``maxmemory``
 (every key has a TTL, so a ``volatile-*`` policy applies to all of them).
@@ -59,10 +62,10 @@ for i = 5, #ARGV, 4 do
   local seq, id, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if tonumber(seq) > last then
     redis.call('XADD', stream, '0-' .. seq, 'i', id, 'd', data, 't', ARGV[i + 3])
-    if id ~= run .. '-' .. seq then
-      redis.call('HSET', index, 'id:' .. id, seq)
-    else
+    if id == run .. '-' .. seq then
       redis.call('HDEL', index, 'id:' .. id)  -- the newest entry with an id wins, as in memory
+    elseif id ~= '' then  -- '' is a keepalive: nobody resumes from it
+      redis.call('HSET', index, 'id:' .. id, seq)
     end
     added = added + #data
     last = tonumber(seq)
@@ -103,6 +106,7 @@ return evicted
 # evicted. Resolution as in memory: a held entry's id, else the boundary's.
 _AFTER = """
 local stream, index = KEYS[1], KEYS[2]
+if ARGV[1] == '' then return false end  -- a keepalive's: never a place to resume from
 local seq = redis.call('HGET', index, 'id:' .. ARGV[1])
 if not seq and ARGV[2] ~= '' then
   local e = redis.call('XRANGE', stream, '0-' .. ARGV[2], '0-' .. ARGV[2])[1]

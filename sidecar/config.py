@@ -468,6 +468,11 @@ def _validate_route(route: Route, key: str) -> None:
             raise ConfigError(f"{key}.limits.{name}: must be greater than 0")
     if route.resume.enabled and route.resume.buffer_events < 1:
         raise ConfigError(f"{key}.resume.buffer_events: must be at least 1 when resume is on")
+    if route.resume.enabled and route.resume.buffer_bytes < limits.max_event_bytes:
+        raise ConfigError(
+            f"{key}.resume.buffer_bytes: must hold at least one event "
+            f"(limits.max_event_bytes = {limits.max_event_bytes}), got {route.resume.buffer_bytes}"
+        )
 
 
 # --- entry points ----------------------------------------------------------------

@@ -76,6 +76,12 @@ class UpstreamAborted(UpstreamError):
     code = "upstream_aborted"
 
 
+class UpstreamAbandoned(UpstreamError):
+    """A resumable run lost its replay log (backend down): it can reach no client."""
+
+    code = "backend_unavailable"
+
+
 class UpstreamStatus(UpstreamError):
     """The upstream answered with an error status after the stream had begun."""
 

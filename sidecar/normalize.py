@@ -27,6 +27,7 @@ ERROR_CODES = frozenset(
         "replaced",
         "shutdown",
         "resume_gap",
+        "backend_unavailable",
     }
 )
 

@@ -16,7 +16,7 @@ from yarl import URL
 from sidecar import resume
 from sidecar.config import Route
 from sidecar.context import Context, StreamHandle
-from sidecar.errors import BadSessionKey
+from sidecar.errors import BackendUnavailable, BadSessionKey
 from sidecar.metrics import RouteMetrics
 from sidecar.normalize import Normalizer
 from sidecar.sessions.keys import SessionKeySource
@@ -75,7 +75,14 @@ class RouteProxy:
                 # A reconnect follows the run it lost; a POST body is not sent again.
                 return await resume.reattach(self, request, key, last_id)
             if key is not None:
-                return await resume.start(self, request, url, body, key)
+                try:
+                    return await resume.start(self, request, url, body, key)
+                except BackendUnavailable as exc:
+                    if self.ctx.config.backend.on_outage != "allow":
+                        self.metrics.rejected("backend_unavailable")
+                        return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
+                    # allow: serve it, without resume, rather than not at all
+                    self.metrics.rejected("backend_unavailable_allowed")
         task = asyncio.current_task()
         assert task is not None  # a handler always runs in a task
         handle = StreamHandle(secrets.token_hex(8), self.route.name, task)

@@ -23,7 +23,7 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar.context import StreamHandle
-from sidecar.errors import ClientGone, SlowClient
+from sidecar.errors import BackendUnavailable, ClientGone, SlowClient, UpstreamAbandoned
 from sidecar.headers import Headers
 from sidecar.normalize import Batch, IdSource, error_event
 from sidecar.replay.base import Entry, ReplayLog
@@ -50,6 +50,7 @@ class ResumableRun(StreamRun):
         self._grace: asyncio.TimerHandle | None = None
         self._terminal: tuple[int, str] | None = None
         self._detached_at: float | None = None
+        self._unsure = False
 
     @property
     def slot(self) -> tuple[str, str]:
@@ -68,10 +69,13 @@ class ResumableRun(StreamRun):
             ctx = self.proxy.ctx
             if ctx.runs.get(self.slot) is self:
                 del ctx.runs[self.slot]
-            if self.committed and self.outcome != "abandoned":
-                await self.log.finish(self.route.resume.retention)
-            else:
-                await ctx.replay.drop(self.log)
+            try:
+                if self.committed and self.outcome != "abandoned":
+                    await self.log.finish(self.route.resume.retention)
+                else:
+                    await ctx.replay.drop(self.log)
+            except BackendUnavailable as exc:
+                log.warning("replay_log_unavailable", route=self.route.name, error=str(exc))
         return response
 
     async def _commit(self, upstream: Any) -> None:
@@ -82,7 +86,12 @@ class ResumableRun(StreamRun):
 
     async def _emit(self, batch: Batch) -> None:
         if batch.entries:
-            await self.log.append(batch.entries)
+            try:
+                await self.log.append(batch.entries)
+            except BackendUnavailable as exc:
+                # Without its log the run reaches no one: end it. Local
+                # followers see the run done; remote ones time out.
+                raise UpstreamAbandoned(f"resume buffer unavailable: {exc}") from None
 
     def _next_id(self) -> str | None:
         assert self.ids is not None
@@ -93,7 +102,11 @@ class ResumableRun(StreamRun):
         assert self._terminal is not None
         self.outcome = outcome
         seq, event_id = self._terminal
-        await self.log.append([Entry(seq, event_id, data, terminal=True)])
+        try:
+            await self.log.append([Entry(seq, event_id, data, terminal=True)])
+        except BackendUnavailable as exc:
+            log.warning("replay_log_unavailable", route=self.route.name, error=str(exc))
+            return
         self.metrics.event("terminal_synthesized")
 
     # --- who is listening ------------------------------------------------------
@@ -122,7 +135,12 @@ class ResumableRun(StreamRun):
 
     async def _abandon_unless_followed(self) -> None:
         # A client may follow this log from another process (Redis backend).
-        if await self.log.followed():
+        try:
+            followed = await self.log.followed()
+        except BackendUnavailable:
+            # Unknown: give it one more grace period, not two.
+            followed, self._unsure = not self._unsure, True
+        if followed:
             self._grace = self.loop.call_later(self.route.resume.grace, self._grace_over)
             return
         if self.followers == 0 and not self.done:
@@ -172,6 +190,10 @@ class Follower:
                 await self._write(first)
             await self._follow()
             self.outcome = "completed"
+        except BackendUnavailable as exc:
+            self.outcome = "backend_unavailable"
+            with contextlib.suppress(ClientGone, SlowClient):
+                await self._write(unavailable(str(exc)))
         except (ClientGone, SlowClient) as exc:
             if isinstance(exc, SlowClient):
                 self.outcome = "slow_client"
@@ -210,6 +232,14 @@ class Follower:
                 block = min(block, self.last_write + interval - now)
             entries = await self.log.read(self.after_seq, max(block, 0.0))
             now = self.loop.time()
+            if entries and entries[0].seq > self.after_seq + 1:
+                # This client fell further behind than the buffer holds.
+                self.proxy.ctx.metrics.resume.labels(self.route.name, "gap").inc()
+                await self._write(
+                    error_event("resume_gap", "events were lost: the client fell behind the "
+                                "resume buffer", partial=True)
+                )  # fmt: skip
+                return
             if entries:
                 last_entry = now
                 await self._write(b"".join(e.data for e in entries))
@@ -284,9 +314,21 @@ async def reattach(
     request_id = request.headers.get("X-Request-ID") or secrets.token_hex(8)
     run = ctx.runs.get((route, key)) if key is not None else None
     replay_log = run.log if run is not None else None
-    if replay_log is None and key is not None:
-        replay_log = await ctx.replay.find(route, key)
-    entries = await replay_log.after(last_id) if replay_log is not None else None
+    try:
+        if replay_log is None and key is not None:
+            replay_log = await ctx.replay.find(route, key)
+            if replay_log is not None:
+                # Before anything else: the run's process must not abandon it
+                # while this follower gets going.
+                await replay_log.follow(proxy.route.resume.grace)
+        entries = await replay_log.after(last_id) if replay_log is not None else None
+        last = await replay_log.last() if replay_log is not None and not entries else None
+    except BackendUnavailable as exc:
+        proxy.metrics.rejected("backend_unavailable")
+        response = await start_response(request, None, request_id)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(unavailable(str(exc)))
+        return response
     if replay_log is None or entries is None:
         result = "miss" if replay_log is None else "gap"
         ctx.metrics.resume.labels(route, result).inc()
@@ -294,7 +336,6 @@ async def reattach(
         why = "no resumable stream for this session" if key is not None else "no session key"
         return await _gap(request, request_id, f"cannot resume after this id: {why}")
     if not entries:
-        last = await replay_log.last()
         if last is not None and last.terminal and last.event_id == last_id:
             # The client has the whole stream. 204 tells EventSource to stop
             # reconnecting (WHATWG §9.2.3).
@@ -308,6 +349,11 @@ async def reattach(
     until = entries[-1].seq if entries else after_seq
     follower = Follower(proxy, request, replay_log, after_seq, run, request_id, until)
     return await follower.serve(run.stream_headers if run is not None else None)
+
+
+def unavailable(message: str) -> bytes:
+    """The resume state cannot be reached now; a short retry: brings EventSource back."""
+    return error_event("backend_unavailable", message, partial=True, retry_ms=1000)
 
 
 async def _gap(request: web.Request, request_id: str, message: str) -> web.StreamResponse:

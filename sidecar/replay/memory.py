@@ -50,7 +50,11 @@ class MemoryReplayLog:
             self.bytes += len(entry.data)
             self.last_seq = entry.seq
         added = sum(len(e.data) for e in entries)
-        while self.entries and (len(self.entries) > self.max_events or self.bytes > self.max_bytes):
+        # Never the newest entry: an event over the byte cap must still reach
+        # the followers (it may be the terminal event).
+        while len(self.entries) > 1 and (
+            len(self.entries) > self.max_events or self.bytes > self.max_bytes
+        ):
             self.evict_oldest()
         self._store.grew(self, added)
         # Wake every reader: they wait on the event of the moment they looked.

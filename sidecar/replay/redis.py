@@ -51,7 +51,8 @@ _DEFAULT_CAPS = (1000, 4 * 1024 * 1024)  # caps of a found log whose index is go
 # KEYS: stream, index, pointer. ARGV: run, ttl_ms, max_events, max_bytes, then
 # seq, event id, data, terminal (0/1) per entry. Entries at or below the last
 # appended seq are skipped, so a retried append (reply lost) is harmless.
-# Evicts oldest first while over either cap; returns how many went.
+# Evicts oldest first while over either cap, never the newest entry (it may be
+# the terminal event); returns how many went.
 _APPEND = """
 local stream, index = KEYS[1], KEYS[2]
 local run = ARGV[1]
@@ -74,7 +75,7 @@ end
 local bytes = tonumber(redis.call('HGET', index, 'bytes') or '0') + added
 local len = redis.call('XLEN', stream)
 local evicted, gone = 0, nil
-while len > 0 and (len > max_events or bytes > max_bytes) do
+while len > 1 and (len > max_events or bytes > max_bytes) do
   local batch = redis.call('XRANGE', stream, gone and ('(' .. gone[1]) or '-', '+', 'COUNT', 64)
   if #batch == 0 then break end
   for _, e in ipairs(batch) do

@@ -599,3 +599,21 @@ def test_config_objects_are_frozen() -> None:
         loaded.routes[0].session.from_ = "cookie:x"  # type: ignore[misc]
     assert isinstance(loaded.routes, tuple)
     assert isinstance(loaded.routes[0].terminal.events, tuple)
+
+
+def test_resume_buffer_must_hold_one_event() -> None:
+    with pytest.raises(ConfigError) as err:
+        from_mapping(
+            {
+                "routes": [
+                    {
+                        "name": "r",
+                        "path": "/r",
+                        "upstream": "http://127.0.0.1:1",
+                        "resume": {"enabled": True, "buffer_bytes": "1KiB"},
+                        "limits": {"max_event_bytes": "4KiB"},
+                    }
+                ]
+            }
+        )
+    assert str(err.value).startswith("routes[0].resume.buffer_bytes: must hold at least one event")

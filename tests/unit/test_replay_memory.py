@@ -78,3 +78,13 @@ async def test_finished_logs_expire_after_retention_and_open_replaces():
     second = await store.open("chat", "k", "r2", 100, 10_000)
     assert await store.find("chat", "k") is second
     assert store.total == 0
+
+
+async def test_the_newest_entry_is_kept_even_over_the_byte_cap():
+    store = MemoryReplayStore()
+    log = await store.open("chat", "k", "r", max_events=100, max_bytes=25)
+    await log.append(entries(1, 2))
+    await log.append([Entry(3, "r-3", b"y" * 40, terminal=True)])
+    held = await log.read(0, 0)
+    assert [e.seq for e in held] == [3]
+    assert held[0].terminal

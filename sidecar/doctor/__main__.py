@@ -1,0 +1,3 @@
+from sidecar.doctor.cli import main
+
+raise SystemExit(main())

@@ -18,9 +18,9 @@ import time
 
 from aiohttp import web
 
+from sidecar.client import client_write, json_error, start_response
 from sidecar.context import CONTEXT
 from sidecar.errors import ClientGone
-from sidecar.stream import client_write, json_error, start_response
 
 DEFAULT_PATH = "/_sse-sidecar/probe"
 

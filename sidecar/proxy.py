@@ -14,13 +14,14 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar import resume
+from sidecar.client import json_error
 from sidecar.config import Route
 from sidecar.context import Context, StreamHandle
 from sidecar.errors import BackendUnavailable, BadSessionKey
 from sidecar.metrics import RouteMetrics
 from sidecar.normalize import Normalizer
 from sidecar.sessions.keys import SessionKeySource
-from sidecar.stream import StreamRun, json_error
+from sidecar.stream import StreamRun
 
 
 class RouteProxy:

@@ -22,12 +22,13 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from sidecar.client import client_write, opening_of, start_response
 from sidecar.context import StreamHandle
 from sidecar.errors import BackendUnavailable, ClientGone, SlowClient, UpstreamAbandoned
 from sidecar.headers import Headers
 from sidecar.normalize import Batch, IdSource, error_event
 from sidecar.replay.base import Entry, ReplayLog
-from sidecar.stream import StreamRun, client_write, opening_of, start_response
+from sidecar.stream import StreamRun
 
 if TYPE_CHECKING:
     from sidecar.proxy import RouteProxy

@@ -20,7 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar import headers as hdrs
-from sidecar.config import Route
+from sidecar.client import client_write, json_error, ms, opening_of, start_response
 from sidecar.context import StreamHandle
 from sidecar.errors import (
     BackendUnavailable,
@@ -39,7 +39,6 @@ from sidecar.normalize import (
     end_event,
     error_event,
     heartbeat_due,
-    opening,
 )
 from sidecar.sessions.base import Claim
 from sidecar.sse import Decoder, Event
@@ -57,12 +56,6 @@ _STOP_MESSAGES = {
     "shutdown": "the server is shutting down; reconnect",
     "replaced": "a newer stream for this session replaced this one",
 }
-
-
-def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
-    )
 
 
 class StreamRun:
@@ -195,7 +188,7 @@ class StreamRun:
                 if code == "abandoned":
                     self.outcome = "abandoned"  # nobody came back within resume.grace
                     return None
-                retry = _ms(self.proxy.ctx.config.shutdown_retry) if code == "shutdown" else None
+                retry = ms(self.proxy.ctx.config.shutdown_retry) if code == "shutdown" else None
                 await self._end_with_error(code, _STOP_MESSAGES[code], retry_ms=retry)
             except (UpstreamError, ProtocolError) as exc:
                 upstream_http.close(self.upstream)
@@ -494,49 +487,6 @@ class StreamRun:
         await self._end(data, code)
 
 
-async def start_response(
-    request: web.Request, upstream_headers: hdrs.Headers | None, request_id: str
-) -> web.StreamResponse:
-    """Send a normalised stream's headers to the client now."""
-    headers = hdrs.stream_response(upstream_headers)
-    headers["X-Request-ID"] = request_id
-    if request.version >= (1, 1) and request.keep_alive:
-        # Implied by HTTP/1.1, but some intermediaries only trust it spelled out.
-        headers["Connection"] = "keep-alive"
-    response = web.StreamResponse(status=200, headers=headers)
-    try:
-        await response.prepare(request)
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        raise ClientGone("client closed before the stream began") from None
-    return response
-
-
-def opening_of(route: Route) -> bytes:
-    stream = route.stream
-    return opening(_ms(stream.retry) if stream.retry is not None else None, stream.open_event)
-
-
-async def client_write(
-    request: web.Request, response: web.StreamResponse, data: bytes, write_timeout: float
-) -> None:
-    """Write to a client, or raise ClientGone / SlowClient; the body of every write path."""
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        raise ClientGone("client connection closed")
-    try:
-        if transport.get_write_buffer_size() == 0:
-            await response.write(data)  # an empty buffer cannot block
-        else:
-            # The client is behind; bound how long it may hold the stream.
-            try:
-                async with asyncio.timeout(write_timeout):
-                    await response.write(data)
-            except TimeoutError:
-                raise SlowClient(f"client took over {write_timeout:g}s to accept a write") from None
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        raise ClientGone("client connection closed") from None
-
-
 def _is_stream(upstream: aiohttp.ClientResponse) -> bool:
     return 200 <= upstream.status < 300 and upstream.content_type == "text/event-stream"
 
@@ -549,7 +499,3 @@ def _check_late(upstream: aiohttp.ClientResponse) -> None:
         raise UpstreamStatus(
             upstream.status, f"upstream answered {upstream.content_type}, not an event stream"
         )
-
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)

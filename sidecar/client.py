@@ -1,0 +1,71 @@
+"""The client side of a stream: its headers, its opening, and the body of every write.
+
+Shared by the stream of a route (sidecar/stream.py), the followers of a
+resumable run (sidecar/resume.py) and the probe (sidecar/probe.py), so that
+each writes to its client the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from sidecar import headers as hdrs
+from sidecar.config import Route
+from sidecar.errors import ClientGone, SlowClient
+from sidecar.normalize import opening
+
+
+def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+async def start_response(
+    request: web.Request, upstream_headers: hdrs.Headers | None, request_id: str
+) -> web.StreamResponse:
+    """Send a normalised stream's headers to the client now."""
+    headers = hdrs.stream_response(upstream_headers)
+    headers["X-Request-ID"] = request_id
+    if request.version >= (1, 1) and request.keep_alive:
+        # Implied by HTTP/1.1, but some intermediaries only trust it spelled out.
+        headers["Connection"] = "keep-alive"
+    response = web.StreamResponse(status=200, headers=headers)
+    try:
+        await response.prepare(request)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise ClientGone("client closed before the stream began") from None
+    return response
+
+
+def opening_of(route: Route) -> bytes:
+    stream = route.stream
+    return opening(ms(stream.retry) if stream.retry is not None else None, stream.open_event)
+
+
+async def client_write(
+    request: web.Request, response: web.StreamResponse, data: bytes, write_timeout: float
+) -> None:
+    """Write to a client, or raise ClientGone / SlowClient; the body of every write path."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientGone("client connection closed")
+    try:
+        if transport.get_write_buffer_size() == 0:
+            await response.write(data)  # an empty buffer cannot block
+        else:
+            # The client is behind; bound how long it may hold the stream.
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await response.write(data)
+            except TimeoutError:
+                raise SlowClient(f"client took over {write_timeout:g}s to accept a write") from None
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise ClientGone("client connection closed") from None
+
+
+def ms(seconds: float) -> int:
+    return round(seconds * 1000)

@@ -1,0 +1,332 @@
+"""Load client: many concurrent SSE streams, counted and timed as cheaply as possible.
+
+Strategy: one :class:`asyncio.Protocol` per stream, no HTTP library. The
+response head is read once; a chunked body is de-chunked with ``bytes.find``;
+the event stream is cut at the last blank line of each read and counted with
+``bytes.count`` (C speed), so the client stays far from being the bottleneck.
+Latency is the producer's stamp (``data: T<µs>``) against the receipt time;
+every event's stamp is read when a read holds up to 8 events, else the first
+and last of the read (burst).
+
+Modes: a *flow* run ends when every stream got its terminal event (or the
+deadline passes) and prints one JSON result. A *hold* run opens every stream,
+prints ``{"phase": "opened"}``, holds them until a line arrives on stdin,
+then closes them and prints the result. Timestamps are µs of CLOCK_MONOTONIC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from typing import cast
+from urllib.parse import urlsplit
+
+from bench import procs
+
+SAMPLE_CAP = 100_000  # latencies kept per process (reservoir sample beyond this)
+TICK = b"data: T"
+
+
+def now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class Stats:
+    """What all streams of this process saw."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.events = 0
+        self.keepalives = 0
+        self.comments = 0
+        self.bytes = 0
+        self.opened = 0
+        self.completed = 0
+        self.short = 0
+        self.errors: Counter[str] = Counter()
+        self.latencies: list[int] = []
+        self.seen = 0
+        self.ttfb: list[int] = []
+        self.first_event = 0
+        self.last_event = 0
+
+    def latency(self, value: int) -> None:
+        self.seen += 1
+        if len(self.latencies) < SAMPLE_CAP:
+            self.latencies.append(value)
+        else:
+            slot = random.randrange(self.seen)
+            if slot < SAMPLE_CAP:
+                self.latencies[slot] = value
+
+
+class Conn(asyncio.Protocol):
+    """One stream: send the GET, read the head, de-chunk, count events."""
+
+    def __init__(self, stats: Stats, request: bytes, hold: bool) -> None:
+        self.stats = stats
+        self.request = request
+        self.hold = hold
+        self.t0 = now_us()
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.head_done = False
+        self.chunked = False
+        self.pending = b""  # an unfinished chunk-size line
+        self.left = 0  # data bytes left in the current chunk
+        self.skip = 0  # CRLF bytes to skip after a chunk
+        self.sse = b""  # the unfinished tail of the event stream
+        self.events = 0
+        self.finished = False  # the terminal event is in (or the stream failed)
+        self.closing = False  # we closed the connection ourselves
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[bool] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing:
+            # The other side ended the stream: fine only after the terminal event.
+            self.stats.errors["dropped_while_held" if self.hold else "closed_before_terminal"] += 1
+        self.finished = self.closing = True
+        if not self.opened.done():
+            self.opened.set_result(False)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now = now_us()
+        self.stats.bytes += len(data)
+        if not self.head_done:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, data = self.head[:end], self.head[end + 4 :]
+            self.head = b""
+            if not self._read_head(head, now) or not data:
+                return
+        if not self.finished:
+            self._events(self._dechunk(data) if self.chunked else data, now)
+
+    def _read_head(self, head: bytes, now: int) -> bool:
+        self.head_done = True
+        self.stats.ttfb.append(now - self.t0)
+        status = head[9:12]
+        if status != b"200":
+            self.stats.errors[f"status_{status.decode(errors='replace')}"] += 1
+            self.opened.set_result(False)
+            self._close()
+            return False
+        self.chunked = b"transfer-encoding: chunked" in head.lower()
+        self.stats.opened += 1
+        self.opened.set_result(True)
+        return True
+
+    def _dechunk(self, data: bytes) -> bytes:
+        if self.pending:
+            data = self.pending + data
+            self.pending = b""
+        out: list[bytes] = []
+        pos, n = 0, len(data)
+        while pos < n:
+            if self.left:
+                end = min(n, pos + self.left)
+                out.append(data[pos:end])
+                self.left -= end - pos
+                pos = end
+                if not self.left:
+                    self.skip = 2
+            elif self.skip:
+                step = min(self.skip, n - pos)
+                self.skip -= step
+                pos += step
+            else:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self.pending = data[pos:]
+                    break
+                size = int(data[pos:eol].split(b";", 1)[0], 16)
+                pos = eol + 2
+                if size == 0:
+                    break  # end of body; the terminal event has been seen by now
+                self.left = size
+        return b"".join(out)
+
+    def _events(self, body: bytes, now: int) -> None:
+        buf = self.sse + body if self.sse else body
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self.sse = buf
+            return
+        block = buf[: end + 2]
+        self.sse = buf[end + 2 :]
+        stats = self.stats
+        ticks = block.count(TICK)
+        if ticks:
+            self.events += ticks
+            stats.events += ticks
+            if not stats.first_event:
+                stats.first_event = now
+            stats.last_event = now
+            positions = _stamps(block, ticks)
+            for pos in positions:
+                space = block.find(b" ", pos)
+                stats.latency(now - int(block[pos:space]))
+        if b"keepalive" in block:
+            stats.keepalives += block.count(b"event: keepalive\n")
+        if b": ping" in block:
+            stats.comments += block.count(b": ping\n")
+        if b"event: " in block:
+            if b"event: done\n" in block:
+                self._terminal()
+            elif b"event: error\n" in block or b"event: end\n" in block:
+                stats.errors["sse_error_or_end"] += 1
+                self._terminal(ok=False)
+
+    def _terminal(self, ok: bool = True) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if ok and self.events == self.stats.expected:
+            self.stats.completed += 1
+        elif ok:
+            self.stats.short += 1
+        self._close()
+
+    def _close(self) -> None:
+        self.finished = self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _stamps(block: bytes, ticks: int) -> list[int]:
+    """Offsets of the stamps to read: all of them for a few events, else first and last."""
+    first = block.find(TICK) + len(TICK)
+    if ticks == 1:
+        return [first]
+    if ticks > 8:
+        return [first, block.rfind(TICK) + len(TICK)]
+    out = [first]
+    pos = first
+    for _ in range(ticks - 1):
+        pos = block.find(TICK, pos) + len(TICK)
+        out.append(pos)
+    return out
+
+
+async def run(
+    url: str, streams: int, events: int, hold: bool, deadline: float, concurrency: int
+) -> dict[str, object]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+    ).encode()
+    stats = Stats(events)
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(concurrency)
+    conns: list[Conn] = []
+    started = now_us()
+    end_at = loop.time() + deadline
+
+    async def open_one() -> None:
+        async with gate:
+            conn = Conn(stats, request, hold)
+            try:
+                await loop.create_connection(lambda: conn, host, port)
+            except OSError as exc:
+                stats.errors[f"connect_{type(exc).__name__}"] += 1
+                return
+            conns.append(conn)
+            try:
+                await asyncio.wait_for(asyncio.shield(conn.opened), end_at - loop.time())
+            except TimeoutError:
+                stats.errors["no_head_before_deadline"] += 1
+
+    await asyncio.gather(*(open_one() for _ in range(streams)))
+    opened_at = now_us()
+    if hold:
+        print(json.dumps({"phase": "opened", "opened": stats.opened}), flush=True)
+        stats.keepalives = stats.events = 0  # count what arrives while held
+        await _wait_stdin(max(end_at - loop.time(), 0))
+        held = now_us() - opened_at
+        for conn in conns:
+            conn._close()
+    waiting = [c.closed for c in conns if not c.closed.done()]
+    if waiting:
+        _, late = await asyncio.wait(waiting, timeout=max(end_at - loop.time(), 1.0))
+        if late:
+            stats.errors["deadline"] += len(late)
+        for conn in conns:
+            conn._close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "phase": "done",
+        "streams": streams,
+        "opened": stats.opened,
+        "completed": stats.completed,
+        "short": stats.short,
+        "expected_per_stream": events,
+        "events": stats.events,
+        "keepalives": stats.keepalives,
+        "comments": stats.comments,
+        "bytes": stats.bytes,
+        "errors": dict(stats.errors),
+        "latency_us": stats.latencies,
+        "ttfb_us": stats.ttfb,
+        "start_us": started,
+        "opened_us": opened_at,
+        "first_event_us": stats.first_event,
+        "last_event_us": stats.last_event,
+        "held_us": held if hold else 0,
+        "end_us": now_us(),
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+async def _wait_stdin(limit: float) -> None:
+    """Until a line (or EOF) arrives on stdin, at most ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    fired: asyncio.Future[None] = loop.create_future()
+    fd = sys.stdin.fileno()
+    loop.add_reader(fd, lambda: fired.done() or fired.set_result(None))
+    try:
+        await asyncio.wait_for(fired, limit)
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.load", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--streams", type=int, default=10)
+    parser.add_argument("--events", type=int, default=0, help="events each stream should get")
+    parser.add_argument("--hold", action="store_true", help="open, report, hold until stdin")
+    parser.add_argument("--deadline", type=float, default=60.0, help="hard time bound (s)")
+    parser.add_argument("--concurrency", type=int, default=200, help="connects in flight")
+    args = parser.parse_args(argv)
+    procs.raise_nofile()
+    result = procs.run_loop(
+        run(args.url, args.streams, args.events, args.hold, args.deadline, args.concurrency)
+    )
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

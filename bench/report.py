@@ -1,0 +1,203 @@
+"""Markdown tables of one benchmark run and its ratios against issue 7's targets."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Result = dict[str, Any]
+
+
+def _find(doc: dict[str, Any], scenario: str, target: str) -> Result | None:
+    for r in doc["results"]:
+        if r["scenario"] == scenario and r["target"] == target:
+            found: Result = r
+            return found
+    return None
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if abs(x) >= 10**digits:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _mib(kib: float) -> str:
+    return _num(kib / 1024)
+
+
+def _errors(r: Result) -> str:
+    errs = r["errors"]
+    if not errs:
+        return "0"
+    return ", ".join(f"{k}: {v}" for k, v in sorted(errs.items()))
+
+
+def _other(r: Result) -> str:
+    other = r.get("other_cpu_cores")
+    return "–" if other is None else f"{other:.2f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def flow_table(doc: dict[str, Any]) -> list[str]:
+    rows = [
+        "| scenario | path | events delivered | events/s | latency p50 / p99 (ms) "
+        "| TTFB p50 / p99 (ms) | proxy CPU (s) | CPU µs/event | proxy RSS peak (MiB) "
+        "| load / producer CPU (s) | other work (cores) | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in doc["results"]:
+        if "cpu_us_per_event" not in r["proxy"]:
+            continue
+        p = r["proxy"]
+        direct = r["target"] == "direct"
+        delivered = f"{r['events']:,} / {r['expected']:,}" + ("" if r["all_delivered"] else " ✗")
+        rows.append(
+            f"| {r['scenario']} | {r['target']} | {delivered} | {_num(r['events_per_s'], 4)} "
+            f"| {_num(r['latency_ms']['p50'])} / {_num(r['latency_ms']['p99'])} "
+            f"| {_num(r['ttfb_ms']['p50'])} / {_num(r['ttfb_ms']['p99'])} "
+            f"| {'–' if direct else _num(p['cpu_s'])} "
+            f"| {'–' if direct else _num(p['cpu_us_per_event'])} "
+            f"| {'–' if direct else _mib(p['rss_peak_kib'])} "
+            f"| {_num(r['client_cpu_s'], 2)} / {_num(r['producer_cpu_s'], 2)} "
+            f"| {_other(r)} | {_errors(r)} |"
+        )
+    return rows if len(rows) > 2 else []
+
+
+def hold_table(doc: dict[str, Any]) -> list[str]:
+    rows = [
+        "| scenario | path | open streams | heartbeats received/s | proxy CPU (ms/s) "
+        "| proxy RSS (MiB) | RSS per stream (KiB) | other work (cores) | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in doc["results"]:
+        p = r["proxy"]
+        if "rss_per_stream_kib" not in p:
+            continue
+        direct = r["target"] == "direct"
+        rows.append(
+            f"| {r['scenario']} | {r['target']} | {r['opened']:,} / {r['streams']:,} "
+            f"| {_num(r['keepalives_per_s'], 4)} "
+            f"| {'–' if direct else _num(p['cpu_ms_per_s'])} "
+            f"| {'–' if direct else _mib(p['rss_peak_kib'])} "
+            f"| {'–' if direct else _num(p['rss_per_stream_kib'])} | {_other(r)} | {_errors(r)} |"
+        )
+    return rows if len(rows) > 2 else []
+
+
+def _verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("**pass**" if ok else "**miss**")
+
+
+def _value(r: Result | None, *path: str) -> float | None:
+    cur: Any = r
+    for key in path:
+        if cur is None:
+            return None
+        cur = cur.get(key)
+    return cur if isinstance(cur, int | float) else None
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 7 with the measured values, ratios and a verdict."""
+    out: list[dict[str, Any]] = []
+
+    def get(scenario: str, target: str, *path: str) -> float | None:
+        return _value(_find(doc, scenario, target), *path)
+
+    def add(name: str, unit: str, n: Any, s: Any, d: Any, goal: str, ok: bool | None) -> None:
+        out.append({"target": name, "unit": unit, "nginx": n, "sidecar": s, "direct": d,
+                    "sidecar/nginx": _ratio(s, n), "sidecar/direct": _ratio(s, d),
+                    "goal": goal, "ok": ok})  # fmt: skip
+
+    cpu = ("proxy", "cpu_us_per_event")
+    n, s = get("steady", "nginx", *cpu), get("steady", "sidecar", *cpu)
+    r = _ratio(s, n)
+    add("steady: CPU per event", "µs", n, s, None, "≤ 1.5× nginx", None if r is None else r <= 1.5)
+    s = get("comments", "sidecar", *cpu)
+    r = _ratio(s, n)
+    add("comments: CPU per event (vs nginx steady)", "µs", n, s, None, "≤ 2× nginx steady",
+        None if r is None else r <= 2.0)  # fmt: skip
+    eps = ("events_per_s",)
+    n, s, d = (get("burst", t, *eps) for t in ("nginx", "sidecar", "direct"))
+    r = _ratio(s, n)
+    add("burst: events/s", "ev/s", n, s, d, "≥ 0.8× nginx", None if r is None else r >= 0.8)
+    p99 = ("latency_ms", "p99")
+    n, s, d = (get("steady", t, *p99) for t in ("nginx", "sidecar", "direct"))
+    extra = None if n is None or s is None else s - n
+    add("steady: p99 latency", "ms", n, s, d, "sidecar − nginx ≤ 1 ms",
+        None if extra is None else extra <= 1.0)  # fmt: skip
+    mem = ("proxy", "rss_per_stream_kib")
+    n, s = get("idle", "nginx", *mem), get("idle", "sidecar", *mem)
+    r = _ratio(s, n)
+    add("idle: RSS per open stream", "KiB", n, s, None, "≤ 1.25× nginx",
+        None if r is None else r <= 1.25)  # fmt: skip
+    held = _find(doc, "open10k", "sidecar")
+    ok = None
+    if held is not None:
+        ok = held["opened"] == held["streams"] and not held["errors"] and held["proxy_alive"]
+    n = get("open10k", "nginx", "proxy", "rss_peak_kib")
+    s = get("open10k", "sidecar", "proxy", "rss_peak_kib")
+    streams = f"{held['streams']:,}" if held else "10,000"
+    add(f"open10k: {streams} streams held, RSS", "MiB", n and n / 1024, s and s / 1024, None,
+        "held, no errors", ok)  # fmt: skip
+    return out
+
+
+def targets_table(doc: dict[str, Any]) -> list[str]:
+    rows = [
+        "| target (issue 7) | nginx | sidecar | direct | sidecar/nginx | sidecar/direct "
+        "| goal | result |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for t in targets(doc):
+        if t["nginx"] is None and t["sidecar"] is None:
+            continue
+        unit = t["unit"]
+        rows.append(
+            f"| {t['target']} ({unit}) | {_num(t['nginx'])} | {_num(t['sidecar'])} "
+            f"| {_num(t['direct'])} | {_ratio_text(t['sidecar/nginx'])} "
+            f"| {_ratio_text(t['sidecar/direct'])} | {t['goal']} | {_verdict(t['ok'])} |"
+        )
+    return rows if len(rows) > 2 else []
+
+
+def _ratio_text(r: float | None) -> str:
+    return "–" if r is None else f"{r:.2f}×"
+
+
+def _load(doc: dict[str, Any]) -> str:
+    load = doc.get("loadavg")
+    if not load:
+        return ""
+    return (
+        f" Load average (1 min) {load['before'][0]:.2f} before, {load['after'][0]:.2f} after"
+        " (anything else on the cores shows in latency and events/s, not in CPU time)."
+    )
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        f"Run {doc['when']}{' (--quick)' if doc['quick'] else ''} of "
+        f"{doc.get('revision', 'unknown')}: {m['cores']} cores "
+        f"({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, "
+        f"nginx {m['nginx'] or 'not installed'}, RLIMIT_NOFILE {doc['nofile']:,}." + _load(doc),
+        "",
+    ]
+    for name, title in doc["scenarios"].items():
+        lines.append(f"- **{name}**: {title}")
+    for note in doc["notes"]:
+        lines.append(f"- note: {note}")
+    for table in (flow_table(doc), hold_table(doc), targets_table(doc)):
+        if table:
+            lines += ["", *table]
+    return "\n".join(lines)

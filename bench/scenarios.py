@@ -1,0 +1,128 @@
+"""The scenarios of issue 7, in full, quick and smoke sizes.
+
+A *flow* scenario sends a bounded number of events per stream and ends when
+every stream has its terminal event; a *hold* scenario opens silent streams,
+keeps them open for ``hold`` seconds (heartbeats on in the sidecar) and
+measures memory per stream and CPU per second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+from urllib.parse import urlencode
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    kind: Literal["flow", "hold"]
+    streams: int
+    #: Events per stream (flow).
+    events: int = 0
+    #: Events per second per stream; 0: as fast as the path takes them.
+    rate: float = 0.0
+    size: int = 64
+    comment_every: int = 0
+    #: The sidecar's heartbeat interval (s). nginx has none.
+    heartbeat: float = 15.0
+    #: Seconds the streams are held open after they are all open (hold).
+    hold: float = 0.0
+    #: Seconds after the last stream opened before the hold measurement starts.
+    settle: float = 1.0
+    #: Load-client processes the streams are split across.
+    clients: int = 1
+    #: Hard bound on one load client's run (s).
+    deadline: float = 120.0
+
+    def query(self) -> str:
+        if self.kind == "hold":
+            return urlencode({"idle": 1})
+        params: dict[str, object] = {"n": self.events, "rate": self.rate, "size": self.size}
+        if self.comment_every:
+            params["comment_every"] = self.comment_every
+        return urlencode(params)
+
+    @property
+    def expected(self) -> int:
+        return self.streams * self.events
+
+
+FULL: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "steady",
+            "200 streams × 50 events/s, 64-byte payloads, 10 s",
+            "flow",
+            streams=200,
+            events=500,
+            rate=50,
+            deadline=60,
+        ),
+        Scenario(
+            "comments",
+            "steady + a comment every 5 events",
+            "flow",
+            streams=200,
+            events=500,
+            rate=50,
+            comment_every=5,
+            deadline=60,
+        ),
+        Scenario(
+            "burst",
+            "10 streams × 50,000 events, as fast as possible",
+            "flow",
+            streams=10,
+            events=50_000,
+            rate=0,
+            deadline=120,
+        ),
+        Scenario(
+            "idle",
+            "5,000 open silent streams, heartbeat 1 s, held 10 s",
+            "hold",
+            streams=5_000,
+            heartbeat=1.0,
+            hold=10.0,
+            clients=2,
+        ),
+        Scenario(
+            "open10k",
+            "10,000 concurrent open streams, heartbeat 1 s, held 10 s",
+            "hold",
+            streams=10_000,
+            heartbeat=1.0,
+            hold=10.0,
+            clients=2,
+            deadline=180,
+        ),
+    )
+}
+
+#: ``--quick``: the same shapes, about a fifth of the time.
+QUICK: dict[str, Scenario] = {
+    "steady": replace(FULL["steady"], title="200 streams × 50 events/s, 3 s", events=150),
+    "comments": replace(
+        FULL["comments"], title="steady + a comment every 5 events, 3 s", events=150
+    ),
+    "burst": replace(FULL["burst"], title="10 streams × 10,000 events, unpaced", events=10_000),
+    "idle": replace(FULL["idle"], title="1,000 silent streams, heartbeat 1 s, held 3 s",
+                    streams=1_000, hold=3.0),
+    "open10k": replace(FULL["open10k"], title="3,000 open streams, heartbeat 1 s, held 3 s",
+                       streams=3_000, hold=3.0),
+}  # fmt: skip
+
+#: The test suite's smoke run: seconds, just enough to prove every path works.
+SMOKE: dict[str, Scenario] = {
+    "steady": Scenario(
+        "steady", "5 streams × 20 events at 100/s", "flow", streams=5, events=20, rate=100,
+        deadline=20,
+    ),
+    "idle": Scenario(
+        "idle", "5 silent streams, heartbeat 0.3 s, held 1 s", "hold", streams=5,
+        heartbeat=0.3, hold=1.0, settle=0.2, deadline=20,
+    ),
+}  # fmt: skip

@@ -1,0 +1,90 @@
+"""The benchmark still runs: a tiny load through every path, and numbers come out.
+
+Nothing here is timed or compared (issue 7: targets are ratios in BENCHMARKS.md,
+not assertions); the test only keeps bench/ from rotting. nginx is included
+when it is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import shutil
+
+import pytest
+
+from bench import report, run
+from bench.scenarios import SMOKE
+
+
+def _paths() -> list[str]:
+    if shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"):
+        return ["direct", "nginx", "sidecar"]
+    return ["direct", "sidecar"]
+
+
+def _run(name: str, tmp_path) -> list[dict]:
+    scn = SMOKE[name]
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return [run.run_case(scn, path, tmp_path, nofile, scn.streams, None) for path in _paths()]
+
+
+def _doc(name: str, results: list[dict]) -> dict:
+    return {
+        "when": "smoke",
+        "quick": True,
+        "machine": run.machine(),
+        "nofile": 0,
+        "scenarios": {name: SMOKE[name].title},
+        "notes": [],
+        "results": results,
+    }
+
+
+def test_flow_smoke_delivers_every_event_on_every_path(tmp_path):
+    scn = SMOKE["steady"]
+    results = _run("steady", tmp_path)
+    assert [r["target"] for r in results] == _paths()
+    for r in results:
+        assert r["errors"] == {}, r["target"]
+        assert r["all_delivered"], r["target"]
+        assert r["events"] == scn.expected > 0
+        assert r["events_per_s"] > 0
+        assert 0 <= r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        assert r["ttfb_ms"]["p50"] > 0
+        assert r["client_cpu_s"] > 0
+        if r["target"] != "direct":
+            assert r["proxy_alive"]
+            assert r["proxy"]["rss_peak_kib"] > 0
+            assert r["proxy"]["cpu_s"] >= 0
+            assert not math.isnan(r["proxy"]["cpu_us_per_event"])
+    table = report.markdown(_doc("steady", results))
+    assert "| steady | sidecar |" in table
+    assert "steady: CPU per event" in table
+
+
+def test_hold_smoke_keeps_streams_open_and_the_sidecar_sends_heartbeats(tmp_path):
+    scn = SMOKE["idle"]
+    results = _run("idle", tmp_path)
+    by_path = {r["target"]: r for r in results}
+    for r in results:
+        assert r["errors"] == {}, r["target"]
+        assert r["opened"] == scn.streams
+        assert r["held_s"] > 0
+    sidecar = by_path["sidecar"]
+    assert sidecar["keepalives"] > 0  # heartbeats every 0.3 s while held
+    assert sidecar["proxy"]["rss_peak_kib"] > 0
+    assert sidecar["proxy"]["cpu_ms_per_s"] >= 0
+    assert by_path["direct"]["keepalives"] == 0  # the producer itself sends nothing
+    table = report.markdown(_doc("idle", results))
+    assert "| idle | sidecar |" in table
+
+
+@pytest.mark.parametrize("value", [[], [5], [1, 2, 3, 4]])
+def test_percentile_is_nearest_rank_in_ms(value):
+    got = run.percentile([v * 1000 for v in value], 50)
+    if not value:
+        assert math.isnan(got)
+    else:
+        assert got == sorted(value)[max(math.ceil(len(value) / 2) - 1, 0)]

@@ -227,6 +227,40 @@ class RouteMetrics:
         self.metrics.rejected.labels(self.route, reason).inc()
 
 
+class StreamCounts:
+    """One stream's counts, added to Prometheus at most once a second and at its end.
+
+    A counter update takes a lock, and a busy stream forwards thousands of
+    events a second: per-event updates were a measurable share of the CPU.
+    """
+
+    __slots__ = ("_metrics", "_next", "bytes_in", "bytes_out", "forwarded")
+
+    def __init__(self, metrics: RouteMetrics) -> None:
+        self._metrics = metrics
+        self._next = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.forwarded = 0
+
+    def flush_if_due(self, now: float) -> None:
+        if now >= self._next:
+            self._next = now + 1.0
+            self.flush()
+
+    def flush(self) -> None:
+        m = self._metrics
+        if self.bytes_in:
+            m.bytes_in.inc(self.bytes_in)
+            self.bytes_in = 0
+        if self.bytes_out:
+            m.bytes_out.inc(self.bytes_out)
+            self.bytes_out = 0
+        if self.forwarded:
+            m.forwarded.inc(self.forwarded)
+            self.forwarded = 0
+
+
 # --- admin server ----------------------------------------------------------------
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

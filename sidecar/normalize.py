@@ -8,9 +8,10 @@ without a server.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sidecar.config import CommentMode, Keepalive, Terminal
+from sidecar.config import CommentMode, Keepalive, Limits, Terminal
 from sidecar.replay.base import Entry
 from sidecar.sse import Comment, Event, Item, encode_comment, encode_event
 
@@ -82,21 +83,34 @@ class Normalizer:
             return True
         return event.data is not None and event.data.strip() in self._terminal_data
 
-    def unchanged(self, items: list[Item]) -> bool:
-        """Whether these items go to the client exactly as the upstream wrote them.
+    def raw_check(self, limits: Limits) -> Callable[[bytes], bool]:
+        """A test, on bytes alone, that a block of complete events needs no change.
 
-        True when there is nothing to convert, drop or stop at: then the
-        proxy forwards the upstream's bytes as they are (the fast path),
-        instead of encoding the same events again.
+        Conservative: any comment (unless passed), CR, terminal marker
+        anywhere (an event name or a data sentinel, even inside text), or a
+        block longer than one event or line may be sends it to the decoder
+        instead. What passes is forwarded byte for byte (the fast path).
         """
-        passing = self._comments == "pass"
-        for item in items:
-            if isinstance(item, Comment):
-                if not passing:
-                    return False
-            elif self.is_terminal(item):
+        markers = tuple(m.encode() for m in (*self._terminal_events, *self._terminal_data) if m)
+        limit = min(limits.max_event_bytes, limits.max_line_bytes)
+        comments_pass = self._comments == "pass"
+
+        def clean(block: bytes) -> bool:
+            if len(block) > limit or b"\r" in block:
                 return False
-        return True
+            if not comments_pass and (block[:1] == b":" or b"\n:" in block):
+                return False
+            for marker in markers:
+                if marker in block:
+                    return False
+            if not block.isascii():
+                try:
+                    block.decode("utf-8")
+                except UnicodeDecodeError:
+                    return False
+            return True
+
+        return clean
 
     def batch(self, items: list[Item], ids: IdSource | None = None) -> Batch:
         """Encode a chunk's items for the client, stopping after a terminal event.

@@ -20,6 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar import headers as hdrs
+from sidecar.alarm import Alarm
 from sidecar.client import client_write, json_error, ms, opening_of, start_response
 from sidecar.context import StreamHandle
 from sidecar.errors import (
@@ -33,6 +34,7 @@ from sidecar.errors import (
     UpstreamTimeout,
 )
 from sidecar.logs import session_hash
+from sidecar.metrics import StreamCounts
 from sidecar.normalize import (
     Batch,
     IdSource,
@@ -41,7 +43,7 @@ from sidecar.normalize import (
     heartbeat_due,
 )
 from sidecar.sessions.base import Claim
-from sidecar.sse import Decoder, Event
+from sidecar.sse import Decoder
 from sidecar.upstream import http as upstream_http
 from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
 
@@ -100,6 +102,8 @@ class StreamRun:
         self.heartbeats = 0
         self.bytes_out = 0
         self.client_gone_at: float | None = None
+        self.alarm: Alarm | None = None
+        self.counts = StreamCounts(self.metrics)
 
     @property
     def partial(self) -> bool:
@@ -207,6 +211,9 @@ class StreamRun:
     def _account(self) -> None:
         now = self.loop.time()
         m = self.metrics
+        self.counts.flush()
+        if self.alarm is not None:
+            self.alarm.close()
         m.active.dec()
         m.outcome(self.outcome)
         m.duration.observe(now - self.started)
@@ -273,14 +280,16 @@ class StreamRun:
         normalizer = self.proxy.normalizer
         m = self.metrics
         loop = self.loop
+        raw_ok = normalizer.raw_check(limits) if self.ids is None else None
         self.last_byte = loop.time()
         first = True
+        alarm = self._alarm()
         while True:
             try:
-                async with asyncio.timeout_at(self._next_deadline()):
-                    chunk = await upstream_http.read_chunk(upstream)
+                chunk = await alarm.wait(upstream_http.read_chunk(upstream))
             except TimeoutError:
                 await self._tick()
+                alarm.set(self._next_deadline())
                 continue
             now = loop.time()
             silence = now - self.last_byte
@@ -295,29 +304,29 @@ class StreamRun:
                     end_event(partial=self.partial, event_id=self._next_id()), "upstream_closed"
                 )
                 return
-            m.bytes_in.inc(len(chunk))
-            whole = decoder.at_boundary
+            self.counts.bytes_in += len(chunk)
+            if raw_ok is not None and decoder.at_boundary:
+                # Fast path: the complete events of this read need no change
+                # (checked with bytes operations only): hand them on as they are.
+                cut = chunk.rfind(b"\n\n") + 2
+                if cut > 1 and raw_ok(chunk[:cut]):
+                    events = chunk.count(b"\n\n", 0, cut)
+                    self.forwarded += events
+                    self.counts.forwarded += events
+                    await self._write(chunk if cut == len(chunk) else chunk[:cut])
+                    chunk = chunk[cut:]
+                    if not chunk:
+                        alarm.set(self._next_deadline())
+                        self.counts.flush_if_due(now)
+                        continue
             items = decoder.feed(chunk)
+            alarm.set(self._next_deadline())
             if not items:
-                continue
-            if (
-                whole
-                and decoder.at_boundary
-                and decoder.error is None
-                and self.ids is None
-                and b"\r" not in chunk
-                and normalizer.unchanged(items)
-            ):
-                # Fast path: the chunk is whole events needing no change.
-                forwarded = sum(1 for item in items if type(item) is Event)
-                self.forwarded += forwarded
-                m.forwarded.inc(forwarded)
-                await self._write(chunk)
                 continue
             batch = normalizer.batch(items, self.ids)
             if batch.forwarded:
                 self.forwarded += batch.forwarded
-                m.forwarded.inc(batch.forwarded)
+                self.counts.forwarded += batch.forwarded
             if batch.comments_converted:
                 m.converted.inc(batch.comments_converted)
             if batch.comments_passed:
@@ -330,6 +339,15 @@ class StreamRun:
                 return
             if decoder.error is not None:
                 raise decoder.error
+            alarm.set(self._next_deadline())
+            self.counts.flush_if_due(now)
+
+    def _alarm(self) -> Alarm:
+        task = asyncio.current_task()
+        assert task is not None
+        self.alarm = Alarm(task)
+        self.alarm.set(self._next_deadline())
+        return self.alarm
 
     async def _run_websocket(self) -> None:
         """A WebSocket gateway's run: its events instead of an HTTP body's."""
@@ -364,12 +382,13 @@ class StreamRun:
         m = self.metrics
         self.last_byte = self.loop.time()
         first = True
+        alarm = self._alarm()
         while True:
             try:
-                async with asyncio.timeout_at(self._next_deadline()):
-                    items = await source.read()
+                items = await alarm.wait(source.read())
             except TimeoutError:
                 await self._tick()
+                alarm.set(self._next_deadline())
                 continue
             now = self.loop.time()
             self.max_silence = max(self.max_silence, now - self.last_byte)
@@ -384,11 +403,13 @@ class StreamRun:
                 return
             batch = normalizer.batch(list(items), self.ids)
             self.forwarded += batch.forwarded
-            m.forwarded.inc(batch.forwarded)
+            self.counts.forwarded += batch.forwarded
             await self._emit(batch)
             if batch.terminal:
                 self.outcome = "completed"
                 return
+            alarm.set(self._next_deadline())
+            self.counts.flush_if_due(now)
 
     def _next_deadline(self) -> float:
         limits = self.route.limits
@@ -454,7 +475,7 @@ class StreamRun:
         await client_write(self.request, self.response, data, self.route.limits.write_timeout)
         self.last_write = self.loop.time()
         self.bytes_out += len(data)
-        self.metrics.bytes_out.inc(len(data))
+        self.counts.bytes_out += len(data)
 
     async def _emit(self, batch: Batch) -> None:
         """Where a chunk's events go: to the client (a resumable run: to its log)."""

@@ -273,3 +273,37 @@ def test_end_event(partial: bool, wire: bytes) -> None:
 )
 def test_opening(retry_ms: int | None, open_event: str | None, wire: bytes) -> None:
     assert opening(retry_ms, open_event) == wire
+
+
+# --- raw_check: the bytes-only test of the fast path ------------------------------
+
+
+def _raw(comments: str = "convert", **limits: int):
+    from sidecar.config import Limits
+
+    return Normalizer(comments, Keepalive(), Terminal()).raw_check(Limits(**limits))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("block", "comments", "clean"),
+    [
+        (b"data: a\n\nevent: token\ndata: b\n\n", "convert", True),
+        (b"data: caf\xc3\xa9\n\n", "convert", True),
+        (b"data: a\r\n\r\n", "convert", False),
+        (b": ping\ndata: a\n\n", "convert", False),
+        (b"data: a\n\n: ping\n\n", "drop", False),
+        (b"data: a\n\n: ping\n\n", "pass", True),
+        (b"event: done\ndata: x\n\n", "convert", False),
+        (b"data: [DONE]\n\n", "convert", False),
+        (b"data: I am done here\n\n", "convert", False),  # conservative: decoder decides
+        (b"data: \xff\n\n", "convert", False),
+    ],
+)
+def test_raw_check(block: bytes, comments: str, clean: bool) -> None:
+    assert _raw(comments)(block) is clean
+
+
+def test_raw_check_leaves_large_blocks_to_the_decoder() -> None:
+    check = _raw(max_event_bytes=64, max_line_bytes=1024)
+    assert check(b"data: " + b"x" * 50 + b"\n\n")
+    assert not check(b"data: " + b"x" * 60 + b"\n\n")

@@ -46,6 +46,11 @@ def opening_of(route: Route) -> bytes:
     return opening(ms(stream.retry) if stream.retry is not None else None, stream.open_event)
 
 
+#: asyncio's default write high-water mark: a write that leaves the buffer at
+#: or under it returns without waiting for the client.
+_NEVER_BLOCKS = 64 * 1024
+
+
 async def client_write(
     request: web.Request, response: web.StreamResponse, data: bytes, write_timeout: float
 ) -> None:
@@ -54,8 +59,8 @@ async def client_write(
     if transport is None or transport.is_closing():
         raise ClientGone("client connection closed")
     try:
-        if transport.get_write_buffer_size() == 0:
-            await response.write(data)  # an empty buffer cannot block
+        if transport.get_write_buffer_size() + len(data) <= _NEVER_BLOCKS:
+            await response.write(data)  # stays under the high-water mark: cannot block
         else:
             # The client is behind; bound how long it may hold the stream.
             try:

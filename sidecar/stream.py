@@ -12,6 +12,7 @@ with the log of the run instead of the client as the place events go.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
@@ -305,25 +306,48 @@ class StreamRun:
                 )
                 return
             self.counts.bytes_in += len(chunk)
-            if raw_ok is not None and decoder.at_boundary:
-                # Fast path: the complete events of this read need no change
-                # (checked with bytes operations only): hand them on as they are.
-                cut = chunk.rfind(b"\n\n") + 2
-                if cut > 1 and raw_ok(chunk[:cut]):
-                    events = chunk.count(b"\n\n", 0, cut)
-                    self.forwarded += events
-                    self.counts.forwarded += events
-                    await self._write(chunk if cut == len(chunk) else chunk[:cut])
-                    chunk = chunk[cut:]
-                    if not chunk:
-                        alarm.set(self._next_deadline())
-                        self.counts.flush_if_due(now)
-                        continue
-            items = decoder.feed(chunk)
+            if raw_ok is None:
+                done = await self._decoded(decoder, chunk)
+            else:
+                done = await self._fast(decoder, raw_ok, chunk)
+            if done:
+                self.outcome = "completed"
+                return
             alarm.set(self._next_deadline())
-            if not items:
-                continue
-            batch = normalizer.batch(items, self.ids)
+            self.counts.flush_if_due(now)
+
+    async def _fast(self, decoder: Decoder, raw_ok: Callable[[bytes], bool], chunk: bytes) -> bool:
+        """Forward the read's complete, unchanged events as they are; decode the rest.
+
+        Reads rarely end on an event boundary, so the decoder takes the read
+        up to the first boundary (finishing the event it holds), the middle
+        goes out byte for byte if :meth:`Normalizer.raw_check` passes it, and
+        the decoder takes the tail. Order on the wire is kept.
+        """
+        if not decoder.at_boundary:
+            first = chunk.find(b"\n\n") + 2
+            if first < 2:
+                return await self._decoded(decoder, chunk)
+            if await self._decoded(decoder, chunk[:first]):
+                return True
+            chunk = chunk[first:]
+            if not decoder.at_boundary:
+                return await self._decoded(decoder, chunk)
+        cut = chunk.rfind(b"\n\n") + 2
+        if cut < 2 or not raw_ok(block := chunk[:cut]):
+            return await self._decoded(decoder, chunk)
+        events = block.count(b"\n\n")
+        self.forwarded += events
+        self.counts.forwarded += events
+        await self._write(block)
+        return bool(chunk[cut:]) and await self._decoded(decoder, chunk[cut:])
+
+    async def _decoded(self, decoder: Decoder, data: bytes) -> bool:
+        """Decode, normalise and emit; True when the upstream's terminal event went out."""
+        items = decoder.feed(data)
+        if items:
+            batch = self.proxy.normalizer.batch(items, self.ids)
+            m = self.metrics
             if batch.forwarded:
                 self.forwarded += batch.forwarded
                 self.counts.forwarded += batch.forwarded
@@ -335,12 +359,10 @@ class StreamRun:
                 m.event("comment_dropped", batch.comments_dropped)
             await self._emit(batch)
             if batch.terminal:
-                self.outcome = "completed"
-                return
-            if decoder.error is not None:
-                raise decoder.error
-            alarm.set(self._next_deadline())
-            self.counts.flush_if_due(now)
+                return True
+        if decoder.error is not None:
+            raise decoder.error
+        return False
 
     def _alarm(self) -> Alarm:
         task = asyncio.current_task()

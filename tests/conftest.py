@@ -17,6 +17,8 @@ from aiohttp import web
 from sidecar.app import Sidecar
 from sidecar.config import Config, from_mapping
 
+pytest_plugins = ["tests.fixtures_redis"]
+
 # A step of a scripted upstream: bytes to send, or a float to sleep, or a
 # callable marker (see Script) for abrupt endings.
 Step = bytes | float | str

@@ -1,0 +1,513 @@
+"""Session claims shared through Redis: one stream per session across processes and replicas.
+
+Strategy: a session is owned by whoever's value sits in ``{prefix}session:{route}:{key}``
+(set with a lease, renewed every lease/3, so a dead replica frees it). A claim
+takes the key in one Lua script, which also draws the fencing token from
+``{prefix}fence:{route}:{key}`` and, under ``replace``, publishes the value it
+overwrote on ``{prefix}replace``; every process listens there and stops the
+stream that held that value. As in :mod:`sidecar.sessions.memory` the newcomer
+owns the session at once (so a third request replaces it, not the stream on its
+way out) and then waits, briefly, for the old stream to let go. Redis errors
+become :class:`~sidecar.errors.BackendUnavailable`; a Redis outage never stops
+a running stream, and its claims are set again when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+from collections import OrderedDict
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from sidecar.errors import BackendUnavailable, SessionConflict
+from sidecar.logs import session_hash
+from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
+
+log = structlog.get_logger("sse_sidecar")
+
+#: Socket connect/read timeout: a claim fails over to 503 within about this long.
+OP_TIMEOUT = 1.0
+_BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, retry included
+_RETRY_MIN, _RETRY_MAX = 0.05, 1.0  # subscriber reconnect backoff
+_DOWN_POLL = 0.5  # lease loop period while Redis is unreachable, to notice its return
+_PUBSUB_TICK, _PUBSUB_DEAD = 1.0, 3.0  # ping a quiet subscription; silence this long = dead
+_FENCE_TTL = 86400.0  # a fence counter outlives every claim drawn from it by a day
+_RECENT = 1024  # released values remembered for claims that ask after the message came
+_BATCH = 1000  # renewals per pipeline round trip
+_START_WAIT = 2.0
+
+# KEYS: owner, fence. ARGV: value, lease_ms, policy, channel, fence_ttl_ms, route, key.
+# Returns {token, old value or nil}; token 0 means refused (reject and taken).
+# Finding its own value means a retry after a lost reply: answer as the first run did.
+_CLAIM = """
+local old = redis.call('GET', KEYS[1])
+if old == ARGV[1] then return {tonumber(redis.call('GET', KEYS[2]) or '0'), false} end
+if old and ARGV[3] == 'reject' then return {0, old} end
+local token = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if old then
+  redis.call('PUBLISH', ARGV[4],
+    cjson.encode({op = 'replace', route = ARGV[6], key = ARGV[7], value = old}))
+end
+return {token, old}
+"""
+
+# KEYS: owner, fence. ARGV: value, lease_ms, token, fence_ttl_ms.
+# 1: renewed. 0: another owner, or a newer token was drawn (ownership lost).
+# 2: the key was gone (expired while Redis was unreachable, or Redis lost its
+# data) and nobody claimed since, so it is ours again.
+_RENEW = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return 1
+end
+if cur then return 0 end
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+if fence > tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if fence < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return 2
+"""
+
+# KEYS: owner. ARGV: value, channel, message. Deletes only our own value; if the
+# session was taken over, tells the new owner (waiting in claim) we are done.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 0
+"""
+
+
+def _escape(route: str) -> str:
+    # Route names are free text; without ":" in them, "{route}:{key}" cannot
+    # collide across routes (route "a", key "b:c" vs route "a:b", key "c").
+    return route.replace("%", "%25").replace(":", "%3A")
+
+
+def owner_key(prefix: str, route: str, key: str) -> str:
+    return f"{prefix}session:{_escape(route)}:{key}"
+
+
+def fence_key(prefix: str, route: str, key: str) -> str:
+    return f"{prefix}fence:{_escape(route)}:{key}"
+
+
+@dataclass(eq=False)
+class _Held:
+    """One claim of this process, from before its script runs until it is let go."""
+
+    route: str
+    key: str
+    #: What this claim writes into the owner key: unique, known before the script runs.
+    value: str
+    holder: Holder
+    token: int = 0  # 0 until the claim script has run
+    stopped: bool = False
+    releasing: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self, code: str) -> None:
+        # A stream that is already letting go has ended: stopping it again
+        # would only cancel its clean-up.
+        if not self.stopped and not self.releasing:
+            self.stopped = True
+            self.holder.stop(code)
+
+
+class RedisSessionStore:
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "sse-sidecar:",
+        lease: float = 10.0,
+        replace_wait: float = REPLACE_WAIT,
+        owner: str | None = None,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.lease = lease
+        self.replace_wait = replace_wait
+        #: This process's id in owner values; random, so a restarted process is a new owner.
+        self.owner_id = owner or secrets.token_hex(8)
+        self.channel = f"{prefix}replace"
+        self._lease_ms = str(max(1, round(lease * 1000)))
+        self._fence_ms = str(round(max(_FENCE_TTL, 10 * lease) * 1000))
+        self._seq = itertools.count(1)
+        self._redis: Redis | None = None
+        self._claim_script: AsyncScript
+        self._renew_script: AsyncScript
+        self._release_script: AsyncScript
+        self._held: dict[str, _Held] = {}  # by value
+        self._owned: dict[Claim, _Held] = {}
+        self._waiters: dict[str, asyncio.Event] = {}  # old value -> its "released" message
+        self._released: OrderedDict[str, None] = OrderedDict()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._contacted = asyncio.Event()
+        self._up = False
+        self._listening = False
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and listen; if Redis is down, start anyway and keep trying."""
+        if self._redis is not None:
+            return
+        redis = Redis.from_url(
+            self.url,
+            socket_timeout=OP_TIMEOUT,
+            socket_connect_timeout=OP_TIMEOUT,
+            # One immediate retry on a dropped connection (a pooled socket
+            # from before a Redis restart), none on timeouts: a request may
+            # wait about OP_TIMEOUT for Redis, never longer.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        self._redis = redis
+        self._claim_script = redis.register_script(_CLAIM)
+        self._renew_script = redis.register_script(_RENEW)
+        self._release_script = redis.register_script(_RELEASE)
+        self._tasks = [
+            asyncio.create_task(self._listen(redis), name="sse-sidecar redis listener"),
+            asyncio.create_task(self._keep_leases(redis), name="sse-sidecar redis leases"),
+        ]
+        # Ready at once when Redis is up at start; unready (not failed) when it is not.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_START_WAIT):
+                await self._contacted.wait()
+        if not self.healthy():
+            log.warning("backend_down", backend=self.kind, error="unreachable at start-up")
+
+    async def close(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2 * OP_TIMEOUT)
+        await asyncio.gather(*(self.release(c) for c in list(self._owned)), return_exceptions=True)
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=2 * OP_TIMEOUT)
+        redis, self._redis = self._redis, None
+        self._up = self._listening = False
+        if redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await redis.aclose()
+
+    def healthy(self) -> bool:
+        """Redis answered the last operation and the replace channel is subscribed."""
+        return self._up and self._listening
+
+    def owner(self, route: str, key: str) -> Claim | None:
+        """The claim this process holds on ``key``, if any (what Redis says may differ)."""
+        return next((c for c in self._owned if (c.route, c.key) == (route, key)), None)
+
+    def __len__(self) -> int:
+        """Claims this process holds."""
+        return len(self._owned)
+
+    # --- claim and release ---------------------------------------------------
+
+    async def claim(self, route: str, key: str, policy: Policy, holder: Holder) -> Claim:
+        redis = self._redis
+        if redis is None:
+            raise BackendUnavailable("the session backend (redis) is not running")
+        entry = _Held(route, key, f"{self.owner_id}:{next(self._seq)}", holder)
+        # Registered before the script runs, so a replace that overtakes it
+        # (a newer claim, in this process or another) finds the holder.
+        self._held[entry.value] = entry
+        attempt = asyncio.ensure_future(self._take(redis, entry, policy))
+        try:
+            # Shielded: once sent, the script runs; a cancelled claim must
+            # learn what it did to undo it (see _abandon).
+            token, old = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            self._abandon(entry, attempt)
+            raise
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            self._abandon(entry, attempt)  # it may have run before the error
+            raise BackendUnavailable(
+                "the session backend (redis) cannot be reached; retry shortly"
+            ) from None
+        self._ok()
+        if token == 0:
+            self._forget(entry)
+            raise SessionConflict(f"session already has a live stream on route {route}")
+        entry.token = token
+        claim = Claim(route, key, token, holder, replaced=old is not None, released=entry.done)
+        self._owned[claim] = entry
+        if old is not None:
+            try:
+                await self._wait_for(old)
+            except asyncio.CancelledError:
+                # Replaced in turn, or the client left, before the stream began.
+                self._spawn(self.release(claim))
+                raise
+        return claim
+
+    async def release(self, claim: Claim) -> None:
+        """Compare-and-delete; at most about OP_TIMEOUT, then the lease frees it."""
+        entry = self._owned.pop(claim, None)
+        if entry is None:
+            claim.released.set()
+            return
+        entry.releasing = True
+        # The work finishes even if the caller is cancelled meanwhile.
+        await asyncio.shield(self._spawn(self._let_go(entry)))
+
+    async def _take(self, redis: Redis, entry: _Held, policy: Policy) -> tuple[int, str | None]:
+        prefix, route, key = self.prefix, entry.route, entry.key
+        token, old = await self._claim_script(
+            keys=[owner_key(prefix, route, key), fence_key(prefix, route, key)],
+            args=[entry.value, self._lease_ms, policy, self.channel, self._fence_ms, route, key],
+            client=redis,
+        )
+        return int(token), None if old is None else _text(old)
+
+    async def _wait_for(self, old: str) -> None:
+        """Tell the holder of ``old`` to stop, wait up to replace_wait for it to let go."""
+        local = self._held.get(old)
+        created = False
+        if local is not None:
+            local.stop("replaced")
+            event = local.done
+        elif old.startswith(self.owner_id + ":") or old in self._released:
+            return  # ours and already let go, or its "released" came first
+        else:
+            # Another process holds it: its stream stops on the published
+            # replace message and answers with "released" when it has ended.
+            event = self._waiters.setdefault(old, asyncio.Event())
+            created = True
+        try:
+            async with asyncio.timeout(self.replace_wait):
+                await event.wait()
+        except TimeoutError:
+            pass  # told to stop (or dead, holding a lease): the session is ours either way
+        finally:
+            if created:
+                self._waiters.pop(old, None)
+
+    def _abandon(self, entry: _Held, attempt: asyncio.Future[tuple[int, str | None]]) -> None:
+        """A claim that will not be returned: undo its script, whenever that finishes."""
+        entry.releasing = True
+
+        async def undo() -> None:
+            try:
+                token, _ = await attempt
+            except (RedisError, OSError, asyncio.CancelledError):
+                token = -1  # unknown whether it ran: delete our value if it is there
+            if token != 0:
+                await self._let_go(entry)
+            else:
+                self._forget(entry)
+
+        self._spawn(undo())
+
+    async def _let_go(self, entry: _Held) -> None:
+        redis = self._redis
+        message = json.dumps(
+            {"op": "released", "route": entry.route, "key": entry.key, "value": entry.value}
+        )
+        try:
+            if redis is not None:
+                async with asyncio.timeout(_BUDGET):
+                    await self._release_script(
+                        keys=[owner_key(self.prefix, entry.route, entry.key)],
+                        args=[entry.value, self.channel, message],
+                        client=redis,
+                    )
+                self._ok()
+        except (RedisError, OSError) as exc:
+            self._failed(exc)  # its lease frees the session
+        finally:
+            self._forget(entry)
+
+    def _forget(self, entry: _Held) -> None:
+        self._held.pop(entry.value, None)
+        entry.done.set()
+
+    # --- leases --------------------------------------------------------------
+
+    async def _keep_leases(self, redis: Redis) -> None:
+        await self._contacted.wait()  # so the first period knows whether Redis is up
+        while True:
+            await asyncio.sleep(self.lease / 3 if self._up else _DOWN_POLL)
+            try:
+                await self._renew(redis)
+            except Exception as exc:
+                # A bug (ours or redis-py's) must not end the renewals for good.
+                log.exception("backend_lease_error", backend=self.kind)
+                self._failed(exc)
+            _checkpoint()
+
+    async def _renew(self, redis: Redis) -> None:
+        # A stopped stream is on its way out; it needs its lease no longer.
+        entries = [e for e in self._held.values() if e.token and not (e.stopped or e.releasing)]
+        try:
+            if not entries:
+                async with asyncio.timeout(_BUDGET):
+                    await redis.ping()
+            for start in range(0, len(entries), _BATCH):
+                batch = entries[start : start + _BATCH]
+                async with asyncio.timeout(_BUDGET):
+                    results = await self._renew_batch(redis, batch)
+                self._settle(batch, results)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)  # running streams go on; their claims are set again later
+            return
+        self._ok()
+
+    async def _renew_batch(self, redis: Redis, batch: list[_Held]) -> list[Any]:
+        async with redis.pipeline(transaction=False) as pipe:
+            for e in batch:
+                await self._renew_script(
+                    keys=[
+                        owner_key(self.prefix, e.route, e.key),
+                        fence_key(self.prefix, e.route, e.key),
+                    ],
+                    args=[e.value, self._lease_ms, e.token, self._fence_ms],
+                    client=pipe,
+                )
+            results: list[Any] = await pipe.execute()
+        return results
+
+    def _settle(self, batch: list[_Held], results: list[Any]) -> None:
+        for entry, result in zip(batch, results, strict=True):
+            if result == 0:
+                log.info("session_lost", route=entry.route, session=session_hash(entry.key))
+                entry.stop("replaced")
+            elif result == 2:
+                if entry.releasing:
+                    # It was let go while this renewal was on its way: undo the re-set.
+                    self._spawn(self._let_go(entry))
+                else:
+                    log.info(
+                        "session_reasserted", route=entry.route, session=session_hash(entry.key)
+                    )
+
+    # --- replace messages ----------------------------------------------------
+
+    async def _listen(self, redis: Redis) -> None:
+        delay = _RETRY_MIN
+        while True:
+            pubsub = redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                self._listening = True
+                self._ok()
+                self._contacted.set()
+                delay = _RETRY_MIN
+                await self._pump(pubsub)
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+            except Exception as exc:
+                # A bug (ours or redis-py's) must not silence the channel for good.
+                log.exception("backend_listener_error", backend=self.kind)
+                self._failed(exc)
+            finally:
+                self._listening = False
+                self._contacted.set()
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            _checkpoint()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+
+    async def _pump(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = pinged = loop.time()
+        while True:
+            _checkpoint()
+            message = await pubsub.get_message(timeout=_PUBSUB_TICK)
+            now = loop.time()
+            if message is not None:
+                heard = now
+                if message["type"] == "message":
+                    self._on_message(message["data"])
+            elif now - heard > _PUBSUB_DEAD:
+                # A half-open connection (no FIN from a vanished peer) reads
+                # as silence; our own pings must be answered.
+                raise RedisConnectionError("the replace channel stopped answering")
+            if now - heard >= _PUBSUB_TICK and now - pinged >= _PUBSUB_TICK:
+                await pubsub.ping()
+                pinged = now
+
+    def _on_message(self, data: bytes | str) -> None:
+        try:
+            message = json.loads(data)
+            op, value = message["op"], message["value"]
+        except (ValueError, TypeError, KeyError):
+            return  # not a message of ours
+        if not isinstance(value, str):
+            return
+        if op == "replace":
+            entry = self._held.get(value)
+            if entry is not None:
+                entry.stop("replaced")
+        elif op == "released":
+            self._released[value] = None
+            if len(self._released) > _RECENT:
+                self._released.popitem(last=False)
+            waiter = self._waiters.get(value)
+            if waiter is not None:
+                waiter.set()
+
+    # --- health --------------------------------------------------------------
+
+    def _ok(self) -> None:
+        if not self._up:
+            log.info("backend_up", backend=self.kind)
+            self._up = True
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._up:
+            log.warning("backend_down", backend=self.kind, error=str(exc) or type(exc).__name__)
+        self._up = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+
+def _checkpoint() -> None:
+    """Raise a cancellation that redis-py swallowed.
+
+    Its socket writes go through ``asyncio.wait_for``, which on Python 3.11
+    returns normally when the write finishes as the task is cancelled
+    (CPython gh-86296); a loop that only awaits would then never end.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -79,7 +79,7 @@ while len > 1 and (len > max_events or bytes > max_bytes) do
   local batch = redis.call('XRANGE', stream, gone and ('(' .. gone[1]) or '-', '+', 'COUNT', 64)
   if #batch == 0 then break end
   for _, e in ipairs(batch) do
-    if not (len > max_events or bytes > max_bytes) then break end
+    if not (len > 1 and (len > max_events or bytes > max_bytes)) then break end
     local f = e[2]  -- i, id, d, data, t, flag: the order XADD wrote them
     local seq = string.sub(e[1], 3)
     bytes = bytes - #f[4]

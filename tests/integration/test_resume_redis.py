@@ -1,0 +1,174 @@
+"""Resume across two real sidecar processes sharing one Redis: the reconnect lands on the other one.
+
+Process A runs the upstream request; the client drops and reconnects to
+process B with ``Last-Event-ID``. B replays from the run's Redis Stream and
+follows it live, and its follow lease keeps A from abandoning the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+
+import aiohttp
+import pytest
+
+from tests.conftest import Script
+from tests.integration.processes import SidecarProcess
+from tests.integration.streams import read_stream
+from tests.integration.test_resume import data_events, numbered, read_until
+
+pytestmark = pytest.mark.redis
+
+GRACE = 2.0
+
+
+class Pair:
+    def __init__(self, a: SidecarProcess, b: SidecarProcess) -> None:
+        self.a, self.b = a, b
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def metric(
+        self, process: SidecarProcess, name: str, *, until: float | None = None, **labels: str
+    ) -> float:
+        """One sample of ``name`` from the process's /metrics (0 when absent).
+
+        ``until``: poll up to 2 s for the sample to reach that value.
+        """
+        value = 0.0
+        for _ in range(40):
+            async with self.http.get(process.admin_url + "/metrics") as resp:
+                text = await resp.text()
+            value = _sample(text, name, labels)
+            if until is None or value == until:
+                break
+            await asyncio.sleep(0.05)
+        return value
+
+
+def _sample(text: str, name: str, labels: dict[str, str]) -> float:
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{k}="{v}"' in match[1] for k, v in labels.items()):
+            return float(match[2])
+    return 0.0
+
+
+@pytest.fixture
+async def pair(tmp_path, redis_server, upstream):
+    config = {
+        "backend": {
+            "kind": "redis",
+            "url": redis_server.url,
+            "prefix": f"test-{secrets.token_hex(4)}:",
+        },
+        "routes": [
+            {
+                "name": "test",
+                "path": "/s",
+                "upstream": upstream.url,
+                "session": {"from": "query:s"},
+                "resume": {"enabled": True, "grace": f"{GRACE:g}s"},
+                "heartbeat": {"interval": "500ms"},
+            }
+        ],
+    }
+    a, b = SidecarProcess(tmp_path, config, "a"), SidecarProcess(tmp_path, config, "b")
+    both = Pair(a, b)
+    try:
+        await asyncio.gather(a.start(), b.start())
+        yield both
+    finally:
+        await both.http.close()
+        a.kill()
+        b.kill()
+
+
+async def test_reconnect_to_the_other_process_gets_exactly_the_missed_events(pair, upstream):
+    n, k = 40, 5  # 100 ms apart: the run outlives the grace after the client left A
+    upstream.script = numbered(n, gap=0.1)
+    loop = asyncio.get_running_loop()
+    async with pair.http.get(pair.a.url + "/s?s=alice") as resp:
+        first = await read_until(resp, k)
+        resp.connection.transport.abort()
+        left = loop.time()
+    assert [d for _, d in first] == [str(i) for i in range(1, k + 1)]
+    await asyncio.sleep(1.5)  # the run goes on in A meanwhile
+    got = await read_stream(
+        pair.http,
+        "GET",
+        pair.b.url + "/s?s=alice",
+        headers={"Last-Event-ID": first[-1][0]},
+        limit_s=15.0,
+    )
+    assert got.status == 200
+    assert data_events(got) == [str(i) for i in range(k + 1, n + 1)]  # none twice, none missing
+    assert got.kinds()[-1] == "done"
+    ids = [e.id for e in got.events if e.id]
+    assert len(set(ids)) == len(ids)
+    assert len(upstream.requests) == 1
+    record = upstream.requests[0]
+    await asyncio.wait_for(record.finished.wait(), 2.0)
+    # A kept the run past its grace because B followed it, and it ran to its end.
+    assert record.client_gone_at is None
+    assert record.ended_at is not None
+    assert record.ended_at - left > GRACE + 0.5
+    # A ends its run (finish, accounting) a moment after B has sent the terminal.
+    completed = {"route": "test", "outcome": "completed"}
+    assert await pair.metric(pair.a, "sse_sidecar_streams_total", until=1, **completed) == 1
+    assert await pair.metric(pair.b, "sse_sidecar_resume_total", result="hit") == 1
+    replayed = await pair.metric(pair.b, "sse_sidecar_events_total", kind="replayed")
+    assert replayed >= 10  # what A logged while nobody followed came to B as replay
+
+
+async def test_finished_stream_replays_its_tail_on_the_other_process(pair, upstream):
+    upstream.script = numbered(5, gap=0.01)
+    whole = await read_stream(pair.http, "GET", pair.a.url + "/s?s=frank")
+    ids = [e.id for e in whole.events]
+    assert data_events(whole) == ["1", "2", "3", "4", "5"]
+    got = await read_stream(
+        pair.http, "GET", pair.b.url + "/s?s=frank", headers={"Last-Event-ID": ids[2]}
+    )
+    assert data_events(got) == ["4", "5"]
+    assert got.kinds()[-1] == "done"
+    assert got.events[-1].id == ids[-1]
+    # With the terminal event's id the client has everything: 204 stops EventSource.
+    headers = {"Last-Event-ID": ids[-1]}
+    async with pair.http.get(pair.b.url + "/s?s=frank", headers=headers) as resp:
+        assert resp.status == 204
+    assert len(upstream.requests) == 1
+
+
+async def test_another_sessions_key_gets_nothing_on_the_other_process(pair, upstream):
+    upstream.script = numbered(6, gap=0.05)
+    whole = await read_stream(pair.http, "GET", pair.a.url + "/s?s=grace")
+    valid_id = whole.events[1].id
+    for path in ("/s?s=mallory", "/s"):
+        got = await read_stream(
+            pair.http, "GET", pair.b.url + path, headers={"Last-Event-ID": valid_id}
+        )
+        assert got.kinds() == ["error"]
+        assert got.error()["code"] == "resume_gap"
+        assert b"data: 3" not in got.raw
+    assert len(upstream.requests) == 1
+
+
+async def test_unfollowed_run_is_abandoned_after_grace_and_forgotten(pair, upstream):
+    upstream.script = Script([b"data: 1\n\n", "hang"])
+    loop = asyncio.get_running_loop()
+    async with pair.http.get(pair.a.url + "/s?s=dave") as resp:
+        (first,) = await read_until(resp, 1)
+        resp.connection.transport.abort()
+        left = loop.time()
+    record = upstream.requests[0]
+    await asyncio.wait_for(record.finished.wait(), GRACE + 2.0)
+    assert record.ended_at is not None
+    assert GRACE - 0.1 <= record.ended_at - left < GRACE + 1.5
+    got = await read_stream(
+        pair.http, "GET", pair.b.url + "/s?s=dave", headers={"Last-Event-ID": first[0]}
+    )
+    assert got.kinds() == ["error"]
+    assert got.error()["code"] == "resume_gap"
+    abandoned = {"route": "test", "outcome": "abandoned"}
+    assert await pair.metric(pair.a, "sse_sidecar_streams_total", until=1, **abandoned) == 1

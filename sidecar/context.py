@@ -69,9 +69,11 @@ class Context:
             return False, "draining"
         healthy = self.sessions.healthy()
         self.metrics.backend_up.labels(self.sessions.kind).set(1 if healthy else 0)
-        if not healthy:
+        # With on_outage: allow the backend is not required: streams go on
+        # without it, so the replica stays in service.
+        if not healthy and self.config.backend.on_outage == "reject":
             return False, f"{self.sessions.kind} backend unreachable"
-        return True, "ready"
+        return True, "ready" if healthy else "ready (backend unreachable, on_outage: allow)"
 
 
 CONTEXT = web.AppKey("sse_sidecar_context", Context)

@@ -137,9 +137,11 @@ class StreamRun:
             if self.source is not None:
                 self.source.abort()  # client gone or stream over: the socket goes now
             ctx.streams.discard(self.handle)
+            # Counted before the release: a release that waits on the network
+            # may be cancelled, and the stream must be accounted all the same.
+            self._account()
             if self.claim is not None:
                 await ctx.sessions.release(self.claim)
-            self._account()
 
     async def _claim(self, key: str) -> web.Response | None:
         """Own the session, or the answer that refuses this request."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -36,6 +37,11 @@ async def test_two_workers_share_a_port_and_one_session_has_one_stream(
         },
     )
     await sc.start()
+    # start() returns once the port answers: the first worker. Wait for both.
+    for _ in range(200):
+        if sc.log().count('"event": "listening"') >= 2:
+            break
+        await asyncio.sleep(0.05)
     try:
         async with aiohttp.ClientSession() as http:
             holder = await http.get(sc.url + "/s?k=alice")

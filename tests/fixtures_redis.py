@@ -119,3 +119,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+async def raw(redis_server):
+    """A plain client on the test Redis, to look at what the backends wrote."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -33,7 +33,6 @@ import json
 import math
 import random
 import re
-import signal
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +43,8 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from sidecar.examples.running import run, until_signalled
 
 TOKEN_INTERVAL = 0.04
 FIRST_TOKEN_DELAY = 0.3
@@ -390,12 +391,7 @@ async def _serve(host: str, port: int, speed: float) -> int:
         return 1
     try:
         print(f"example gateway listening on {url} (speed {speed:g})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):  # Windows: Ctrl+C still works
-                loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await until_signalled()
     finally:
         await gateway.stop()
     return 0
@@ -404,10 +400,7 @@ async def _serve(host: str, port: int, speed: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the example gateway until SIGINT/SIGTERM; return the exit status."""
     args = _arg_parser().parse_args(argv)
-    try:
-        return asyncio.run(_serve(args.host, args.port, args.speed))
-    except KeyboardInterrupt:
-        return 0
+    return run(lambda: _serve(args.host, args.port, args.speed))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
-import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -37,6 +35,8 @@ from typing import Literal, cast, get_args
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
+
+from sidecar.examples.running import run, until_signalled
 
 Mode = Literal["normal", "crash", "error500", "garbage", "hang", "noterm", "slow-headers"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -461,12 +461,7 @@ async def _serve(host: str, port: int, speed: float) -> int:
         print(
             f"example producer listening on {url} (speed {speed:g}); try: curl -N {url}", flush=True
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):  # Windows: Ctrl+C still works
-                loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await until_signalled()
     finally:
         await runner.cleanup()
     return 0
@@ -475,10 +470,7 @@ async def _serve(host: str, port: int, speed: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the example producer until SIGINT/SIGTERM; return the exit status."""
     args = _arg_parser().parse_args(argv)
-    try:
-        return asyncio.run(_serve(args.host, args.port, args.speed))
-    except KeyboardInterrupt:
-        return 0
+    return run(lambda: _serve(args.host, args.port, args.speed))
 
 
 if __name__ == "__main__":

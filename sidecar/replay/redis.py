@@ -36,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable
+from sidecar.rediskeys import key_part
 from sidecar.replay.base import Entry
 
 #: Socket connect/read timeout of one operation: an outage shows within about this.
@@ -140,12 +141,6 @@ return 1
 """
 
 
-def _escape(part: str) -> str:
-    # Without ":" in the route and the run id, "{route}:{key}:{run}" cannot
-    # collide across routes, keys and runs (a key may hold ":").
-    return part.replace("%", "%25").replace(":", "%3A")
-
-
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -182,8 +177,8 @@ class _Keys:
 
     @classmethod
     def of(cls, prefix: str, route: str, key: str, run_id: str) -> _Keys:
-        session = f"{_escape(route)}:{key}"
-        run = f"{session}:{_escape(run_id)}"
+        session = f"{key_part(route)}:{key}"
+        run = f"{session}:{key_part(run_id)}"
         return cls(
             stream=f"{prefix}replay:{run}",
             index=f"{prefix}replay-index:{run}",
@@ -193,7 +188,7 @@ class _Keys:
 
 
 def pointer_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}replay-run:{_escape(route)}:{key}"
+    return f"{prefix}replay-run:{key_part(route)}:{key}"
 
 
 class RedisReplayLog:

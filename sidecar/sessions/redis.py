@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionConflict
 from sidecar.logs import session_hash
+from sidecar.rediskeys import key_part
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
 
 log = structlog.get_logger("sse_sidecar")
@@ -102,18 +103,12 @@ return 0
 """
 
 
-def _escape(route: str) -> str:
-    # Route names are free text; without ":" in them, "{route}:{key}" cannot
-    # collide across routes (route "a", key "b:c" vs route "a:b", key "c").
-    return route.replace("%", "%25").replace(":", "%3A")
-
-
 def owner_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}session:{_escape(route)}:{key}"
+    return f"{prefix}session:{key_part(route)}:{key}"
 
 
 def fence_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}fence:{_escape(route)}:{key}"
+    return f"{prefix}fence:{key_part(route)}:{key}"
 
 
 @dataclass(eq=False)

@@ -36,13 +36,6 @@ def seqs(got: list[Entry] | None) -> list[int]:
 
 
 @pytest.fixture
-async def raw(redis_server):
-    client = Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def stores(redis_server):
     """Make stores sharing one key prefix: each is one replica's view of the same Redis."""
     made: list[RedisReplayStore] = []

@@ -19,7 +19,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from redis.asyncio import Redis
 
 from sidecar.errors import BackendUnavailable, SessionConflict
 from sidecar.sessions.base import Claim
@@ -59,13 +58,6 @@ class TaskHolder:
         self.codes.append(code)
         assert self.task is not None
         self.task.cancel()
-
-
-@pytest.fixture
-async def raw(redis_server):
-    client = Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

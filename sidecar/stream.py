@@ -177,6 +177,7 @@ class StreamRun:
                     return self.response
                 self.opener = asyncio.ensure_future(self._open())
                 self.upstream = await self._await_upstream(self.opener)
+                self.opener = None  # done: no need to hold the task for the stream's life
                 if not self.committed:
                     if not _is_stream(self.upstream):
                         return await self._passthrough(self.upstream)

@@ -94,6 +94,10 @@ async def _sleep_until(request: web.Request, deadline: float) -> None:
         raise ClientGone("client left the probe")
 
 
+#: Probes running at once on one process; more get 503.
+MAX_CONCURRENT = 4
+
+
 def add_probe_route(
     app: web.Application, path: str = DEFAULT_PATH, heartbeat_interval: float = 15.0
 ) -> None:
@@ -104,10 +108,26 @@ def add_probe_route(
     route whose prefix would also match ``path``: aiohttp tries routes in order.
     """
 
+    active = 0
+
     async def probe(request: web.Request) -> web.StreamResponse:
+        nonlocal active
         ctx = request.app.get(CONTEXT)
         if ctx is not None and ctx.draining:
             return json_error(503, "draining", "the server is shutting down")
+        # The probe is on the public port and holds a connection for minutes:
+        # a handful at once is all a diagnosis needs.
+        if active >= MAX_CONCURRENT:
+            return json_error(
+                503, "probe_busy", f"{MAX_CONCURRENT} probes are running; try again later"
+            )
+        active += 1
+        try:
+            return await _probe(request)
+        finally:
+            active -= 1
+
+    async def _probe(request: web.Request) -> web.StreamResponse:
         try:
             params = parse_params(dict(request.query))
         except BadParam as exc:

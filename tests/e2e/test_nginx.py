@@ -283,6 +283,26 @@ async def test_probe_sends_stream_headers_a_burst_then_silence(sidecar: StartSid
     assert got.times[4] - got.times[3] == pytest.approx(0.5, abs=0.1)
 
 
+async def test_probe_runs_a_few_at_once_and_refuses_more(sidecar: StartSidecar) -> None:
+    from sidecar.probe import MAX_CONCURRENT
+
+    running = await sidecar(probe_config(15.0))
+    url = f"http://127.0.0.1:{running.port}{PROBE}?events=1&silence=60"
+    async with aiohttp.ClientSession() as http:
+        held = [await http.get(url) for _ in range(MAX_CONCURRENT)]
+        for resp in held:
+            await resp.content.readuntil(b"\n\n")
+        async with http.get(url) as refused:
+            assert refused.status == 503
+            assert (await refused.json())["error"]["code"] == "probe_busy"
+        held[0].close()
+        await asyncio.sleep(0.3)  # the probe notices within 0.1 s
+        async with http.get(url) as again:
+            assert again.status == 200
+        for resp in held[1:]:
+            resp.close()
+
+
 @pytest.mark.parametrize("query", ["events=x", "interval=-1", "silence=nan", "size=1.5"])
 async def test_probe_refuses_bad_parameters(sidecar: StartSidecar, query: str) -> None:
     running = await sidecar(probe_config(15.0))

@@ -35,8 +35,8 @@ from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionConflict
 from sidecar.logs import session_hash
-from sidecar.rediskeys import key_part
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
+from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, owner_key
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -50,65 +50,6 @@ _FENCE_TTL = 86400.0  # a fence counter outlives every claim drawn from it by a 
 _RECENT = 1024  # released values remembered for claims that ask after the message came
 _BATCH = 1000  # renewals per pipeline round trip
 _START_WAIT = 2.0
-
-# KEYS: owner, fence. ARGV: value, lease_ms, policy, channel, fence_ttl_ms, route, key.
-# Returns {token, old value or nil}; token 0 means refused (reject and taken).
-# Finding its own value means a retry after a lost reply: answer as the first run did.
-_CLAIM = """
-local old = redis.call('GET', KEYS[1])
-if old == ARGV[1] then return {tonumber(redis.call('GET', KEYS[2]) or '0'), false} end
-if old and ARGV[3] == 'reject' then return {0, old} end
-local token = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if old then
-  redis.call('PUBLISH', ARGV[4],
-    cjson.encode({op = 'replace', route = ARGV[6], key = ARGV[7], value = old}))
-end
-return {token, old}
-"""
-
-# KEYS: owner, fence. ARGV: value, lease_ms, token, fence_ttl_ms.
-# 1: renewed. 0: another owner, or a newer token was drawn (ownership lost).
-# 2: the key was gone (expired while Redis was unreachable, or Redis lost its
-# data) and nobody claimed since, so it is ours again.
-_RENEW = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  return 1
-end
-if cur then return 0 end
-local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
-if fence > tonumber(ARGV[3]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if fence < tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-else
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-end
-return 2
-"""
-
-# KEYS: owner. ARGV: value, channel, message. Deletes only our own value; if the
-# session was taken over, tells the new owner (waiting in claim) we are done.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 0
-"""
-
-
-def owner_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}session:{key_part(route)}:{key}"
-
-
-def fence_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}fence:{key_part(route)}:{key}"
 
 
 @dataclass(eq=False)
@@ -185,9 +126,9 @@ class RedisSessionStore:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._redis = redis
-        self._claim_script = redis.register_script(_CLAIM)
-        self._renew_script = redis.register_script(_RENEW)
-        self._release_script = redis.register_script(_RELEASE)
+        self._claim_script = redis.register_script(CLAIM)
+        self._renew_script = redis.register_script(RENEW)
+        self._release_script = redis.register_script(RELEASE)
         self._tasks = [
             asyncio.create_task(self._listen(redis), name="sse-sidecar redis listener"),
             asyncio.create_task(self._keep_leases(redis), name="sse-sidecar redis leases"),

@@ -1,0 +1,68 @@
+"""Key names and Lua scripts of the Redis session backend (sidecar/sessions/redis.py).
+
+Each script is one atomic step of the claim protocol; the comments say what
+goes in (KEYS, ARGV) and what comes out.
+"""
+
+from __future__ import annotations
+
+from sidecar.rediskeys import key_part
+
+# KEYS: owner, fence. ARGV: value, lease_ms, policy, channel, fence_ttl_ms, route, key.
+# Returns {token, old value or nil}; token 0 means refused (reject and taken).
+# Finding its own value means a retry after a lost reply: answer as the first run did.
+CLAIM = """
+local old = redis.call('GET', KEYS[1])
+if old == ARGV[1] then return {tonumber(redis.call('GET', KEYS[2]) or '0'), false} end
+if old and ARGV[3] == 'reject' then return {0, old} end
+local token = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if old then
+  redis.call('PUBLISH', ARGV[4],
+    cjson.encode({op = 'replace', route = ARGV[6], key = ARGV[7], value = old}))
+end
+return {token, old}
+"""
+
+# KEYS: owner, fence. ARGV: value, lease_ms, token, fence_ttl_ms.
+# 1: renewed. 0: another owner, or a newer token was drawn (ownership lost).
+# 2: the key was gone (expired while Redis was unreachable, or Redis lost its
+# data) and nobody claimed since, so it is ours again.
+RENEW = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return 1
+end
+if cur then return 0 end
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+if fence > tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if fence < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return 2
+"""
+
+# KEYS: owner. ARGV: value, channel, message. Deletes only our own value; if the
+# session was taken over, tells the new owner (waiting in claim) we are done.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 0
+"""
+
+
+def owner_key(prefix: str, route: str, key: str) -> str:
+    return f"{prefix}session:{key_part(route)}:{key}"
+
+
+def fence_key(prefix: str, route: str, key: str) -> str:
+    return f"{prefix}fence:{key_part(route)}:{key}"

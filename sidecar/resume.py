@@ -46,7 +46,11 @@ class ResumableRun(StreamRun):
         self.heartbeat_interval = 0.0  # each follower heartbeats its own client
         self.ready: asyncio.Future[web.StreamResponse | None] = self.loop.create_future()
         self.stream_headers: Headers | None = None
-        self.followers = 0
+        #: Clients following the run here: one, but for a moment two when a
+        #: reconnect arrives before the old connection is known to be gone.
+        self.followers: set[Follower] = set()
+        #: The first request waits for the run to answer (not yet a Follower).
+        self.waiting = 0
         self.done = False
         self._grace: asyncio.TimerHandle | None = None
         self._terminal: tuple[int, str] | None = None
@@ -112,15 +116,28 @@ class ResumableRun(StreamRun):
 
     # --- who is listening ------------------------------------------------------
 
-    def attach(self) -> None:
-        self.followers += 1
+    def attach(self, follower: Follower | None = None) -> None:
+        """A client follows the run; a reconnect takes over from older followers."""
+        if follower is None:
+            self.waiting += 1
+        else:
+            for older in list(self.followers):
+                older.stop()
+            self.followers.add(follower)
         self._cancel_grace()
         if self._detached_at is not None:
             self._detached_at = None
 
-    def detach(self) -> None:
-        self.followers -= 1
-        if self.followers == 0 and not self.done:
+    @property
+    def followed_here(self) -> bool:
+        return bool(self.followers) or self.waiting > 0
+
+    def detach(self, follower: Follower | None = None) -> None:
+        if follower is None:
+            self.waiting -= 1
+        else:
+            self.followers.discard(follower)
+        if not self.followed_here and not self.done:
             self._detached_at = self.loop.time()
             self._grace = self.loop.call_later(self.route.resume.grace, self._grace_over)
 
@@ -131,7 +148,7 @@ class ResumableRun(StreamRun):
 
     def _grace_over(self) -> None:
         self._grace = None
-        if self.followers == 0 and not self.done:
+        if not self.followed_here and not self.done:
             self.proxy.ctx.spawn(self._abandon_unless_followed())
 
     async def _abandon_unless_followed(self) -> None:
@@ -144,7 +161,7 @@ class ResumableRun(StreamRun):
         if followed:
             self._grace = self.loop.call_later(self.route.resume.grace, self._grace_over)
             return
-        if self.followers == 0 and not self.done:
+        if not self.followed_here and not self.done:
             if self._detached_at is not None:
                 self.metrics.after_client.observe(self.loop.time() - self._detached_at)
             self.handle.stop("abandoned")
@@ -176,21 +193,39 @@ class Follower:
         self.response: web.StreamResponse | None = None
         self.last_write = self.loop.time()
         self.started = self.last_write
+        self.task: asyncio.Task[Any] | None = None
+        self.replaced = False
         self.outcome = "client_disconnected"
         self.bytes_out = 0
         self.heartbeats = 0
         self.replayed = 0
 
+    def stop(self) -> None:
+        """A newer connection took over this run: end this one with ``replaced``."""
+        if self.task is not None and not self.replaced:
+            self.replaced = True
+            self.task.cancel()
+
     async def serve(self, headers: Headers | None = None) -> web.StreamResponse:
         self.response = await start_response(self.request, headers, self.request_id)
+        self.task = asyncio.current_task()
         if self.run is not None:
-            self.run.attach()
+            self.run.attach(self)
         try:
             first = opening_of(self.route)
             if first:
                 await self._write(first)
             await self._follow()
             self.outcome = "completed"
+        except asyncio.CancelledError:
+            if not self.replaced:
+                raise  # the client went away
+            assert self.task is not None
+            self.task.uncancel()
+            self.outcome = "replaced"
+            message = "a newer connection resumed this stream"
+            with contextlib.suppress(ClientGone, SlowClient):
+                await self._write(error_event("replaced", message, partial=True))
         except BackendUnavailable as exc:
             self.outcome = "backend_unavailable"
             with contextlib.suppress(ClientGone, SlowClient):
@@ -201,7 +236,7 @@ class Follower:
                 self.proxy.ctx.metrics.slow_clients.labels(self.route.name).inc()
         finally:
             if self.run is not None:
-                self.run.detach()
+                self.run.detach(self)
             # The run logs its own start and end; this is the client's side.
             log.info(
                 "follow_end",

@@ -239,3 +239,18 @@ async def test_resume_route_without_key_streams_plainly(upstream, start_sidecar)
     got = await read_stream(sc.http, "GET", sc.url + "/s")
     assert data_events(got) == ["1", "2"]
     assert all(e.id is None for e in got.events)  # no session: nothing to resume
+
+
+async def test_a_reconnect_takes_over_from_a_connection_still_open(upstream, start_sidecar):
+    upstream.script = numbered(8, gap=0.1)
+    sc = await start_sidecar(resume_config(upstream.url))
+    async with sc.http.get(sc.url + "/s?s=max") as old:
+        first = await read_until(old, 2)
+        # The client thinks it lost the connection (the server does not know yet).
+        got = await read_stream(
+            sc.http, "GET", sc.url + "/s?s=max", headers={"Last-Event-ID": first[-1][0]}
+        )
+        rest = (await old.content.read()).decode()
+    assert data_events(got) == [str(i) for i in range(3, 9)]
+    assert '"code":"replaced"' in rest
+    assert len(upstream.requests) == 1

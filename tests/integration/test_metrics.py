@@ -152,3 +152,33 @@ async def test_one_log_line_at_start_and_end_with_request_id(upstream, start_sid
     assert end["session"] != "alice"
     assert len(end["session"]) == 12
     assert "alice" not in repr(logs)
+
+
+async def test_admin_token_guards_metrics_but_not_the_probes(upstream, start_sidecar):
+    sc = await start_sidecar(make_config(upstream.url, top={"admin": {
+        "host": "127.0.0.1", "port": 0, "token": "s3cret"}}))  # fmt: skip
+    async with sc.http.get(sc.admin_url + "/metrics") as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+    async with sc.http.get(
+        sc.admin_url + "/metrics", headers={"Authorization": "Bearer wrong"}
+    ) as resp:
+        assert resp.status == 401
+    async with sc.http.get(
+        sc.admin_url + "/metrics", headers={"Authorization": "Bearer s3cret"}
+    ) as resp:
+        assert resp.status == 200
+        assert "sse_sidecar_active_streams" in await resp.text()
+    for path in ("/healthz", "/readyz"):
+        async with sc.http.get(sc.admin_url + path) as resp:
+            assert resp.status == 200
+
+
+async def test_readyz_turns_false_while_draining(upstream, start_sidecar):
+    sc = await start_sidecar(make_config(upstream.url, top={"drain_timeout": 0}))
+    async with sc.http.get(sc.admin_url + "/readyz") as resp:
+        assert (resp.status, await resp.text()) == (200, "ready\n")
+    await sc.sidecar.drain()
+    async with sc.http.get(sc.admin_url + "/readyz") as resp:
+        assert (resp.status, await resp.text()) == (503, "draining\n")
+    assert "sse_sidecar_draining 1.0" in await sc.metrics()

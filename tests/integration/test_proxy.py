@@ -284,6 +284,11 @@ async def test_client_disconnect_closes_upstream_within_a_second(upstream, start
     metrics = await sc.metrics()
     assert 'sse_sidecar_streams_total{outcome="client_disconnected",route="test"} 1.0' in metrics
     assert 'sse_sidecar_active_streams{route="test"} 0.0' in metrics
+    # The upstream was closed at once: the whole observation is in the first bucket.
+    assert (
+        'sse_sidecar_upstream_after_client_gone_seconds_bucket{le="0.01",route="test"} 1.0'
+        in metrics
+    )
 
 
 async def test_150_concurrent_streams_all_get_their_first_event(upstream, start_sidecar):

@@ -25,14 +25,12 @@ closed) lets tests assert from the gateway's side that a client went away.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import json
 import math
 import random
-import re
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -44,7 +42,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from sidecar.examples.running import run, until_signalled
+from sidecar.examples.running import arg_parser, run, until_signalled
 
 TOKEN_INTERVAL = 0.04
 FIRST_TOKEN_DELAY = 0.3
@@ -359,28 +357,6 @@ def _health(connection: ServerConnection, request: Request) -> Response | None:
 
 # --- command line --------------------------------------------------------------------
 
-_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
-
-
-def _speed(text: str) -> float:
-    value = float(text) if _NUMBER.match(text) else math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sse-sidecar example-gateway",
-        description="Serve an example WebSocket agent gateway (cumulative chat events).",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
-    parser.add_argument("--port", type=int, default=8765, help="port to bind (%(default)s)")
-    parser.add_argument(
-        "--speed", type=_speed, default=1.0, help="divide every delay by this (%(default)s)"
-    )
-    return parser
-
 
 async def _serve(host: str, port: int, speed: float) -> int:
     gateway = Gateway(speed=speed)
@@ -399,7 +375,11 @@ async def _serve(host: str, port: int, speed: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the example gateway until SIGINT/SIGTERM; return the exit status."""
-    args = _arg_parser().parse_args(argv)
+    args = arg_parser(
+        "sse-sidecar example-gateway",
+        "Serve an example WebSocket agent gateway (cumulative chat events).",
+        8765,
+    ).parse_args(argv)
     return run(lambda: _serve(args.host, args.port, args.speed))
 
 

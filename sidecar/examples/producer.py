@@ -23,7 +23,6 @@ shutdown ends even a ``hang`` stream at once. What happened is counted in
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -36,7 +35,7 @@ from typing import Literal, cast, get_args
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from sidecar.examples.running import run, until_signalled
+from sidecar.examples.running import arg_parser, run, until_signalled
 
 Mode = Literal["normal", "crash", "error500", "garbage", "hang", "noterm", "slow-headers"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -424,29 +423,6 @@ def create_app(*, speed: float = 1.0) -> web.Application:
     return app
 
 
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sse-sidecar example-producer",
-        description="Serve an example SSE producer that imitates an LLM chat backend.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (%(default)s)")
-    parser.add_argument(
-        "--speed", type=_speed, default=1.0, help="divide every delay by this (%(default)s)"
-    )
-    return parser
-
-
 async def _serve(host: str, port: int, speed: float) -> int:
     runner = web.AppRunner(create_app(speed=speed), shutdown_timeout=5.0)
     await runner.setup()
@@ -469,7 +445,11 @@ async def _serve(host: str, port: int, speed: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the example producer until SIGINT/SIGTERM; return the exit status."""
-    args = _arg_parser().parse_args(argv)
+    args = arg_parser(
+        "sse-sidecar example-producer",
+        "Serve an example SSE producer that imitates an LLM chat backend.",
+        8000,
+    ).parse_args(argv)
     return run(lambda: _serve(args.host, args.port, args.speed))
 
 

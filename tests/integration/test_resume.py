@@ -96,8 +96,8 @@ async def test_upstream_ids_are_kept_and_resumable(upstream, start_sidecar):
         resp.connection.transport.abort()  # type: ignore[union-attr]
     assert first == [("a", "1"), ("b", "2")]
     got = await read_stream(sc.http, "GET", sc.url + "/s?s=carol", headers={"Last-Event-ID": "b"})
-    assert got.events, got.raw
-    assert next((e.id, e.data) for e in got.events) == ("c", "3")
+    messages = [(e.id, e.data) for e in got.events if e.event is None]
+    assert messages[0] == ("c", "3")  # heartbeats may come first: c is 0.5 s away
 
 
 async def test_after_grace_the_upstream_is_closed_and_resume_is_a_gap(upstream, start_sidecar):

@@ -37,6 +37,9 @@ OUTCOMES = (
     "upstream_disconnected",
     "upstream_timeout",
     "upstream_protocol",
+    "upstream_error",  # a gateway reported the run failed
+    "upstream_aborted",
+    "backend_unavailable",  # a resumable run lost its replay log
     "replaced",
     "shutdown",
     "resume_gap",

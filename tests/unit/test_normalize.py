@@ -307,3 +307,9 @@ def test_raw_check_leaves_large_blocks_to_the_decoder() -> None:
     check = _raw(max_event_bytes=64, max_line_bytes=1024)
     assert check(b"data: " + b"x" * 50 + b"\n\n")
     assert not check(b"data: " + b"x" * 60 + b"\n\n")
+
+
+def test_every_terminal_error_code_is_a_pre_created_stream_outcome() -> None:
+    from sidecar.metrics import OUTCOMES
+
+    assert set(OUTCOMES) >= ERROR_CODES

@@ -20,7 +20,6 @@ from sidecar.replay.base import ReplayStore
 from sidecar.replay.memory import MemoryReplayStore
 from sidecar.sessions.base import SessionStore
 from sidecar.sessions.memory import MemorySessionStore
-from sidecar.upstream.http import client_session
 
 
 def session_store(config: Config) -> SessionStore:
@@ -62,20 +61,17 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     for route in config.routes:
         proxy = RouteProxy(route, ctx)
         app.router.add_route("*", proxy.pattern(), proxy.handle)
-    app.cleanup_ctx.append(_upstream_client)
+    app.cleanup_ctx.append(_backends)
     return app
 
 
-async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
+async def _backends(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CONTEXT]
-    ctx.session = client_session()
     await ctx.sessions.start()
     await ctx.replay.start()
     yield
     await ctx.replay.close()
     await ctx.sessions.close()
-    await ctx.session.close()
-    ctx.session = None
 
 
 class Sidecar:

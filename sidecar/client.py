@@ -72,5 +72,16 @@ async def client_write(
         raise ClientGone("client connection closed") from None
 
 
+async def wait_drained(request: web.Request, write_timeout: float) -> None:
+    """Wait until the client's write buffer is under its low-water mark, or SlowClient."""
+    try:
+        async with asyncio.timeout(write_timeout):
+            await request.writer.drain()
+    except TimeoutError:
+        raise SlowClient(f"client took over {write_timeout:g}s to accept a write") from None
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise ClientGone("client connection closed") from None
+
+
 def ms(seconds: float) -> int:
     return round(seconds * 1000)

@@ -7,7 +7,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 
 from sidecar.config import Config
@@ -44,7 +43,6 @@ class Context:
     metrics: Metrics
     sessions: SessionStore
     replay: ReplayStore
-    session: aiohttp.ClientSession | None = None
     streams: set[StreamHandle] = field(default_factory=set)
     #: Resumable runs of this process by (route, session key).
     runs: dict[tuple[str, str], ResumableRun] = field(default_factory=dict)
@@ -57,12 +55,6 @@ class Context:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self.session is None:
-            raise RuntimeError("the upstream client exists only while the app runs")
-        return self.session
 
     def ready(self) -> tuple[bool, str]:
         if self.draining:

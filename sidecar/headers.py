@@ -83,8 +83,11 @@ def upstream_request(
 
 
 def passthrough_response(headers: Headers) -> CIMultiDict[str]:
-    """Headers of an upstream response passed through unchanged (body re-framed by us)."""
-    return strip(headers, ("content-length", "content-encoding"))
+    """Headers of an upstream response passed through unchanged (body re-framed by us).
+
+    The body is passed on as the upstream encoded it, so Content-Encoding stays.
+    """
+    return strip(headers, ("content-length",))
 
 
 def stream_response(headers: Headers | None) -> CIMultiDict[str]:

@@ -12,10 +12,8 @@ with the log of the run instead of the client as the place events go.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-import aiohttp
 import structlog
 from aiohttp import web
 from yarl import URL
@@ -44,8 +42,10 @@ from sidecar.normalize import (
     heartbeat_due,
 )
 from sidecar.sessions.base import Claim
+from sidecar.splice import COMPLETED, Splice
 from sidecar.sse import Decoder
 from sidecar.upstream import http as upstream_http
+from sidecar.upstream.http import Upstream
 from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class StreamRun:
         self.body = body
         self.session_key = session_key
         self.claim: Claim | None = None
-        self.opener: asyncio.Task[aiohttp.ClientResponse] | None = None
+        self.opener: asyncio.Task[Upstream] | None = None
         self.source: WebSocketSource | None = None
         self.request_id = request.headers.get("X-Request-ID") or handle.id
         self.loop = asyncio.get_running_loop()
@@ -94,7 +94,7 @@ class StreamRun:
         self.committed = False
         #: Write a heartbeat after this long without a write (0: never).
         self.heartbeat_interval = self.route.heartbeat.interval
-        self.upstream: aiohttp.ClientResponse | None = None
+        self.upstream: Upstream | None = None
         self.outcome = "client_disconnected"
         self.last_write = self.started
         self.last_byte = self.started
@@ -133,7 +133,8 @@ class StreamRun:
             raise
         finally:
             upstream_http.cancel_pending(self.opener)
-            upstream_http.close(self.upstream)
+            if self.upstream is not None:
+                self.upstream.close()
             if self.source is not None:
                 self.source.abort()  # client gone or stream over: the socket goes now
             ctx.streams.discard(self.handle)
@@ -192,14 +193,16 @@ class StreamRun:
                 task = asyncio.current_task()
                 assert task is not None
                 task.uncancel()
-                upstream_http.close(self.upstream)
+                if self.upstream is not None:
+                    self.upstream.close()
                 if code == "abandoned":
                     self.outcome = "abandoned"  # nobody came back within resume.grace
                     return None
                 retry = ms(self.proxy.ctx.config.shutdown_retry) if code == "shutdown" else None
                 await self._end_with_error(code, _STOP_MESSAGES[code], retry_ms=retry)
             except (UpstreamError, ProtocolError) as exc:
-                upstream_http.close(self.upstream)
+                if self.upstream is not None:
+                    self.upstream.close()
                 if isinstance(exc, ProtocolError):
                     self.proxy.ctx.metrics.protocol_errors.labels(self.route.name, exc.kind).inc()
                 await self._end_with_error(exc.code, str(exc))
@@ -242,7 +245,7 @@ class StreamRun:
 
     # --- upstream --------------------------------------------------------------
 
-    async def _open(self) -> aiohttp.ClientResponse:
+    async def _open(self) -> Upstream:
         req = self.request
         headers = hdrs.upstream_request(
             req.headers,
@@ -252,7 +255,6 @@ class StreamRun:
             request_id=self.request_id,
         )
         return await upstream_http.open_stream(
-            self.proxy.ctx.http,
             req.method,
             self.url,
             headers,
@@ -271,29 +273,36 @@ class StreamRun:
         while True:
             if not self.committed and self.loop.time() >= commit_at:
                 await self._commit(None)
-            deadline = commit_at if not self.committed else self._next_deadline()
+            deadline = commit_at if not self.committed else self.next_deadline()
             done, _ = await asyncio.wait({opener}, timeout=max(deadline - self.loop.time(), 0))
             if done:
                 return opener.result()
             if self.committed:
                 await self._tick()
 
-    async def _pump(self, upstream: aiohttp.ClientResponse) -> None:
+    async def _pump(self, upstream: Upstream) -> None:
+        upstream.decode_content()
         limits = self.route.limits
+        if self.ids is None:
+            # Nothing to number: the callback path (sidecar/splice.py).
+            splice = Splice(self, upstream, self.proxy.normalizer.raw_check(limits))
+            if await splice.run_until_end() == COMPLETED:
+                self.outcome = "completed"
+            else:
+                await self._end(end_event(partial=self.partial, event_id=None), "upstream_closed")
+            return
         decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
-        normalizer = self.proxy.normalizer
         m = self.metrics
         loop = self.loop
-        raw_ok = normalizer.raw_check(limits) if self.ids is None else None
         self.last_byte = loop.time()
         first = True
         alarm = self._alarm()
         while True:
             try:
-                chunk = await alarm.wait(upstream_http.read_chunk(upstream))
+                chunk = await alarm.wait(upstream.read_chunk())
             except TimeoutError:
                 await self._tick()
-                alarm.set(self._next_deadline())
+                alarm.set(self.next_deadline())
                 continue
             now = loop.time()
             silence = now - self.last_byte
@@ -309,57 +318,18 @@ class StreamRun:
                 )
                 return
             self.counts.bytes_in += len(chunk)
-            if raw_ok is None:
-                done = await self._decoded(decoder, chunk)
-            else:
-                done = await self._fast(decoder, raw_ok, chunk)
-            if done:
+            if await self._decoded(decoder, chunk):
                 self.outcome = "completed"
                 return
-            alarm.set(self._next_deadline())
+            alarm.set(self.next_deadline())
             self.counts.flush_if_due(now)
-
-    async def _fast(self, decoder: Decoder, raw_ok: Callable[[bytes], bool], chunk: bytes) -> bool:
-        """Forward the read's complete, unchanged events as they are; decode the rest.
-
-        Reads rarely end on an event boundary, so the decoder takes the read
-        up to the first boundary (finishing the event it holds), the middle
-        goes out byte for byte if :meth:`Normalizer.raw_check` passes it, and
-        the decoder takes the tail. Order on the wire is kept.
-        """
-        if not decoder.at_boundary:
-            first = chunk.find(b"\n\n") + 2
-            if first < 2:
-                return await self._decoded(decoder, chunk)
-            if await self._decoded(decoder, chunk[:first]):
-                return True
-            chunk = chunk[first:]
-            if not decoder.at_boundary:
-                return await self._decoded(decoder, chunk)
-        cut = chunk.rfind(b"\n\n") + 2
-        if cut < 2 or not raw_ok(block := chunk[:cut]):
-            return await self._decoded(decoder, chunk)
-        events = block.count(b"\n\n")
-        self.forwarded += events
-        self.counts.forwarded += events
-        await self._write(block)
-        return bool(chunk[cut:]) and await self._decoded(decoder, chunk[cut:])
 
     async def _decoded(self, decoder: Decoder, data: bytes) -> bool:
         """Decode, normalise and emit; True when the upstream's terminal event went out."""
         items = decoder.feed(data)
         if items:
             batch = self.proxy.normalizer.batch(items, self.ids)
-            m = self.metrics
-            if batch.forwarded:
-                self.forwarded += batch.forwarded
-                self.counts.forwarded += batch.forwarded
-            if batch.comments_converted:
-                m.converted.inc(batch.comments_converted)
-            if batch.comments_passed:
-                m.event("comment_passed", batch.comments_passed)
-            if batch.comments_dropped:
-                m.event("comment_dropped", batch.comments_dropped)
+            self.count_batch(batch)
             await self._emit(batch)
             if batch.terminal:
                 return True
@@ -367,11 +337,24 @@ class StreamRun:
             raise decoder.error
         return False
 
+    def count_batch(self, batch: Batch) -> None:
+        """Account a batch's events and comments (the metrics say what each became)."""
+        if batch.forwarded:
+            self.forwarded += batch.forwarded
+            self.counts.forwarded += batch.forwarded
+        m = self.metrics
+        if batch.comments_converted:
+            m.converted.inc(batch.comments_converted)
+        if batch.comments_passed:
+            m.event("comment_passed", batch.comments_passed)
+        if batch.comments_dropped:
+            m.event("comment_dropped", batch.comments_dropped)
+
     def _alarm(self) -> Alarm:
         task = asyncio.current_task()
         assert task is not None
         self.alarm = Alarm(task)
-        self.alarm.set(self._next_deadline())
+        self.alarm.set(self.next_deadline())
         return self.alarm
 
     async def _run_websocket(self) -> None:
@@ -413,7 +396,7 @@ class StreamRun:
                 items = await alarm.wait(source.read())
             except TimeoutError:
                 await self._tick()
-                alarm.set(self._next_deadline())
+                alarm.set(self.next_deadline())
                 continue
             now = self.loop.time()
             self.max_silence = max(self.max_silence, now - self.last_byte)
@@ -433,10 +416,10 @@ class StreamRun:
             if batch.terminal:
                 self.outcome = "completed"
                 return
-            alarm.set(self._next_deadline())
+            alarm.set(self.next_deadline())
             self.counts.flush_if_due(now)
 
-    def _next_deadline(self) -> float:
+    def next_deadline(self) -> float:
         limits = self.route.limits
         deadline = min(self.last_byte + limits.idle_timeout, self.started + limits.max_duration)
         interval = self.heartbeat_interval
@@ -459,11 +442,11 @@ class StreamRun:
             self.heartbeats += 1
             self.metrics.heartbeat.inc()
 
-    async def _passthrough(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def _passthrough(self, upstream: Upstream) -> web.StreamResponse:
         """Hand a non-stream (or error) response to the client as it is."""
         limit = self.route.limits.max_passthrough_bytes
         try:
-            body = await upstream_http.read_body(upstream, limit)
+            body = await upstream.read_body(limit)
         except UpstreamError as exc:
             self.outcome = "upstream_disconnected"
             return json_error(502, "bad_upstream_response", str(exc))
@@ -482,7 +465,7 @@ class StreamRun:
 
     # --- client ----------------------------------------------------------------
 
-    async def _commit(self, upstream: aiohttp.ClientResponse | None) -> None:
+    async def _commit(self, upstream: Upstream | None) -> None:
         """Send the stream's headers (and opening) now, before any upstream event."""
         self.committed = True
         upstream_headers = upstream.headers if upstream is not None else None
@@ -520,7 +503,7 @@ class StreamRun:
         if not self.committed:
             await self._commit(None)
         extra: dict[str, object] = {}
-        if isinstance(self.upstream, aiohttp.ClientResponse) and code == "upstream_status":
+        if self.upstream is not None and code == "upstream_status":
             extra["status"] = self.upstream.status
         data = error_event(
             code,
@@ -533,11 +516,11 @@ class StreamRun:
         await self._end(data, code)
 
 
-def _is_stream(upstream: aiohttp.ClientResponse) -> bool:
+def _is_stream(upstream: Upstream) -> bool:
     return 200 <= upstream.status < 300 and upstream.content_type == "text/event-stream"
 
 
-def _check_late(upstream: aiohttp.ClientResponse) -> None:
+def _check_late(upstream: Upstream) -> None:
     """After commit, an upstream that is not a stream can only end it with an error."""
     if not 200 <= upstream.status < 300:
         raise UpstreamStatus(upstream.status, f"upstream answered {upstream.status}")

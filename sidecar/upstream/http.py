@@ -1,110 +1,361 @@
-"""HTTP upstreams: one pooled aiohttp client, errors translated at this boundary.
+"""HTTP upstreams: one connection per stream, its response parsed by llhttp (httptools).
 
-Strategy: the proxy asks :func:`open_stream` for a response and then reads it
-with :func:`read_chunk`; both raise only our own errors (:mod:`sidecar.errors`),
-so the proxy never sees an aiohttp client exception.
+Strategy: the stream's hot path (sidecar/splice.py) takes every read of the
+upstream body in this protocol's callback and writes the client's bytes in the
+same call. aiohttp's client would put a ``StreamReader``, a future and a task
+wake-up between each read and its write, and keep ~9 KB of client objects per
+open stream; here the request is a few header lines we write ourselves and
+httptools (llhttp, the parser inside aiohttp and Node) does the parsing and the
+chunked framing. Connections are not pooled: a stream holds its connection for
+its whole life, and a pool would only help the rare short answer.
+
+The body goes one of three ways, chosen once the head is in:
+:meth:`Upstream.attach` (a :class:`Sink` called synchronously per read),
+:meth:`Upstream.read_chunk` (an ``asyncio.StreamReader``, with its flow
+control, for the paths that await), or :meth:`Upstream.read_body` (the whole,
+raw body of an answer passed through). Only our own errors leave this module
+(:mod:`sidecar.errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+import functools
+import ssl
+import zlib
+from typing import Protocol, cast
 
-import aiohttp
+import httptools
 from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.errors import UpstreamDisconnected, UpstreamError, UpstreamUnreachable
 
+#: Body bytes held before anyone reads them; past this the socket stops reading.
+_HOLD = 64 * 1024
 
-def client_session() -> aiohttp.ClientSession:
-    """The process-wide upstream client.
+#: Methods whose empty body is still announced (what browsers and aiohttp send).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-    ``limit=0``: aiohttp's default pool of 100 connections would queue the
-    101st concurrent stream until another ends; the sidecar caps streams
-    itself (``max_streams``). Responses are not decompressed by us because
-    we ask for ``identity``; if an upstream compresses anyway, aiohttp decodes.
-    """
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
+
+class Sink(Protocol):
+    """Where :meth:`Upstream.attach` delivers the body, in the protocol's callbacks."""
+
+    def data(self, chunk: bytes) -> None: ...
+
+    def eof(self) -> None: ...
+
+    def failed(self, exc: UpstreamError) -> None: ...
+
+
+class Upstream(asyncio.Protocol):
+    """One upstream connection and its response (the head, then the body)."""
+
+    __slots__ = (
+        "_decoder",
+        "_early",
+        "_early_size",
+        "_end",
+        "_framed",
+        "_raw_headers",
+        "_reader",
+        "_reason",
+        "_sink",
+        "head",
+        "headers",
+        "loop",
+        "parser",
+        "reason",
+        "status",
+        "transport",
     )
 
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        #: Resolved when the status line and headers are in.
+        self.head: asyncio.Future[None] = loop.create_future()
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        #: False when the body ends only with the connection (no length, not chunked).
+        self._framed = True
+        self._decoder: zlib._Decompress | None = None
+        self._sink: Sink | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._early: list[bytes] = []
+        self._early_size = 0
+        #: None while the body runs; then True (complete) or the error that ended it.
+        self._end: bool | UpstreamError | None = None
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """The one place where aiohttp's client errors become ours."""
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError:
-        raise UpstreamUnreachable("timed out connecting to upstream") from None
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamDisconnected(f"upstream connection broke {what}: {exc}") from None
-    except aiohttp.ServerDisconnectedError:
-        raise UpstreamDisconnected(f"upstream closed the connection {what}") from None
-    except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
-        raise UpstreamUnreachable(f"cannot connect to upstream: {exc}") from None
-    except aiohttp.ClientResponseError as exc:
-        raise UpstreamDisconnected(f"upstream sent an invalid response {what}: {exc}") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamDisconnected(f"upstream failed {what}: {exc!r}") from None
+    # --- the head --------------------------------------------------------------
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lower case, without parameters (HTTP's default when absent)."""
+        value = self.headers.get("Content-Type")
+        if value is None:
+            return "application/octet-stream"
+        return value.partition(";")[0].strip().lower()
+
+    def decode_content(self) -> None:
+        """Undo a Content-Encoding before the body is read as a stream.
+
+        The sidecar asks for ``identity``; an upstream that compresses anyway
+        with gzip or deflate is decoded, anything else is refused.
+        """
+        coding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+        elif coding not in ("identity", ""):
+            raise UpstreamError(f"upstream sent Content-Encoding {coding!r}, which cannot be read")
+
+    # --- the body --------------------------------------------------------------
+
+    def attach(self, sink: Sink) -> None:
+        """Deliver the body to ``sink`` from now on, starting with what already came."""
+        self._sink = sink
+        early, self._early = self._early, []
+        self._early_size = 0
+        for chunk in early:
+            sink.data(self._decoded(chunk))
+        self.resume()
+        if self._end is not None:
+            self._notify_end()
+
+    def detach(self) -> None:
+        """No more callbacks; the connection stops reading."""
+        self._sink = None
+        self.pause()
+
+    async def read_chunk(self) -> bytes:
+        """The next body bytes (b"" at a clean end), for a reader that awaits."""
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = asyncio.StreamReader(limit=_HOLD // 2, loop=self.loop)
+            if self.transport is not None:
+                reader.set_transport(self.transport)  # its flow control pauses the socket
+            early, self._early = self._early, []
+            for chunk in early:
+                reader.feed_data(self._decoded(chunk))
+            self.resume()
+            if self._end is not None:
+                self._notify_end()
+        return await reader.read(_HOLD)
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole raw body of an answer passed through, or UpstreamError past ``limit``."""
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self.read_chunk():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError(f"upstream response body over {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Drop the connection now (it is never reused)."""
+        self._sink = None
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.head.done():
+            self.head.cancel()
+
+    # --- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:
+            return  # the response is over; anything more is not ours to read
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail("upstream switched protocols instead of answering")
+        except httptools.HttpParserError as exc:
+            self._fail(f"upstream sent an invalid response: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._end is not None:
+            return
+        if not self._framed and self.head.done() and exc is None:
+            self.on_message_complete()  # a body without length ends with the connection
+        else:
+            self._fail("upstream closed the connection" + (f": {exc}" if exc else ""))
+
+    # --- httptools callbacks ---------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if status < 200:
+            self._raw_headers.clear()  # 1xx: the real answer follows
+            self._reason = b""
+            return
+        self.status = status
+        self.reason = self._reason.decode("latin-1")
+        # aiohttp's server decodes header values the same way, so they round-trip.
+        self.headers = CIMultiDict(
+            (k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+            for k, v in self._raw_headers
+        )
+        self._raw_headers.clear()
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        no_body = status in (204, 304)
+        self._framed = chunked or no_body or "Content-Length" in self.headers
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None:
+            self._sink.data(self._decoded(body))
+        elif self._reader is not None:
+            self._reader.feed_data(self._decoded(body))
+        else:
+            # Nobody reads yet (the head was just handed over); kept raw, since
+            # whether to decode is decided when the head is looked at.
+            self._early.append(body)
+            self._early_size += len(body)
+            if self._early_size > _HOLD:
+                self.pause()
+
+    def on_message_complete(self) -> None:
+        if self._end is None:
+            self.parser = None
+            self._end = True
+            self._notify_end()
+
+    # --- internals -------------------------------------------------------------
+
+    def _decoded(self, chunk: bytes) -> bytes:
+        if self._decoder is None:
+            return chunk
+        try:
+            return self._decoder.decompress(chunk)
+        except zlib.error as exc:
+            self._fail(f"upstream sent a broken compressed body: {exc}")
+            return b""
+
+    def _fail(self, message: str) -> None:
+        if self._end is not None:
+            return
+        self.parser = None
+        if not self.head.done():
+            # Nothing of an answer arrived: for the client that is "unreachable".
+            self._end = UpstreamUnreachable(message)
+            self.head.set_exception(self._end)
+        else:
+            self._end = UpstreamDisconnected(f"{message} mid-stream")
+        if self.transport is not None:
+            self.transport.abort()
+        self._notify_end()
+
+    def _notify_end(self) -> None:
+        """Tell the reader how the body ended (once one is there to tell)."""
+        end = self._end
+        if self._sink is None and self._reader is None:
+            return
+        if end is True and self._decoder is not None:
+            decoder, self._decoder = self._decoder, None
+            rest = b""
+            try:
+                rest = decoder.flush()
+            except zlib.error as exc:
+                message = f"upstream sent a broken compressed body: {exc}"
+                end = self._end = UpstreamDisconnected(message)
+            if rest and self._sink is not None:
+                self._sink.data(rest)
+            elif rest and self._reader is not None:
+                self._reader.feed_data(rest)
+        if self._sink is not None:
+            if end is True:
+                self._sink.eof()
+            elif isinstance(end, UpstreamError):
+                self._sink.failed(end)
+        elif self._reader is not None:
+            if end is True:
+                self._reader.feed_eof()
+            elif isinstance(end, UpstreamError):
+                self._reader.set_exception(end)
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One context for every https upstream (building one loads the CA store)."""
+    return ssl.create_default_context()
+
+
+def request_head(method: str, url: URL, headers: CIMultiDict[str], body: bytes | None) -> bytes:
+    """The request line and headers, HTTP/1.1 (pure)."""
+    lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {url.host_port_subcomponent}"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            raise UpstreamUnreachable(f"header {name!r} cannot be sent upstream")
+        lines.append(f"{name}: {value}")
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    elif method in _BODY_METHODS:
+        lines.append("Content-Length: 0")
+    lines += ["", ""]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 async def open_stream(
-    session: aiohttp.ClientSession,
     method: str,
     url: URL,
     headers: CIMultiDict[str],
     body: bytes | None,
     connect_timeout: float,
-) -> aiohttp.ClientResponse:
+) -> Upstream:
     """Send the request and return once the upstream's status line and headers are in."""
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=None)
+    loop = asyncio.get_running_loop()
+    head = request_head(method, url, headers, body)
+    host, port = url.raw_host, url.port
+    if host is None or port is None or url.scheme not in ("http", "https"):
+        raise UpstreamUnreachable(f"cannot connect to upstream: {url} is not an http(s) URL")
+    tls = _tls() if url.scheme == "https" else None
     try:
-        with _translated("before responding"):
-            return await session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=timeout,
+        async with asyncio.timeout(connect_timeout):
+            transport, upstream = await loop.create_connection(
+                lambda: Upstream(loop), host, port, ssl=tls
             )
-    except UpstreamDisconnected as exc:
-        # Nothing of a response arrived: for the client that is "unreachable".
-        raise UpstreamUnreachable(str(exc)) from None
+    except TimeoutError:
+        raise UpstreamUnreachable("timed out connecting to upstream") from None
+    except OSError as exc:
+        raise UpstreamUnreachable(f"cannot connect to upstream: {exc}") from None
+    transport.write(head + body if body else head)
+    try:
+        await upstream.head
+    except BaseException:
+        upstream.close()
+        raise
+    return upstream
 
 
-async def read_chunk(response: aiohttp.ClientResponse) -> bytes:
-    """The next bytes the upstream sent (b"" at a clean end of the body)."""
-    with _translated("mid-stream"):
-        return await response.content.readany()
-
-
-async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body of a non-stream response, or UpstreamError past ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    with _translated("while sending its response"):
-        while chunk := await response.content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamError(f"upstream response body over {limit} bytes")
-            parts.append(chunk)
-    return b"".join(parts)
-
-
-def close(response: aiohttp.ClientResponse | None) -> None:
-    """Drop the upstream connection now (not back to the pool: the body is unread)."""
-    if response is not None:
-        response.close()
-
-
-def cancel_pending(task: asyncio.Task[aiohttp.ClientResponse] | None) -> None:
+def cancel_pending(task: asyncio.Task[Upstream] | None) -> None:
     """Abandon an upstream request whose response has not arrived yet."""
     if task is None:
         return

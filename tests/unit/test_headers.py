@@ -161,7 +161,7 @@ def test_upstream_request_sets_one_request_id_and_identity_encoding() -> None:
 # --- responses ----------------------------------------------------------------------------
 
 
-def test_passthrough_response_drops_framing_and_hop_by_hop() -> None:
+def test_passthrough_response_drops_framing_and_hop_by_hop_keeps_encoding() -> None:
     given = md(
         ("Content-Type", "application/json"),
         ("Content-Length", "42"),
@@ -172,8 +172,10 @@ def test_passthrough_response_drops_framing_and_hop_by_hop() -> None:
         ("Set-Cookie", "a=1"),
         ("Set-Cookie", "b=2"),
     )
+    # The body is passed on as the upstream encoded it, so its encoding stays.
     assert list(hdrs.passthrough_response(given).items()) == [
         ("Content-Type", "application/json"),
+        ("content-encoding", "gzip"),
         ("Retry-After", "5"),
         ("Set-Cookie", "a=1"),
         ("Set-Cookie", "b=2"),

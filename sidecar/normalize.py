@@ -86,19 +86,19 @@ class Normalizer:
     def raw_check(self, limits: Limits) -> Callable[[bytes], bool]:
         """A test, on bytes alone, that a block of complete events needs no change.
 
-        Conservative: any comment (unless passed), CR, terminal marker
+        Conservative: any comment (even one passed on, which is no event to
+        count), CR, terminal marker
         anywhere (an event name or a data sentinel, even inside text), or a
         block longer than one event or line may be sends it to the decoder
         instead. What passes is forwarded byte for byte (the fast path).
         """
         markers = tuple(m.encode() for m in (*self._terminal_events, *self._terminal_data) if m)
         limit = min(limits.max_event_bytes, limits.max_line_bytes)
-        comments_pass = self._comments == "pass"
 
         def clean(block: bytes) -> bool:
             if len(block) > limit or b"\r" in block:
                 return False
-            if not comments_pass and (block[:1] == b":" or b"\n:" in block):
+            if block[:1] == b":" or b"\n:" in block:
                 return False
             for marker in markers:
                 if marker in block:

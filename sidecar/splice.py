@@ -222,6 +222,9 @@ class Splice:
         self._write_now(data)
         if self._end is None:
             self.upstream.resume()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._arm()  # it was pacing itself for a congested client
 
     # --- the timer: heartbeats and limits --------------------------------------
 
@@ -265,7 +268,7 @@ class Splice:
     def _stop(self, end: str | Exception) -> None:
         if self._end is None:
             self._end = end
-            self.upstream.pause()
+            self.upstream.detach()  # no more reads, nor decoding of what is left
             self._signal()
 
     def _signal(self) -> None:

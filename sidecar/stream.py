@@ -207,6 +207,10 @@ class StreamRun:
                     self.proxy.ctx.metrics.protocol_errors.labels(self.route.name, exc.kind).inc()
                 await self._end_with_error(exc.code, str(exc))
         except SlowClient:
+            # Cut it off: returning alone would leave aiohttp waiting, without a
+            # limit, to end the body cleanly, as if the stream were whole.
+            if self.request.transport is not None:
+                self.request.transport.abort()
             self.outcome = "slow_client"
             self.client_gone_at = self.loop.time()
             self.proxy.ctx.metrics.slow_clients.labels(self.route.name).inc()

@@ -57,6 +57,8 @@ class Upstream(asyncio.Protocol):
         "_early_size",
         "_end",
         "_framed",
+        "_interim",
+        "_notified",
         "_raw_headers",
         "_reader",
         "_reason",
@@ -90,6 +92,9 @@ class Upstream(asyncio.Protocol):
         self._early_size = 0
         #: None while the body runs; then True (complete) or the error that ended it.
         self._end: bool | UpstreamError | None = None
+        self._notified = False
+        #: Between the head of a 1xx and its (empty) end.
+        self._interim = False
 
     # --- the head --------------------------------------------------------------
 
@@ -120,13 +125,7 @@ class Upstream(asyncio.Protocol):
     def attach(self, sink: Sink) -> None:
         """Deliver the body to ``sink`` from now on, starting with what already came."""
         self._sink = sink
-        early, self._early = self._early, []
-        self._early_size = 0
-        for chunk in early:
-            sink.data(self._decoded(chunk))
-        self.resume()
-        if self._end is not None:
-            self._notify_end()
+        self._take_early()
 
     def detach(self) -> None:
         """No more callbacks; the connection stops reading."""
@@ -134,19 +133,20 @@ class Upstream(asyncio.Protocol):
         self.pause()
 
     async def read_chunk(self) -> bytes:
-        """The next body bytes (b"" at a clean end), for a reader that awaits."""
+        """The next body bytes (b"" at a clean end), for a reader that awaits.
+
+        Bytes that came before a break are returned before its error.
+        """
         reader = self._reader
         if reader is None:
             reader = self._reader = asyncio.StreamReader(limit=_HOLD // 2, loop=self.loop)
             if self.transport is not None:
                 reader.set_transport(self.transport)  # its flow control pauses the socket
-            early, self._early = self._early, []
-            for chunk in early:
-                reader.feed_data(self._decoded(chunk))
-            self.resume()
-            if self._end is not None:
-                self._notify_end()
-        return await reader.read(_HOLD)
+            self._take_early()
+        chunk = await reader.read(_HOLD)
+        if not chunk and isinstance(self._end, UpstreamError):
+            raise self._end
+        return chunk
 
     async def read_body(self, limit: int) -> bytes:
         """The whole raw body of an answer passed through, or UpstreamError past ``limit``."""
@@ -212,6 +212,7 @@ class Upstream(asyncio.Protocol):
         assert self.parser is not None
         status = self.parser.get_status_code()
         if status < 200:
+            self._interim = True
             self._raw_headers.clear()  # 1xx: the real answer follows
             self._reason = b""
             return
@@ -230,10 +231,8 @@ class Upstream(asyncio.Protocol):
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        if self._sink is not None:
-            self._sink.data(self._decoded(body))
-        elif self._reader is not None:
-            self._reader.feed_data(self._decoded(body))
+        if self._sink is not None or self._reader is not None:
+            self._take(body)
         else:
             # Nobody reads yet (the head was just handed over); kept raw, since
             # whether to decode is decided when the head is looked at.
@@ -243,6 +242,9 @@ class Upstream(asyncio.Protocol):
                 self.pause()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False  # the end of a 1xx; the answer's head comes next
+            return
         if self._end is None:
             self.parser = None
             self._end = True
@@ -250,14 +252,57 @@ class Upstream(asyncio.Protocol):
 
     # --- internals -------------------------------------------------------------
 
-    def _decoded(self, chunk: bytes) -> bytes:
-        if self._decoder is None:
-            return chunk
-        try:
-            return self._decoder.decompress(chunk)
-        except zlib.error as exc:
-            self._fail(f"upstream sent a broken compressed body: {exc}")
-            return b""
+    def _take_early(self) -> None:
+        early, self._early = self._early, []
+        self._early_size = 0
+        for chunk in early:
+            self._take(chunk)
+        if self._sink is not None or self._reader is not None:  # not stopped meanwhile
+            self.resume()
+        self._notify_end()
+
+    def _take(self, raw: bytes) -> None:
+        """Decode (if asked) and hand over, in pieces of at most _HOLD bytes.
+
+        Pieces bound what one small compressed read can grow into before the
+        stream's own caps (line and event size) look at it.
+        """
+        decoder = self._decoder
+        if decoder is None:
+            self._hand(raw)
+            return
+        data = raw
+        while data and (self._sink is not None or self._reader is not None):
+            try:
+                piece = decoder.decompress(data, _HOLD)
+            except zlib.error as exc:
+                self._fail(f"upstream sent a broken compressed body: {exc}")
+                return
+            data = decoder.unconsumed_tail
+            if piece:
+                self._hand(piece)
+
+    def _hand(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink.data(data)
+        elif self._reader is not None:
+            self._reader.feed_data(data)
+
+    def _finish_decoding(self) -> None:
+        """At the end of the body: what the decoder still holds, and whether it was whole."""
+        decoder = self._decoder
+        if decoder is None or self._end is not True:
+            return
+        if self._sink is None and self._reader is None:
+            return  # done when someone reads (_take_early -> _notify_end)
+        self._decoder = None
+        rest = decoder.flush()
+        if rest:
+            self._hand(rest)
+        if not decoder.eof:
+            self._end = UpstreamDisconnected(
+                "upstream's compressed body ended before its end mid-stream"
+            )
 
     def _fail(self, message: str) -> None:
         if self._end is not None:
@@ -274,32 +319,23 @@ class Upstream(asyncio.Protocol):
         self._notify_end()
 
     def _notify_end(self) -> None:
-        """Tell the reader how the body ended (once one is there to tell)."""
-        end = self._end
+        """Tell the reader, once, how the body ended (once there is one to tell)."""
+        if self._end is None or self._notified:
+            return
         if self._sink is None and self._reader is None:
             return
-        if end is True and self._decoder is not None:
-            decoder, self._decoder = self._decoder, None
-            rest = b""
-            try:
-                rest = decoder.flush()
-            except zlib.error as exc:
-                message = f"upstream sent a broken compressed body: {exc}"
-                end = self._end = UpstreamDisconnected(message)
-            if rest and self._sink is not None:
-                self._sink.data(rest)
-            elif rest and self._reader is not None:
-                self._reader.feed_data(rest)
+        self._finish_decoding()
+        self._notified = True
+        end = self._end
         if self._sink is not None:
-            if end is True:
-                self._sink.eof()
-            elif isinstance(end, UpstreamError):
+            if isinstance(end, UpstreamError):
                 self._sink.failed(end)
+            else:
+                self._sink.eof()
         elif self._reader is not None:
-            if end is True:
-                self._reader.feed_eof()
-            elif isinstance(end, UpstreamError):
-                self._reader.set_exception(end)
+            # An error too ends the reader's buffer; read_chunk raises it after
+            # the bytes that came before it (StreamReader would raise first).
+            self._reader.feed_eof()
 
 
 @functools.cache

@@ -13,8 +13,6 @@ import json
 import socket
 import zlib
 
-import pytest
-
 from tests.conftest import Running, Script, make_config
 from tests.integration.streams import read_stream
 

@@ -292,7 +292,7 @@ def _raw(comments: str = "convert", **limits: int):
         (b"data: a\r\n\r\n", "convert", False),
         (b": ping\ndata: a\n\n", "convert", False),
         (b"data: a\n\n: ping\n\n", "drop", False),
-        (b"data: a\n\n: ping\n\n", "pass", True),
+        (b"data: a\n\n: ping\n\n", "pass", False),  # a comment is no event to count
         (b"event: done\ndata: x\n\n", "convert", False),
         (b"data: [DONE]\n\n", "convert", False),
         (b"data: I am done here\n\n", "convert", False),  # conservative: decoder decides

@@ -13,6 +13,7 @@ from sidecar.config import Config
 from sidecar.metrics import Metrics
 from sidecar.replay.base import ReplayStore
 from sidecar.sessions.base import SessionStore
+from sidecar.timers import TimerWheel
 
 if TYPE_CHECKING:
     from sidecar.resume import ResumableRun
@@ -44,6 +45,8 @@ class Context:
     sessions: SessionStore
     replay: ReplayStore
     streams: set[StreamHandle] = field(default_factory=set)
+    #: Heartbeat and limit deadlines of the streams on the callback path.
+    timers: TimerWheel = field(default_factory=TimerWheel)
     #: Resumable runs of this process by (route, session key).
     runs: dict[tuple[str, str], ResumableRun] = field(default_factory=dict)
     draining: bool = False

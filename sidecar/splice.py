@@ -16,7 +16,8 @@ client's write buffer is over the high-water mark, the callbacks stop writing:
 they hold their bytes, the upstream stops reading, and the task waits for the
 client to drain (bounded by ``limits.write_timeout``) before it writes them
 and lets the upstream go on. Heartbeats and the stream's limits come from one
-timer callback, re-armed lazily: events do not touch it.
+callback on the process's timer wheel (sidecar/timers.py), re-armed lazily:
+events do not touch it.
 """
 
 from __future__ import annotations
@@ -51,11 +52,13 @@ class Splice:
         "_decoder",
         "_end",
         "_first",
+        "_on_timer",
         "_pending",
         "_raw_ok",
-        "_timer",
+        "_slot",
         "_transport",
         "_wake",
+        "_wheel",
         "loop",
         "run",
         "upstream",
@@ -82,7 +85,9 @@ class Splice:
         #: COMPLETED, CLOSED, or what the task raises (None while running).
         self._end: str | Exception | None = None
         self._wake: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._wheel = run.proxy.ctx.timers
+        self._slot: int | None = None
+        self._on_timer = self._tick  # one bound method, so the wheel can find it again
 
     async def run_until_end(self) -> str:
         """Forward until the stream ends: COMPLETED, CLOSED, or the error that ended it."""
@@ -100,9 +105,7 @@ class Splice:
                 await self._wake
         finally:
             self._wake = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._disarm()
             self.upstream.detach()
         end = self._end
         if isinstance(end, BaseException):
@@ -222,23 +225,28 @@ class Splice:
         self._write_now(data)
         if self._end is None:
             self.upstream.resume()
-            if self._timer is not None:
-                self._timer.cancel()
+            self._disarm()
             self._arm()  # it was pacing itself for a congested client
 
     # --- the timer: heartbeats and limits --------------------------------------
 
     def _arm(self) -> None:
         run = self.run
+        now = self.loop.time()
         if self._congested:
             # Waiting on the client, not the upstream: only the total limit runs.
-            deadline = min(self.loop.time() + 1.0, run.started + run.route.limits.max_duration)
+            deadline = min(now + 1.0, run.started + run.route.limits.max_duration)
         else:
             deadline = run.next_deadline()
-        self._timer = self.loop.call_at(deadline, self._tick)
+        self._slot = self._wheel.add(max(deadline, now), self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._slot is not None:
+            self._wheel.remove(self._slot, self._on_timer)
+            self._slot = None
 
     def _tick(self) -> None:
-        self._timer = None
+        self._slot = None
         if self._end is not None:
             return
         run = self.run
@@ -261,7 +269,7 @@ class Splice:
                 self._send(run.proxy.normalizer.keepalive)
                 run.heartbeats += 1
                 run.metrics.heartbeat.inc()
-        self._arm()  # harmless if that write ended the stream: the task cancels the timer
+        self._arm()  # harmless if that write ended the stream: the task disarms it
 
     # --- ending ----------------------------------------------------------------
 

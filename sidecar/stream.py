@@ -289,7 +289,8 @@ class StreamRun:
         limits = self.route.limits
         if self.ids is None:
             # Nothing to number: the callback path (sidecar/splice.py).
-            splice = Splice(self, upstream, self.proxy.normalizer.raw_check(limits))
+            upstream.forget_head()  # the client has its headers: free them for the stream's life
+            splice = Splice(self, upstream, self.proxy.raw_ok)
             if await splice.run_until_end() == COMPLETED:
                 self.outcome = "completed"
             else:

@@ -26,13 +26,15 @@ import zlib
 from typing import Protocol, cast
 
 import httptools
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sidecar.errors import UpstreamDisconnected, UpstreamError, UpstreamUnreachable
 
 #: Body bytes held before anyone reads them; past this the socket stops reading.
 _HOLD = 64 * 1024
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 #: Methods whose empty body is still announced (what browsers and aiohttp send).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -80,7 +82,7 @@ class Upstream(asyncio.Protocol):
         self.head: asyncio.Future[None] = loop.create_future()
         self.status = 0
         self.reason = ""
-        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         #: False when the body ends only with the connection (no length, not chunked).
@@ -105,6 +107,10 @@ class Upstream(asyncio.Protocol):
         if value is None:
             return "application/octet-stream"
         return value.partition(";")[0].strip().lower()
+
+    def forget_head(self) -> None:
+        """Drop the headers (only status and content type stay): a stream lives long."""
+        self.headers = _NO_HEADERS
 
     def decode_content(self) -> None:
         """Undo a Content-Encoding before the body is read as a stream.
@@ -219,9 +225,11 @@ class Upstream(asyncio.Protocol):
         self.status = status
         self.reason = self._reason.decode("latin-1")
         # aiohttp's server decodes header values the same way, so they round-trip.
-        self.headers = CIMultiDict(
-            (k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
-            for k, v in self._raw_headers
+        self.headers = CIMultiDictProxy(
+            CIMultiDict(
+                (k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+                for k, v in self._raw_headers
+            )
         )
         self._raw_headers.clear()
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()

@@ -8,6 +8,7 @@ without a server.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -87,22 +88,21 @@ class Normalizer:
         """A test, on bytes alone, that a block of complete events needs no change.
 
         Conservative: any comment (even one passed on, which is no event to
-        count), CR, terminal marker
-        anywhere (an event name or a data sentinel, even inside text), or a
-        block longer than one event or line may be sends it to the decoder
-        instead. What passes is forwarded byte for byte (the fast path).
+        count), CR, terminal marker anywhere (an event name or a data
+        sentinel, even inside text), invalid UTF-8, or a block longer than
+        one event or line may be sends it to the decoder instead. What passes
+        is forwarded byte for byte (the fast path).
         """
-        markers = tuple(m.encode() for m in (*self._terminal_events, *self._terminal_data) if m)
+        needles = [b"\r", b"\n:"]
+        needles += [m.encode() for m in (*self._terminal_events, *self._terminal_data) if m]
+        # One regex pass over the block: each `needle in block` test costs
+        # about as much as the whole search (it runs for every forwarded read).
+        search = re.compile(b"|".join(re.escape(n) for n in needles)).search
         limit = min(limits.max_event_bytes, limits.max_line_bytes)
 
         def clean(block: bytes) -> bool:
-            if len(block) > limit or b"\r" in block:
+            if len(block) > limit or block[:1] == b":" or search(block) is not None:
                 return False
-            if block[:1] == b":" or b"\n:" in block:
-                return False
-            for marker in markers:
-                if marker in block:
-                    return False
             if not block.isascii():
                 try:
                     block.decode("utf-8")

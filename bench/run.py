@@ -109,7 +109,12 @@ def _clients(scn: Scenario, url: str, streams: int, workdir: Path, tag: str) -> 
 
 
 def _result(child: Child, timeout: float, phase: str = "done") -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(child.readline(timeout))
+    line = child.readline(timeout)
+    try:
+        data: dict[str, Any] = json.loads(line)
+    except ValueError:
+        Path("/tmp/badline.txt").write_text(line)
+        raise
     if data.get("phase") != phase:
         raise RuntimeError(f"{child.name}: expected phase {phase}, got {data.get('phase')}")
     return data

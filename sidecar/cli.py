@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -95,6 +96,23 @@ def run(config: Config, *, worker: bool = False) -> int:
     return uvloop.run(_serve(config, worker))
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the streams' path.
+
+    Every open stream holds ~150 container objects for its whole life, so
+    with thousands of streams each full collection walks hundreds of
+    thousands of objects that are not garbage: tens of milliseconds during
+    which no event moves. Objects made while starting up are frozen out of
+    collection for good, and the youngest generation is collected every
+    50,000 allocations instead of 700 (streams make few cycles; reference
+    counting frees nearly everything).
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(50_000, middle, old)
+
+
 async def _serve(config: Config, worker: bool) -> int:
     import structlog
 
@@ -103,6 +121,7 @@ async def _serve(config: Config, worker: bool) -> int:
     log = structlog.get_logger("sse_sidecar")
     sidecar = Sidecar(config, worker=worker)
     await sidecar.start()
+    tune_gc()
     log.info(
         "listening",
         port=sidecar.port,

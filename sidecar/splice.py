@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 #: asyncio's default write high-water mark: at or under it a write never waits.
 _HIGH_WATER = 64 * 1024
 
-#: How the splice ended, when not with an error.
+#: How the body ended, when not with an error.
 COMPLETED = "completed"  # the upstream's own terminal event went out
 CLOSED = "closed"  # the upstream body ended without one
 
@@ -92,9 +92,14 @@ class Splice:
         self._slot: int | None = None
         self._on_timer = self._tick  # one bound method, so the wheel can find it again
 
-    async def run_until_end(self) -> str:
-        """Forward until the stream ends: COMPLETED, CLOSED, or the error that ended it."""
-        self.run.last_byte = self.loop.time()
+    async def forward(self) -> None:
+        """Forward until the stream ends, and end it: the upstream's terminal event or ours.
+
+        Errors that end the stream are raised for the stream to turn into
+        its terminal error event (sidecar/stream.py).
+        """
+        run = self.run
+        run.last_byte = self.loop.time()
         self.upstream.attach(self)
         self._arm()
         try:
@@ -113,9 +118,11 @@ class Splice:
         end = self._end
         if isinstance(end, BaseException):
             raise end
-        if end == CLOSED:
-            self._decoder.close()  # raises TruncatedEvent if it ended inside an event
-        return end
+        if end == COMPLETED:
+            run.outcome = "completed"
+            return
+        self._decoder.close()  # raises TruncatedEvent if it ended inside an event
+        await run.end_closed()
 
     # --- Sink: called by the upstream protocol ---------------------------------
 

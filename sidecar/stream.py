@@ -12,6 +12,7 @@ with the log of the run instead of the client as the place events go.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
@@ -42,7 +43,7 @@ from sidecar.normalize import (
     heartbeat_due,
 )
 from sidecar.sessions.base import Claim
-from sidecar.splice import COMPLETED, Splice
+from sidecar.splice import Splice
 from sidecar.sse import Decoder
 from sidecar.upstream import http as upstream_http
 from sidecar.upstream.http import Upstream
@@ -185,7 +186,7 @@ class StreamRun:
                     await self._commit(self.upstream)
                 else:
                     _check_late(self.upstream)
-                await self._pump(self.upstream)
+                await self._body(self.upstream)
             except asyncio.CancelledError:
                 code = self.handle.stop_code
                 if code is None:
@@ -284,18 +285,27 @@ class StreamRun:
             if self.committed:
                 await self._tick()
 
-    async def _pump(self, upstream: Upstream) -> None:
+    def _body(self, upstream: Upstream) -> Awaitable[None]:
+        """How the body is read: by callbacks (sidecar/splice.py) unless events are numbered.
+
+        A plain function returning the awaitable, so a long-lived stream
+        holds one coroutine frame fewer.
+        """
         upstream.decode_content()
-        limits = self.route.limits
         if self.ids is None:
-            # Nothing to number: the callback path (sidecar/splice.py).
             upstream.forget_head()  # the client has its headers: free them for the stream's life
-            splice = Splice(self, upstream, self.proxy.raw_ok)
-            if await splice.run_until_end() == COMPLETED:
-                self.outcome = "completed"
-            else:
-                await self._end(end_event(partial=self.partial, event_id=None), "upstream_closed")
-            return
+            return Splice(self, upstream, self.proxy.raw_ok).forward()
+        return self._pump(upstream)
+
+    async def end_closed(self) -> None:
+        """The upstream body ended cleanly without a terminal event: ours ends the stream."""
+        await self._end(
+            end_event(partial=self.partial, event_id=self._next_id()), "upstream_closed"
+        )
+
+    async def _pump(self, upstream: Upstream) -> None:
+        """Read the body by awaiting it (a resumable run's events go to its log)."""
+        limits = self.route.limits
         decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
         m = self.metrics
         loop = self.loop
@@ -318,9 +328,7 @@ class StreamRun:
                 first = False
             if not chunk:
                 decoder.close()  # raises TruncatedEvent if it ended inside an event
-                await self._end(
-                    end_event(partial=self.partial, event_id=self._next_id()), "upstream_closed"
-                )
+                await self.end_closed()
                 return
             self.counts.bytes_in += len(chunk)
             if await self._decoded(decoder, chunk):
@@ -410,9 +418,7 @@ class StreamRun:
                 m.ttfb.observe(now - self.started)
                 first = False
             if not items:  # the tracker ended without a terminal event
-                await self._end(
-                    end_event(partial=self.partial, event_id=self._next_id()), "upstream_closed"
-                )
+                await self.end_closed()
                 return
             batch = normalizer.batch(list(items), self.ids)
             self.forwarded += batch.forwarded

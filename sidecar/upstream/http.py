@@ -239,7 +239,10 @@ class Upstream(asyncio.Protocol):
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        if self._sink is not None or self._reader is not None:
+        sink = self._sink
+        if sink is not None and self._decoder is None:
+            sink.data(body)  # the hot path: one call per read between socket and stream
+        elif sink is not None or self._reader is not None:
             self._take(body)
         else:
             # Nobody reads yet (the head was just handed over); kept raw, since

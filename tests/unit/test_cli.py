@@ -156,3 +156,19 @@ def test_python_dash_m_check_config() -> None:
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == f"config/sidecar.yaml: ok ({SHIPPED_ROUTES})\n"
+
+
+def test_tune_gc_freezes_start_up_objects_and_spaces_out_collections() -> None:
+    import gc
+
+    from sidecar.cli import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold()[0] == 50_000
+        assert gc.get_threshold()[1:] == before[1:]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -112,6 +112,45 @@ class Normalizer:
 
         return clean
 
+    def rewrite_comments(self, block: bytes) -> Batch | None:
+        """Comments of a block of complete events handled on bytes: the fast path's second try.
+
+        An upstream that sends ``: ping`` after an event in the same write
+        fails the raw check on every such read. Here events made only of
+        comment lines become the keepalive (convert; consecutive ones, one
+        keepalive, as :meth:`batch` does) or go (drop), and every other
+        event is left as it came. None when that is not enough: an event
+        mixing comment and field lines, or comments to pass on (the decoder
+        counts those). The caller still puts the result through the raw check.
+        """
+        if self._comments == "pass" or b"\r" in block:
+            return None
+        pieces = block.split(b"\n\n")
+        pieces.pop()  # the block ends with a blank line: nothing after it
+        out: list[bytes] = []
+        batch = Batch()
+        keepalive = self.keepalive[:-2]  # the pieces are joined with the blank lines
+        after_comment = False
+        for piece in pieces:
+            if piece[:1] != b":":
+                if piece:
+                    out.append(piece)
+                    batch.forwarded += 1
+                    after_comment = False
+                continue
+            lines = piece.count(b"\n") + 1
+            if piece.count(b"\n:") != lines - 1:
+                return None  # a field line among the comments: the decoder knows the order
+            if self._comments == "drop":
+                batch.comments_dropped += lines
+                continue
+            batch.comments_converted += lines
+            if not after_comment:
+                out.append(keepalive)
+                after_comment = True
+        batch.data = b"\n\n".join(out) + b"\n\n" if out else b""
+        return batch
+
     def batch(self, items: list[Item], ids: IdSource | None = None) -> Batch:
         """Encode a chunk's items for the client, stopping after a terminal event.
 

@@ -140,14 +140,17 @@ class Splice:
         counts = run.counts
         counts.bytes_in += len(chunk)
         try:
-            if self._boundary and chunk.endswith(b"\n\n") and self._raw_ok(chunk):
+            if not (self._boundary and chunk.endswith(b"\n\n")):
+                if self._forward(chunk):
+                    self._stop(COMPLETED)
+            elif self._raw_ok(chunk):
                 # The usual read: whole events that need no change (inlined
                 # from _forward, which costs a call per read in the hot path).
                 events = chunk.count(b"\n\n")
                 run.forwarded += events
                 counts.forwarded += events
                 self._send(chunk)
-            elif self._forward(chunk):
+            elif not self._rewritten(chunk) and self._decoded(chunk):
                 self._stop(COMPLETED)
         except Exception as exc:  # raised in the task, not lost in a callback
             self._stop(exc)
@@ -181,13 +184,27 @@ class Splice:
             if not self._boundary:
                 return self._decoded(chunk)
         cut = chunk.rfind(b"\n\n") + 2
-        if cut < 2 or not self._raw_ok(block := chunk[:cut]):
+        if cut < 2:
             return self._decoded(chunk)
-        events = block.count(b"\n\n")
-        self.run.forwarded += events
-        self.run.counts.forwarded += events
-        self._send(block)
+        block = chunk[:cut]
+        if self._raw_ok(block):
+            events = block.count(b"\n\n")
+            self.run.forwarded += events
+            self.run.counts.forwarded += events
+            self._send(block)
+        elif not self._rewritten(block):
+            return self._decoded(chunk)
         return cut < len(chunk) and self._decoded(chunk[cut:])
+
+    def _rewritten(self, block: bytes) -> bool:
+        """Send a block of complete events whose only change is comments, if it is that."""
+        batch = self.run.proxy.normalizer.rewrite_comments(block)
+        if batch is None or (batch.data and not self._raw_ok(batch.data)):
+            return False
+        self.run.count_batch(batch)
+        if batch.data:
+            self._send(batch.data)
+        return True
 
     def _decoded(self, data: bytes) -> bool:
         """Decode, normalise and send; True when the upstream's terminal event went out."""

@@ -50,7 +50,7 @@ utf8_text = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max
 tricky = st.sampled_from(
     ["", " ", "[DONE]!", "not [DONE]", "x done", "final?", "a: b", "\x00", "\ufeffdata: x"]
 )
-values = st.one_of(ascii_text, ascii_text, utf8_text, tricky)
+values = st.one_of(ascii_text, ascii_text, ascii_text, utf8_text, utf8_text, tricky)
 event_names = st.one_of(
     st.sampled_from(["tok", "message", "delta", "Done", "ünï", "", " x"]),
     ascii_text.filter(lambda name: name.strip() not in {"end", "error", "keepalive"}),
@@ -93,7 +93,7 @@ invalid_lines = st.sampled_from([b"data: a\xffb", b"data: \xc3(", b"event: \xe2\
 @st.composite
 def event_lines(draw: st.DrawFn) -> bytes:
     """A line inside an event: a field, now and then a comment."""
-    return draw(comment_lines if draw(st.integers(0, 7)) == 0 else field_lines())
+    return draw(comment_lines if draw(st.integers(0, 11)) == 0 else field_lines())
 
 
 @st.composite
@@ -119,8 +119,8 @@ def blocks(draw: st.DrawFn) -> list[bytes]:
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
     """An upstream body: LF mostly, sometimes CRLF, CR or a mix; maybe a BOM, maybe cut short."""
-    lines = list(itertools.chain.from_iterable(draw(st.lists(blocks(), max_size=8))))
-    style = draw(st.sampled_from(["lf"] * 6 + ["crlf", "cr", "mixed"]))
+    lines = list(itertools.chain.from_iterable(draw(st.lists(blocks(), max_size=10))))
+    style = draw(st.sampled_from(["lf"] * 9 + ["crlf", "cr", "mixed"]))
     ends = {"lf": [b"\n"], "crlf": [b"\r\n"], "cr": [b"\r"], "mixed": [b"\n", b"\r\n", b"\r"]}
     body = b"".join(line + draw(st.sampled_from(ends[style])) for line in lines)
     if draw(st.integers(0, 9)) == 0:

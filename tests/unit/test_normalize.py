@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.config import Keepalive, Terminal
 from sidecar.normalize import (
@@ -313,3 +315,83 @@ def test_every_terminal_error_code_is_a_pre_created_stream_outcome() -> None:
     from sidecar.metrics import OUTCOMES
 
     assert set(OUTCOMES) >= ERROR_CODES
+
+
+# --- comments rewritten on bytes (the fast path's second try) ---------------------------
+
+
+def _decoded_events(data: bytes) -> list[Item]:
+    return Decoder().feed(data)
+
+
+@pytest.mark.parametrize(
+    ("block", "comments", "expected"),
+    [
+        # the bench's shape: an event, then a ping in the same write
+        (b"id: 1\ndata: a\n\n: ping\n\n", "convert", (1, 1, 0)),
+        # consecutive comment events (and blank-line runs) become one keepalive
+        (b": a\n\n\n\n: b\n:c\n\ndata: x\n\n: d\n\n", "convert", (1, 4, 0)),
+        (b"data: a\n\n: ping\n\n", "drop", (1, 0, 1)),
+        (b": only\n\n", "drop", (0, 0, 1)),
+    ],
+)
+def test_rewrite_comments_matches_the_decoder_path(
+    block: bytes, comments: str, expected: tuple[int, int, int]
+) -> None:
+    n = normalizer(comments)
+    fast = n.rewrite_comments(block)
+    slow = n.batch(Decoder().feed(block))
+    assert fast is not None
+    assert (fast.forwarded, fast.comments_converted, fast.comments_dropped) == expected
+    assert (slow.forwarded, slow.comments_converted, slow.comments_dropped) == expected
+    assert _decoded_events(fast.data) == _decoded_events(slow.data)
+
+
+@pytest.mark.parametrize(
+    ("block", "comments"),
+    [
+        (b": x\ndata: a\n\n", "convert"),  # a field after a comment in one event
+        (b"data: a\n\n: ping\n\n", "pass"),  # passed comments are counted by the decoder
+        (b": ping\r\n\r\n", "convert"),  # CR: the decoder's job
+    ],
+)
+def test_rewrite_comments_declines_what_it_cannot_keep_in_order(
+    block: bytes, comments: str
+) -> None:
+    assert normalizer(comments).rewrite_comments(block) is None
+
+
+def test_rewrite_comments_leaves_a_field_then_comment_for_the_raw_check() -> None:
+    n = normalizer("convert")
+    batch = n.rewrite_comments(b"data: a\n: late\n\n")
+    assert batch is not None
+    assert batch.data == b"data: a\n: late\n\n"
+    assert not _raw()(batch.data)  # so the caller falls back to the decoder
+
+
+_piece = st.one_of(
+    st.lists(st.from_regex(r"[a-z]{0,6}", fullmatch=True), min_size=1, max_size=3).map(
+        lambda ls: "\n".join(f": {x}" for x in ls)
+    ),
+    st.from_regex(r"data: [a-z ]{0,8}", fullmatch=True),
+    st.from_regex(r"event: [a-z]{1,5}\ndata: [a-z]{0,5}", fullmatch=True),
+    st.just(""),  # a run of blank lines
+)
+
+
+@settings(max_examples=300)
+@given(
+    pieces=st.lists(_piece, min_size=1, max_size=8), comments=st.sampled_from(["convert", "drop"])
+)
+def test_rewrite_comments_is_the_decoder_path_on_bytes(pieces: list[str], comments: str) -> None:
+    block = "".join(p + "\n\n" for p in pieces).encode()
+    n = normalizer(comments)
+    fast = n.rewrite_comments(block)
+    assert fast is not None  # only whole comment events and plain events here
+    slow = n.batch(Decoder().feed(block))
+    assert _decoded_events(fast.data) == _decoded_events(slow.data)
+    assert (fast.forwarded, fast.comments_converted, fast.comments_dropped) == (
+        slow.forwarded,
+        slow.comments_converted,
+        slow.comments_dropped,
+    )

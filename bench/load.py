@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import sys
 import time
 from collections import Counter
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from bench import procs
@@ -259,7 +260,7 @@ async def run(
     await asyncio.gather(*(open_one() for _ in range(streams)))
     opened_at = now_us()
     if hold:
-        print(json.dumps({"phase": "opened", "opened": stats.opened}), flush=True)
+        report({"phase": "opened", "opened": stats.opened})
         stats.keepalives = stats.events = 0  # count what arrives while held
         await _wait_stdin(max(end_at - loop.time(), 0))
         held = now_us() - opened_at
@@ -324,8 +325,20 @@ def main(argv: list[str] | None = None) -> int:
     result = procs.run_loop(
         run(args.url, args.streams, args.events, args.hold, args.deadline, args.concurrency)
     )
-    print(json.dumps(result), flush=True)
+    report(result)
     return 0
+
+
+def report(doc: dict[str, Any]) -> None:
+    """One JSON line to the runner, all of it.
+
+    The runner sets PYTHONUNBUFFERED, so print() goes to the pipe in one
+    write() whose short count nobody retries: a result line over 128 KiB
+    arrived cut now and then. os.write is retried until all of it is out.
+    """
+    view = memoryview((json.dumps(doc) + "\n").encode())
+    while view:
+        view = view[os.write(sys.stdout.fileno(), view) :]
 
 
 if __name__ == "__main__":

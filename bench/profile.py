@@ -29,23 +29,29 @@ def _short(frame: str) -> str:
 
 #: Where a sample's CPU goes: the deepest frame matching one of these decides.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # py-spy --native: the C frames are there, so system calls get their own line.
+    ("system calls: write() (with loopback delivery), read(), epoll", (
+        "write (libc", "read (libc", "epoll_pwait (libc", "writev (libc", "recv (libc",
+        "send (libc")),
+    ("garbage collector (CPython)", ("gc_collect", "gc_collect_main")),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("logging (structlog)", ("structlog/", "logging/")),
     ("asyncio.timeout around reads and writes", ("asyncio/timeouts.py",)),
     # The Event named tuple is built in the decoder (its __new__ is "<lambda> (<string>)").
     ("SSE decoder (sidecar/sse/decoder.py)", ("sse/decoder.py",)),
     ("SSE encoder (sidecar/sse/encoder.py)", ("sse/encoder.py",)),
-    ("normaliser (sidecar/normalize.py)", ("sidecar/normalize.py",)),
-    ("client write: aiohttp writer + send() syscall", ("http_writer.py", "web_response.py")),
-    ("upstream read: aiohttp StreamReader, client protocol", (
-        "aiohttp/streams.py", "client_proto.py", "upstream/http.py", "client_reqrep.py")),
-    ("stream set-up: upstream connect, request, headers", (
-        "aiohttp/client.py", "connector.py", "aiohappyeyeballs/", "sidecar/headers.py",
-        "yarl/", "multidict/", "web_request.py", "helpers.py")),
+    ("normaliser: raw check, comment rewrite (sidecar/normalize.py)", ("sidecar/normalize.py",)),
+    ("callback path: forward and write (sidecar/splice.py)", ("sidecar/splice.py",)),
+    ("timer wheel (sidecar/timers.py)", ("sidecar/timers.py",)),
+    ("upstream read: httptools parser, Upstream protocol (upstream/http.py)", (
+        "upstream/http.py", "httptools", "llhttp", "parser.c")),
+    ("client write: aiohttp writer", ("http_writer.py", "web_response.py")),
+    ("stream set-up: headers, request, response head", (
+        "sidecar/headers.py", "yarl/", "multidict/", "web_request.py", "helpers.py")),
     ("sidecar stream loop (stream.py, proxy.py own lines)", (
         "sidecar/stream.py", "sidecar/proxy.py", "sidecar/")),
     ("aiohttp server (other)", ("aiohttp/",)),
-    ("event loop: uvloop/asyncio C code, epoll, recv()", ("asyncio/", "uvloop/")),
+    ("event loop: uvloop/asyncio (Python-visible part)", ("asyncio/", "uvloop/")),
 )  # fmt: skip
 
 

@@ -109,12 +109,7 @@ def _clients(scn: Scenario, url: str, streams: int, workdir: Path, tag: str) -> 
 
 
 def _result(child: Child, timeout: float, phase: str = "done") -> dict[str, Any]:
-    line = child.readline(timeout)
-    try:
-        data: dict[str, Any] = json.loads(line)
-    except ValueError:
-        Path("/tmp/badline.txt").write_text(line)
-        raise
+    data: dict[str, Any] = json.loads(child.readline(timeout))
     if data.get("phase") != phase:
         raise RuntimeError(f"{child.name}: expected phase {phase}, got {data.get('phase')}")
     return data
@@ -226,7 +221,8 @@ def _py_spy(pid: int, path: Path, workdir: Path) -> Child:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    argv = [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
+    # --native: C frames too, so the summary can tell system calls from Python.
+    argv = [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--native"]
     child = Child("py-spy", [*argv, "--output", str(path)], workdir)
     time.sleep(0.5)  # let it attach before the load starts
     return child

@@ -69,9 +69,19 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CONTEXT]
     await ctx.sessions.start()
     await ctx.replay.start()
+    flusher = asyncio.get_running_loop().create_task(_flush_metrics(ctx.metrics))
     yield
+    flusher.cancel()
+    ctx.metrics.flush()
     await ctx.replay.close()
     await ctx.sessions.close()
+
+
+async def _flush_metrics(metrics: Metrics) -> None:
+    """Streams count into plain ints; the counters get them once a second (and per scrape)."""
+    while True:
+        await asyncio.sleep(1.0)
+        metrics.flush()
 
 
 class Sidecar:

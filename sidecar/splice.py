@@ -155,7 +155,6 @@ class Splice:
         except Exception as exc:  # raised in the task, not lost in a callback
             self._stop(exc)
             return
-        counts.flush_if_due(now)
 
     def eof(self) -> None:
         self._stop(CLOSED)

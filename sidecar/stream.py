@@ -34,7 +34,6 @@ from sidecar.errors import (
     UpstreamTimeout,
 )
 from sidecar.logs import session_hash
-from sidecar.metrics import StreamCounts
 from sidecar.normalize import (
     Batch,
     IdSource,
@@ -105,7 +104,8 @@ class StreamRun:
         self.bytes_out = 0
         self.client_gone_at: float | None = None
         self.alarm: Alarm | None = None
-        self.counts = StreamCounts(self.metrics)
+        #: The route's tally, shared by its streams (sidecar/metrics.py Tally).
+        self.counts = self.metrics.counts
 
     @property
     def partial(self) -> bool:
@@ -223,7 +223,6 @@ class StreamRun:
     def _account(self) -> None:
         now = self.loop.time()
         m = self.metrics
-        self.counts.flush()
         if self.alarm is not None:
             self.alarm.close()
         m.active.dec()
@@ -335,7 +334,6 @@ class StreamRun:
                 self.outcome = "completed"
                 return
             alarm.set(self.next_deadline())
-            self.counts.flush_if_due(now)
 
     async def _decoded(self, decoder: Decoder, data: bytes) -> bool:
         """Decode, normalise and emit; True when the upstream's terminal event went out."""
@@ -428,7 +426,6 @@ class StreamRun:
                 self.outcome = "completed"
                 return
             alarm.set(self.next_deadline())
-            self.counts.flush_if_due(now)
 
     def next_deadline(self) -> float:
         limits = self.route.limits

@@ -250,13 +250,14 @@ class Tally:
     before every scrape.
     """
 
-    __slots__ = ("_metrics", "bytes_in", "bytes_out", "forwarded")
+    __slots__ = ("_metrics", "bytes_in", "bytes_out", "forwarded", "heartbeats")
 
     def __init__(self, metrics: RouteMetrics) -> None:
         self._metrics = metrics
         self.bytes_in = 0
         self.bytes_out = 0
         self.forwarded = 0
+        self.heartbeats = 0
 
     def flush(self) -> None:
         m = self._metrics
@@ -269,6 +270,9 @@ class Tally:
         if self.forwarded:
             m.forwarded.inc(self.forwarded)
             self.forwarded = 0
+        if self.heartbeats:
+            m.heartbeat.inc(self.heartbeats)
+            self.heartbeats = 0
 
 
 # --- admin server ----------------------------------------------------------------

@@ -302,7 +302,7 @@ class Follower:
             if interval > 0 and now - self.last_write >= interval:
                 await self._write(self.proxy.normalizer.keepalive)
                 self.heartbeats += 1
-                m.heartbeat.inc()
+                m.counts.heartbeats += 1
 
     async def _write(self, data: bytes) -> None:
         assert self.response is not None

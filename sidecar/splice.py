@@ -231,12 +231,8 @@ class Splice:
             or transport.is_closing()
         ):
             self._hold(data)
-            return
-        transport.write(b"%x\r\n%b\r\n" % (size, data) if self._chunked else data)
-        run = self.run
-        run.last_write = self.loop.time()
-        run.bytes_out += size
-        run.counts.bytes_out += size
+        else:
+            self._write_now(data)
 
     def _hold(self, data: bytes) -> None:
         if self._congested:
@@ -311,7 +307,7 @@ class Splice:
             if heartbeat_due(now, run.last_write, run.heartbeat_interval):
                 self._send(run.proxy.normalizer.keepalive)
                 run.heartbeats += 1
-                run.metrics.heartbeat.inc()
+                run.counts.heartbeats += 1
         self._arm()  # harmless if that write ended the stream: the task disarms it
 
     # --- ending ----------------------------------------------------------------

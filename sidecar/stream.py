@@ -448,7 +448,7 @@ class StreamRun:
         if heartbeat_due(now, self.last_write, self.heartbeat_interval):
             await self._write(self.proxy.normalizer.keepalive)
             self.heartbeats += 1
-            self.metrics.heartbeat.inc()
+            self.counts.heartbeats += 1
 
     async def _passthrough(self, upstream: Upstream) -> web.StreamResponse:
         """Hand a non-stream (or error) response to the client as it is."""

@@ -67,6 +67,10 @@ class Batch:
     entries: list[Entry] = field(default_factory=list)
 
 
+#: First bytes that keep a block off the fast path: a comment, a blank line, a BOM.
+_NOT_FIRST = frozenset({b":", b"\n", b"\xef"})
+
+
 class Normalizer:
     """Per-route rules, shared by every stream of the route (it holds no stream state)."""
 
@@ -84,33 +88,42 @@ class Normalizer:
             return True
         return event.data is not None and event.data.strip() in self._terminal_data
 
-    def raw_check(self, limits: Limits) -> Callable[[bytes], bool]:
+    def raw_events(self, limits: Limits) -> Callable[[bytes], int]:
         """A test, on bytes alone, that a block of complete events needs no change.
 
-        Conservative: any comment (even one passed on, which is no event to
-        count), CR, terminal marker anywhere (an event name or a data
-        sentinel, even inside text), invalid UTF-8, or a block longer than
-        one event or line may be sends it to the decoder instead. What passes
-        is forwarded byte for byte (the fast path).
+        It returns how many events the block holds, or -1 when the decoder
+        must look at it. Conservative: any comment (even one passed on, which
+        is no event to count), CR, a terminal marker anywhere (an event name
+        or a data sentinel, even inside text), invalid UTF-8, a leading BOM
+        (the client would drop it as the stream's own), a run of blank lines,
+        more blank lines than ``data:`` lines (an event without data is not
+        dispatched, so it must not count), or a block longer than one event
+        or line may be. What passes is forwarded byte for byte (the fast path).
+        With one ``data:`` line per event the count is exact; a block that
+        also holds an event of no data and one of several data lines counts
+        the former, and ``partial`` is still right (an event did go out).
         """
-        needles = [b"\r", b"\n:"]
+        needles = [b"\r", b"\n:", b"\n\n\n"]
         needles += [m.encode() for m in (*self._terminal_events, *self._terminal_data) if m]
         # One regex pass over the block: each `needle in block` test costs
         # about as much as the whole search (it runs for every forwarded read).
         search = re.compile(b"|".join(re.escape(n) for n in needles)).search
         limit = min(limits.max_event_bytes, limits.max_line_bytes)
 
-        def clean(block: bytes) -> bool:
-            if len(block) > limit or block[:1] == b":" or search(block) is not None:
-                return False
+        def events(block: bytes) -> int:
+            if len(block) > limit or block[:1] in _NOT_FIRST or search(block) is not None:
+                return -1
+            count = block.count(b"\n\n")
+            if block.count(b"\ndata:") + block.startswith(b"data:") < count:
+                return -1
             if not block.isascii():
                 try:
                     block.decode("utf-8")
                 except UnicodeDecodeError:
-                    return False
-            return True
+                    return -1
+            return count
 
-        return clean
+        return events
 
     def rewrite_comments(self, block: bytes) -> Batch | None:
         """Comments of a block of complete events handled on bytes: the fast path's second try.
@@ -120,11 +133,18 @@ class Normalizer:
         comment lines become the keepalive (convert; consecutive ones, one
         keepalive, as :meth:`batch` does) or go (drop), and every other
         event is left as it came. None when that is not enough: an event
-        mixing comment and field lines, or comments to pass on (the decoder
-        counts those). The caller still puts the result through the raw check.
+        mixing comment and field lines, an event without a data line (the
+        decoder knows whether it is dispatched), invalid UTF-8, or comments
+        to pass on (the decoder counts those). The caller still puts the
+        result through the raw check.
         """
         if self._comments == "pass" or b"\r" in block:
             return None
+        if not block.isascii():
+            try:
+                block.decode("utf-8")  # bad bytes in a comment end the stream too
+            except UnicodeDecodeError:
+                return None
         pieces = block.split(b"\n\n")
         pieces.pop()  # the block ends with a blank line: nothing after it
         out: list[bytes] = []
@@ -134,6 +154,8 @@ class Normalizer:
         for piece in pieces:
             if piece[:1] != b":":
                 if piece:
+                    if not (piece.startswith(b"data:") or b"\ndata:" in piece):
+                        return None  # whether it is dispatched at all: the decoder knows
                     out.append(piece)
                     batch.forwarded += 1
                     after_comment = False

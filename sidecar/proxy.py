@@ -32,7 +32,7 @@ class RouteProxy:
         self.ctx = ctx
         self.normalizer = Normalizer(route.comments, route.keepalive, route.terminal)
         #: The fast path's test (built once: every stream of the route shares it).
-        self.raw_ok = self.normalizer.raw_check(route.limits)
+        self.raw_events = self.normalizer.raw_events(route.limits)
         self.metrics = RouteMetrics(ctx.metrics, route.name)
         self.base = URL(route.upstream)
         self.prefix = route.path.rstrip("/")

@@ -55,7 +55,7 @@ class Splice:
         "_first",
         "_on_timer",
         "_pending",
-        "_raw_ok",
+        "_raw_events",
         "_slot",
         "_transport",
         "_wake",
@@ -65,7 +65,7 @@ class Splice:
         "upstream",
     )
 
-    def __init__(self, run: StreamRun, upstream: Upstream, raw_ok: Callable[[bytes], bool]):
+    def __init__(self, run: StreamRun, upstream: Upstream, raw_events: Callable[[bytes], int]):
         assert run.response is not None
         transport = run.request.transport
         if transport is None or transport.is_closing():
@@ -79,7 +79,7 @@ class Splice:
         # its writer is bypassed here, and its final write_eof() closes the framing.
         self._chunked = run.response.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self._decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
-        self._raw_ok = raw_ok
+        self._raw_events = raw_events
         self._pending: list[bytes] = []
         self._congested = False
         self._first = True
@@ -143,10 +143,9 @@ class Splice:
             if not (self._boundary and chunk.endswith(b"\n\n")):
                 if self._forward(chunk):
                     self._stop(COMPLETED)
-            elif self._raw_ok(chunk):
+            elif (events := self._raw_events(chunk)) >= 0:
                 # The usual read: whole events that need no change (inlined
                 # from _forward, which costs a call per read in the hot path).
-                events = chunk.count(b"\n\n")
                 run.forwarded += events
                 counts.forwarded += events
                 self._send(chunk)
@@ -169,7 +168,7 @@ class Splice:
 
         Reads rarely end on an event boundary, so the decoder takes the read
         up to the first boundary (finishing the event it holds), the middle
-        goes out byte for byte if :meth:`Normalizer.raw_check` passes it, and
+        goes out byte for byte if :meth:`Normalizer.raw_events` passes it, and
         the decoder takes the tail. Order on the wire is kept. True once the
         upstream's terminal event went out.
         """
@@ -186,8 +185,7 @@ class Splice:
         if cut < 2:
             return self._decoded(chunk)
         block = chunk[:cut]
-        if self._raw_ok(block):
-            events = block.count(b"\n\n")
+        if (events := self._raw_events(block)) >= 0:
             self.run.forwarded += events
             self.run.counts.forwarded += events
             self._send(block)
@@ -198,7 +196,7 @@ class Splice:
     def _rewritten(self, block: bytes) -> bool:
         """Send a block of complete events whose only change is comments, if it is that."""
         batch = self.run.proxy.normalizer.rewrite_comments(block)
-        if batch is None or (batch.data and not self._raw_ok(batch.data)):
+        if batch is None or (batch.data and self._raw_events(batch.data) < 0):
             return False
         self.run.count_batch(batch)
         if batch.data:

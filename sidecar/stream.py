@@ -293,7 +293,7 @@ class StreamRun:
         upstream.decode_content()
         if self.ids is None:
             upstream.forget_head()  # the client has its headers: free them for the stream's life
-            return Splice(self, upstream, self.proxy.raw_ok).forward()
+            return Splice(self, upstream, self.proxy.raw_events).forward()
         return self._pump(upstream)
 
     async def end_closed(self) -> None:

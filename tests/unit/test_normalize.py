@@ -277,44 +277,47 @@ def test_opening(retry_ms: int | None, open_event: str | None, wire: bytes) -> N
     assert opening(retry_ms, open_event) == wire
 
 
-# --- raw_check: the bytes-only test of the fast path ------------------------------
+# --- raw_events: the bytes-only test of the fast path ------------------------------
 
 
 def _raw(comments: str = "convert", **limits: int):
     from sidecar.config import Limits
 
-    return Normalizer(comments, Keepalive(), Terminal()).raw_check(Limits(**limits))  # type: ignore[arg-type]
+    return Normalizer(comments, Keepalive(), Terminal()).raw_events(Limits(**limits))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    ("block", "comments", "clean"),
+    ("block", "comments", "events"),
     [
-        (b"data: a\n\nevent: token\ndata: b\n\n", "convert", True),
-        (b"data: caf\xc3\xa9\n\n", "convert", True),
-        (b"data: a\r\n\r\n", "convert", False),
-        (b": ping\ndata: a\n\n", "convert", False),
-        (b"data: a\n\n: ping\n\n", "drop", False),
-        (b"data: a\n\n: ping\n\n", "pass", False),  # a comment is no event to count
-        (b"event: done\ndata: x\n\n", "convert", False),
-        (b"data: [DONE]\n\n", "convert", False),
-        (b"data: I am done here\n\n", "convert", False),  # conservative: decoder decides
-        (b"data: \xff\n\n", "convert", False),
+        (b"data: a\n\nevent: token\ndata: b\n\n", "convert", 2),
+        (b"id: 7\ndata: a\ndata: b\n\n", "convert", 1),
+        (b"data: caf\xc3\xa9\n\n", "convert", 1),
+        (b"data: a\r\n\r\n", "convert", -1),
+        (b": ping\ndata: a\n\n", "convert", -1),
+        (b"data: a\n\n: ping\n\n", "drop", -1),
+        (b"data: a\n\n: ping\n\n", "pass", -1),  # a comment is no event to count
+        (b"event: done\ndata: x\n\n", "convert", -1),
+        (b"data: [DONE]\n\n", "convert", -1),
+        (b"data: I am done here\n\n", "convert", -1),  # conservative: decoder decides
+        (b"data: \xff\n\n", "convert", -1),
+        # events that are not dispatched must not be counted: the decoder counts them
+        (b"retry: 3000\n\n", "convert", -1),
+        (b"foo: 1\n\nfoo: 2\n\n", "convert", -1),
+        (b"data: a\n\n\n\n", "convert", -1),  # a run of blank lines
+        (b"\n\ndata: a\n\n", "convert", -1),
+        (b"id: metadata\n\n", "convert", -1),  # "data" inside a value is no data line
+        # a second BOM first in a block would be taken by the client as the stream's own
+        (b"\xef\xbb\xbfdata: x\n\n", "convert", -1),
     ],
 )
-def test_raw_check(block: bytes, comments: str, clean: bool) -> None:
-    assert _raw(comments)(block) is clean
+def test_raw_events(block: bytes, comments: str, events: int) -> None:
+    assert _raw(comments)(block) == events
 
 
-def test_raw_check_leaves_large_blocks_to_the_decoder() -> None:
+def test_raw_events_leaves_large_blocks_to_the_decoder() -> None:
     check = _raw(max_event_bytes=64, max_line_bytes=1024)
-    assert check(b"data: " + b"x" * 50 + b"\n\n")
-    assert not check(b"data: " + b"x" * 60 + b"\n\n")
-
-
-def test_every_terminal_error_code_is_a_pre_created_stream_outcome() -> None:
-    from sidecar.metrics import OUTCOMES
-
-    assert set(OUTCOMES) >= ERROR_CODES
+    assert check(b"data: " + b"x" * 50 + b"\n\n") == 1
+    assert check(b"data: " + b"x" * 60 + b"\n\n") == -1
 
 
 # --- comments rewritten on bytes (the fast path's second try) ---------------------------
@@ -353,6 +356,9 @@ def test_rewrite_comments_matches_the_decoder_path(
         (b": x\ndata: a\n\n", "convert"),  # a field after a comment in one event
         (b"data: a\n\n: ping\n\n", "pass"),  # passed comments are counted by the decoder
         (b": ping\r\n\r\n", "convert"),  # CR: the decoder's job
+        (b"data: 1\n\n: \xff\n\n", "convert"),  # invalid UTF-8 ends the stream (decoder)
+        (b"retry: 10\n\n: ping\n\n", "convert"),  # dispatched or not: the decoder knows
+        (b"foo: 1\n\n: ping\n\n", "convert"),
     ],
 )
 def test_rewrite_comments_declines_what_it_cannot_keep_in_order(
@@ -366,7 +372,7 @@ def test_rewrite_comments_leaves_a_field_then_comment_for_the_raw_check() -> Non
     batch = n.rewrite_comments(b"data: a\n: late\n\n")
     assert batch is not None
     assert batch.data == b"data: a\n: late\n\n"
-    assert not _raw()(batch.data)  # so the caller falls back to the decoder
+    assert _raw()(batch.data) == -1  # so the caller falls back to the decoder
 
 
 _piece = st.one_of(

@@ -8,9 +8,8 @@ awaiting rule gives for the whole body in one piece: decode, normalise with
 ``Normalizer.batch`` (stop after a terminal event), then ``end`` or the
 protocol ``error`` event (DESIGN.md, "The normalised stream"). Events are
 compared decoded, not as bytes: the raw path keeps the upstream's spelling.
-Runs of keepalives count as one (comments merge per read), and three bugs the
-properties found are pinned as strict xfails at the end, the generators and
-comparisons stepping around them only as narrowly as the bugs reach.
+Runs of keepalives count as one (comments merge per read). The cases the
+properties found bugs with are kept at the end as plain tests.
 """
 
 from __future__ import annotations
@@ -48,8 +47,6 @@ SETTINGS = settings(
 # --- bodies ---------------------------------------------------------------------------
 
 ascii_text = st.text(st.characters(codec="ascii", exclude_characters="\r\n"), max_size=10)
-# Values never start a line, so U+FEFF in them is no BOM; one at the start of
-# a line is a bug (test_a_second_bom_is_not_the_clients_first below).
 utf8_text = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=6)
 # Spellings the raw check must not misread: terminal markers inside other text.
 tricky = st.sampled_from(
@@ -63,9 +60,10 @@ event_names = st.one_of(
     ascii_text.filter(lambda name: name.strip() not in {"end", "error", "keepalive"}),
 )
 retries = st.one_of(st.integers(0, 10**12).map(str), st.sampled_from(["007", "1x", "-1", ""]))
-ids = st.one_of(values, st.just("a\x00b"))
-# No name starts with U+FEFF: see test_a_second_bom_is_not_the_clients_first.
-unknown_names = st.sampled_from(["foo", "Data", "data ", "dat", "ID", "events"])
+ids = st.one_of(plain_values, st.just("a\x00b"))
+# "\ufeffdata": past the stream's first bytes U+FEFF is no BOM but part of a
+# name (see test_a_second_bom_is_not_the_clients_first).
+unknown_names = st.sampled_from(["foo", "Data", "data ", "dat", "ID", "events", "\ufeffdata"])
 
 
 @st.composite
@@ -95,37 +93,62 @@ terminal_blocks = st.sampled_from(
     ]
 )
 #: A line that is no UTF-8: the stream ends with a protocol error after the events before it.
-#: No comment line: see test_invalid_utf8_in_a_comment_ends_the_stream.
-invalid_lines = st.sampled_from([b"data: a\xffb", b"data: \xc3(", b"event: \xe2\x82"])
+invalid_lines = st.sampled_from([b"data: a\xffb", b"data: \xc3(", b"event: \xe2\x82", b": \xff"])
 
 #: How far a body strays from a plain producer (an LLM's tokens): PLAIN has LF
 #: line ends, no comments and no look-alike terminal markers, so most of its
-#: reads go out raw; COMMENTED adds comments and the odd invalid line; MESSY
-#: adds CR line ends and values that fool a careless raw check.
+#: reads go out raw; COMMENTED adds keepalive comments (``: ping`` and a blank
+#: line, rewritten on bytes) and the odd invalid line; MESSY adds comments
+#: anywhere, CR line ends and values that fool a careless raw check.
 PLAIN, COMMENTED, MESSY = range(3)
 
 
 @st.composite
 def event_lines(draw: st.DrawFn, mess: int) -> bytes:
     """A line inside an event: a field, now and then a comment."""
-    if mess != PLAIN and draw(st.integers(0, 7)) == 0:
+    if mess == MESSY and draw(st.integers(0, 7)) == 0:
         return draw(comment_lines)
     return draw(field_lines(mess))
 
 
 @st.composite
+def events(draw: st.DrawFn, mess: int) -> list[bytes]:
+    """The lines of an event; but for MESSY ones, one is a ``data:`` line, as producers send."""
+    lines = draw(st.lists(event_lines(mess), min_size=1 if mess == MESSY else 0, max_size=4))
+    if mess != MESSY:
+        data = b"data: " + draw(plain_values).encode()
+        lines.insert(draw(st.integers(0, len(lines))), data)
+    return [*lines, b""]
+
+
+def weighted(**weights: int) -> st.SearchStrategy[str]:
+    """One of the names, as often as its weight says (shrinking to the first)."""
+    return st.sampled_from([name for name, weight in weights.items() for _ in range(weight)])
+
+
+#: What the pieces of a stream are, by how messy it is.
+KINDS = {
+    PLAIN: weighted(event=90, blank=5, terminal=5),
+    COMMENTED: weighted(event=60, comment=25, terminal=7, blank=4, invalid=4),
+    MESSY: weighted(event=62, comment=16, terminal=9, blank=9, invalid=4),
+}
+
+
+@st.composite
 def blocks(draw: st.DrawFn, mess: int) -> list[bytes]:
     """The lines of one piece of a stream; b"" is a blank line (the end of an event)."""
-    kind = draw(st.integers(0, 99))
-    if kind < 70 or (mess == PLAIN and kind < 90):
-        return [*draw(st.lists(event_lines(mess), min_size=1, max_size=4)), b""]
-    if kind < 78 or (mess == PLAIN and kind < 95):
-        return [b""]
-    if kind < 85 or mess == PLAIN:
+    kind = draw(KINDS[mess])
+    if kind == "event":
+        return draw(events(mess))
+    if kind == "comment":
+        if mess == MESSY and draw(st.booleans()):
+            return [draw(comment_lines)]  # a line of its own, maybe inside an event
+        return [*draw(st.lists(comment_lines, min_size=1, max_size=2)), b""]
+    if kind == "terminal":
         return [*draw(terminal_blocks), b""]
-    if kind < 96:
-        return [draw(comment_lines)]
-    return [draw(invalid_lines), b""]
+    if kind == "invalid":
+        return [draw(invalid_lines), b""]
+    return [b""]
 
 
 @st.composite
@@ -303,26 +326,6 @@ def merged(items: Sequence[Item], keepalive: Event) -> list[Item]:
     return [b for a, b in zip([None, *items], items, strict=False) if not (a == b == keepalive)]
 
 
-def known_partial_bug_undone(got: list[Item], expected: list[Item]) -> list[Item]:
-    """``got`` with the one known wrong ``partial`` flag put back to the reference's.
-
-    BUG (test_blank_lines_alone_do_not_make_an_answer_partial): the splice
-    counts blank lines of raw blocks as events, so a stream that forwarded
-    none can end with ``partial: true``. Only that flag of the last event,
-    only where the reference says false: every other difference still fails.
-    """
-    if got and expected:
-        last, want = got[-1], expected[-1]
-        if (
-            isinstance(want, Event)
-            and want.data is not None
-            and '"partial":false' in want.data
-            and last == want._replace(data=want.data.replace('"partial":false', '"partial":true'))
-        ):
-            return [*got[:-1], want]
-    return got
-
-
 # --- properties -----------------------------------------------------------------------
 
 
@@ -336,12 +339,15 @@ def known_partial_bug_undone(got: list[Item], expected: list[Item]) -> list[Item
 @example(case=Case([b"data: 1\n\ndata: a\xffb\n\ndata: 2\n\n"]))
 @example(case=Case([b"data: 1\n\n", b"data: 2\n"]))
 # A protocol error found in the read that ended an event: nothing after it goes out.
-@example(case=Case([b"data: 1\n", b"\ndata: a\xffb\n", b"\ndata: 2\n\n"]))
+@example(case=Case([b"data: 1\n", b"\ndata: a\xffb\n", b"data: 2\n\n"]))
 # A whole read with CR in it: re-encoded, not passed on.
 @example(case=Case([b"data: 1\n\n", b"data: a\r\nid: 2\r\n\n"]))
+# Whole reads with comments: rewritten on bytes only where an event is all comments.
+@example(case=Case([b"data: 1\n\n", b"data: 2\ndata: 3\n\n: c\n\n"]))
+@example(case=Case([b"data: 1\n\n", b": c\ndata: 2\n\n"]))
 async def test_any_cuts_give_the_events_of_the_whole_body(converting: Harness, case: Case) -> None:
     expected = reference(case.body, converting.route, converting.normalizer)
-    got = known_partial_bug_undone(await converting.receive(case), expected)
+    got = await converting.receive(case)
     keepalive = converting.keepalive
     assert merged(got, keepalive) == merged(expected, keepalive)
     converting.check_ending(got)
@@ -352,7 +358,7 @@ async def test_any_cuts_give_the_events_of_the_whole_body(converting: Harness, c
 @example(case=Case([b": a\n", b"data: 1\n: b\n", b"\n: c\n\n:d\n\n"]))
 async def test_passed_and_dropped_comments_follow_the_route(passing: Harness, case: Case) -> None:
     expected = reference(case.body, passing.route, passing.normalizer)
-    got = known_partial_bug_undone(await passing.receive(case), expected)
+    got = await passing.receive(case)
     # Passed comments are compared too: split or not, each is passed once, in place.
     assert got == expected
     assert passing.keepalive not in got
@@ -381,7 +387,7 @@ def paused(draw: st.DrawFn) -> Case:
 @given(case=paused())
 async def test_heartbeats_fall_between_events(beating: Harness, case: Case) -> None:
     expected = reference(case.body, beating.route, beating.normalizer)
-    got = known_partial_bug_undone(await beating.receive(case), expected)
+    got = await beating.receive(case)
     keepalive = beating.keepalive
     # Comments are dropped on this route: every keepalive is a heartbeat. One
     # inside an event would change that event's data (or break the decoding).
@@ -393,64 +399,51 @@ async def test_heartbeats_fall_between_events(beating: Harness, case: Case) -> N
         assert keepalive in got, "no heartbeat in 80 ms of upstream silence"
 
 
-# --- bugs the properties found (sidecar/ left as it is) ---------------------------------
+# --- cases the properties found bugs with -----------------------------------------------
 
-#: The end event of a stream that forwarded no event: what both bugs below get wrong.
+#: The end event of a stream that forwarded no event.
 WHOLE_END = Event('{"type":"end","reason":"upstream_closed","partial":false}', "end")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Splice counts every b'\\n\\n' of a raw block as a forwarded event "
-    "(splice.py, data(): events = chunk.count(b'\\n\\n'); _forward(): block.count(...)), "
-    "so blank lines, or blocks of unknown fields, alone make the end event partial:true",
-)
 @pytest.mark.parametrize(
     "pieces",
     [
         pytest.param([b"\n\n", b"\n\n"], id="fast-path"),  # the second read goes out whole
         pytest.param([b": a\n\n\n\n"], id="split-path"),  # the blank line after the comment
         pytest.param([b"foo: 1\n\nfoo: 2\n\n"], id="unknown-fields"),  # no event either
+        pytest.param([b": c\n\n", b"foo: 1\n\n: c\n\n"], id="rewrite"),  # comments on bytes
     ],
 )
 async def test_blank_lines_alone_do_not_make_an_answer_partial(
     converting: Harness, pieces: list[bytes]
 ) -> None:
+    """Raw blocks were counted by their blank lines, not by the events in them."""
     case = Case(pieces)
     assert reference(case.body, converting.route, converting.normalizer)[-1] == WHOLE_END
-    got = await converting.receive(case)
-    assert got[-1] == WHOLE_END  # actual: "partial":true
+    assert (await converting.receive(case))[-1] == WHOLE_END
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a block that starts with a second BOM passes Normalizer.raw_check and the "
-    "splice sends it raw as the client's first bytes; the client's decoder drops that BOM "
-    "as its own, so the line U+FEFF 'data: x' (an unknown field upstream) becomes an event",
-)
 @pytest.mark.parametrize(
     "pieces",
     [
-        pytest.param([b"\xef\xbb\xbf", b"\xef\xbb\xbfdata: x\n\n"], id="fast-path"),
-        pytest.param([b"\xef\xbb\xbf\n\n\xef\xbb\xbfdata: x\n\n"], id="split-path"),
+        pytest.param([b"\xef\xbb\xbf", b"\xef\xbb\xbfdata: x\ndata: y\n\n"], id="fast-path"),
+        pytest.param([b"\xef\xbb\xbf\n\n\xef\xbb\xbfdata: x\ndata: y\n\n"], id="split-path"),
     ],
 )
 async def test_a_second_bom_is_not_the_clients_first(
     converting: Harness, pieces: list[bytes]
 ) -> None:
+    """A block starting with a second BOM went out raw as the client's first bytes.
+
+    The client's decoder dropped that BOM as the stream's own, so the line
+    U+FEFF ``data: x`` (an unknown field upstream) became part of the data.
+    """
     case = Case(pieces)
-    assert reference(case.body, converting.route, converting.normalizer) == [WHOLE_END]
-    got = await converting.receive(case)
-    assert got == [WHOLE_END]  # actual: [Event("x"), the end event with "partial":true]
+    expected = [Event("y"), *decode_all(end_event(partial=True))]
+    assert reference(case.body, converting.route, converting.normalizer) == expected
+    assert await converting.receive(case) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Normalizer.rewrite_comments turns an event of comment lines into the keepalive "
-    "(or drops it) without checking its bytes, and Splice._rewritten runs the raw check on "
-    "that output only: invalid UTF-8 in a comment no longer ends the stream with "
-    "error/upstream_protocol, and the events after it go out",
-)
 @pytest.mark.parametrize(
     "pieces",
     [
@@ -461,10 +454,12 @@ async def test_a_second_bom_is_not_the_clients_first(
 async def test_invalid_utf8_in_a_comment_ends_the_stream(
     converting: Harness, pieces: list[bytes]
 ) -> None:
+    """Comments rewritten on bytes hid their invalid UTF-8, and the stream went on."""
     case = Case(pieces)
     message = "upstream sent invalid UTF-8 at byte 2 of a line"
     error = error_event("upstream_protocol", message, partial=True)
-    expected = reference(case.body, converting.route, converting.normalizer)
-    assert expected == [Event("1"), *decode_all(error)]
-    got = await converting.receive(case)
-    assert got[-1] == expected[-1]  # actual: a keepalive for the comment, ..., then "end"
+    assert reference(case.body, converting.route, converting.normalizer) == [
+        Event("1"),
+        *decode_all(error),
+    ]
+    assert await converting.receive(case) == [Event("1"), *decode_all(error)]

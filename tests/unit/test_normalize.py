@@ -401,3 +401,13 @@ def test_rewrite_comments_is_the_decoder_path_on_bytes(pieces: list[str], commen
         slow.comments_converted,
         slow.comments_dropped,
     )
+
+
+@pytest.mark.parametrize("repeat", [1, 40])  # one regex pass, or needle by needle
+@pytest.mark.parametrize(
+    "bad", [b"data: x\r\n\r\n", b": c\n\n", b"data: [DONE]\n\n", b"event: done\ndata: 1\n\n"]
+)
+def test_raw_events_finds_the_same_in_small_and_large_blocks(repeat: int, bad: bytes) -> None:
+    good = b"id: 1\ndata: hello\n\n" * repeat
+    assert _raw()(good) == repeat
+    assert _raw()(good + bad) == -1

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sidecar.client import wait_drained
-from sidecar.errors import ClientGone, UpstreamError, UpstreamTimeout
+from sidecar.errors import ClientGone, UpstreamError
 from sidecar.normalize import heartbeat_due
 from sidecar.sse import Decoder
 from sidecar.upstream.http import Upstream
@@ -288,24 +288,14 @@ class Splice:
             return
         run = self.run
         now = self.loop.time()
-        limits = run.route.limits
-        if now >= run.started + limits.max_duration:
-            self._stop(
-                UpstreamTimeout(f"stream reached limits.max_duration ({limits.max_duration:g}s)")
-            )
+        # While the client is behind, the upstream is paused by us: no idle limit.
+        if (reached := run.limit_reached(now, idle=not self._congested)) is not None:
+            self._stop(reached)
             return
-        if not self._congested:
-            if now - run.last_byte >= limits.idle_timeout:
-                self._stop(
-                    UpstreamTimeout(
-                        f"no bytes from upstream for limits.idle_timeout ({limits.idle_timeout:g}s)"
-                    )
-                )
-                return
-            if heartbeat_due(now, run.last_write, run.heartbeat_interval):
-                self._send(run.proxy.normalizer.keepalive)
-                run.heartbeats += 1
-                run.counts.heartbeats += 1
+        if not self._congested and heartbeat_due(now, run.last_write, run.heartbeat_interval):
+            self._send(run.proxy.normalizer.keepalive)
+            run.heartbeats += 1
+            run.counts.heartbeats += 1
         self._arm()  # harmless if that write ended the stream: the task disarms it
 
     # --- ending ----------------------------------------------------------------

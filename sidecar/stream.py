@@ -435,16 +435,22 @@ class StreamRun:
             deadline = min(deadline, self.last_write + interval)
         return deadline
 
+    def limit_reached(self, now: float, *, idle: bool = True) -> UpstreamTimeout | None:
+        """The limit the stream has reached by ``now``, if any (``idle``: check that one too)."""
+        limits = self.route.limits
+        if now >= self.started + limits.max_duration:
+            return UpstreamTimeout(f"stream reached limits.max_duration ({limits.max_duration:g}s)")
+        if idle and now - self.last_byte >= limits.idle_timeout:
+            return UpstreamTimeout(
+                f"no bytes from upstream for limits.idle_timeout ({limits.idle_timeout:g}s)"
+            )
+        return None
+
     async def _tick(self) -> None:
         """A deadline passed: end the stream on a limit, else write a heartbeat if due."""
         now = self.loop.time()
-        limits = self.route.limits
-        if now >= self.started + limits.max_duration:
-            raise UpstreamTimeout(f"stream reached limits.max_duration ({limits.max_duration:g}s)")
-        if now - self.last_byte >= limits.idle_timeout:
-            raise UpstreamTimeout(
-                f"no bytes from upstream for limits.idle_timeout ({limits.idle_timeout:g}s)"
-            )
+        if (reached := self.limit_reached(now)) is not None:
+            raise reached
         if heartbeat_due(now, self.last_write, self.heartbeat_interval):
             await self._write(self.proxy.normalizer.keepalive)
             self.heartbeats += 1

@@ -108,6 +108,10 @@ class Resume:
     #: Query parameter that carries the last event id for fetch() clients
     #: (EventSource sends the Last-Event-ID header by itself).
     query_param: str = "last_event_id"
+    #: The credentials a run is bound to: a reconnect, a replace or a stop
+    #: must present the same ones (header:NAME or cookie:NAME). Empty binds
+    #: nothing, so whoever knows a session key can read its run: unsafe.
+    bind: tuple[str, ...] = ("header:Authorization", "header:Cookie")
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,7 @@ def _route_by_name_or_index(routes: list[Any], part: str, var: str) -> Any:
 
 # --- whole-config checks -----------------------------------------------------------
 
+_BIND_SOURCE = re.compile(r"^(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _SESSION_SOURCE = re.compile(r"^(header|cookie|query):[!#$%&'*+.^_`|~0-9A-Za-z-]+$|^path:\d+$")
 
 
@@ -325,6 +330,11 @@ def _validate_route(route: Route, key: str) -> None:
     ):
         if not getattr(limits, name) > 0:
             raise ConfigError(f"{key}.limits.{name}: must be greater than 0")
+    for i, source in enumerate(route.resume.bind):
+        if not _BIND_SOURCE.fullmatch(source):
+            raise ConfigError(
+                f"{key}.resume.bind[{i}]: expected header:NAME or cookie:NAME, got {source!r}"
+            )
     if route.resume.enabled and route.resume.buffer_events < 1:
         raise ConfigError(f"{key}.resume.buffer_events: must be at least 1 when resume is on")
     if route.resume.enabled and route.resume.buffer_bytes < limits.max_event_bytes:

@@ -617,3 +617,18 @@ def test_resume_buffer_must_hold_one_event() -> None:
             }
         )
     assert str(err.value).startswith("routes[0].resume.buffer_bytes: must hold at least one event")
+
+
+def test_resume_binds_authorization_and_cookie_by_default() -> None:
+    r = from_mapping(config(route())).routes[0]
+    assert r.resume.bind == ("header:Authorization", "header:Cookie")
+    bound = from_mapping(config(route(resume={"bind": ["cookie:sid", "header:X-Key"]})))
+    assert bound.routes[0].resume.bind == ("cookie:sid", "header:X-Key")
+    assert from_mapping(config(route(resume={"bind": []}))).routes[0].resume.bind == ()
+
+
+@pytest.mark.parametrize("source", ["query:token", "header:", "cookie:a b", "Authorization"])
+def test_resume_bind_names_a_header_or_cookie(source: str) -> None:
+    assert error_of(config(route(resume={"bind": ["header:Authorization", source]}))) == (
+        f"routes[0].resume.bind[1]: expected header:NAME or cookie:NAME, got {source!r}"
+    )

@@ -1,0 +1,64 @@
+"""Which credentials a resumable run belongs to: a fingerprint of the starting request.
+
+A reconnect is served from the replay log without asking the upstream, so the
+upstream's authentication never sees it; the session key alone is no secret
+(keys are often conversation or user ids). So a run keeps a fingerprint of the
+credentials of the request that started it (by default its ``Authorization``
+and ``Cookie`` headers), and a reconnect, a replace or a stop must present the
+same ones. The fingerprint is a SHA-256 over the route, the session key and
+the configured values, so the log stores no credential, and equal credentials
+on another route or session give another fingerprint. Pure: plain mappings in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+
+#: Marks a source the request did not carry, apart from one carried empty.
+_ABSENT = b"\x01"
+
+
+class CredentialBinding:
+    """The fingerprint of a request's credentials, as ``resume.bind`` lists them."""
+
+    __slots__ = ("_sources",)
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        parsed: list[tuple[str, str]] = []
+        for source in sources:
+            place, _, name = source.partition(":")
+            # Header names are case-insensitive (RFC 9110 §5.1); cookie names are not.
+            parsed.append((place, name.lower() if place == "header" else name))
+        self._sources = tuple(parsed)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._sources)
+
+    def fingerprint(
+        self,
+        route: str,
+        key: str,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str],
+    ) -> str:
+        """A hex digest of the configured credentials; the same for every request when none are."""
+        if not self._sources:
+            return ""
+        digest = hashlib.sha256(b"sse-sidecar resume binding v1\0")
+        for part in (route, key):
+            digest.update(part.encode() + b"\0")
+        for place, name in self._sources:
+            value = headers.get(name) if place == "header" else cookies.get(name)
+            digest.update(f"{place}:{name}\0".encode())
+            # surrogatepass: a decoded header may hold any code point; never an error here.
+            digest.update(_ABSENT if value is None else value.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+
+def same_credentials(stored: str, presented: str) -> bool:
+    """Whether a request may act on a run bound to ``stored`` (constant time)."""
+    return hmac.compare_digest(stored.encode(), presented.encode())

@@ -118,6 +118,12 @@ class SessionConflict(SessionError):
     code = "session_conflict"
 
 
+class SessionForbidden(SessionError):
+    """The session's run is bound to other credentials (``resume.bind``)."""
+
+    code = "session_forbidden"
+
+
 class BackendUnavailable(SessionError):
     """The session/replay backend (Redis) cannot be reached."""
 

@@ -194,7 +194,7 @@ class Metrics:
             self.events.labels(route, kind)
         for policy in ("replace", "reject"):
             self.session_conflicts.labels(route, policy)
-        for result in ("hit", "gap", "miss"):
+        for result in ("hit", "gap", "miss", "forbidden"):
             self.resume.labels(route, result)
         self.bytes_in.labels(route)
         self.bytes_out.labels(route)

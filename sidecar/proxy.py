@@ -20,6 +20,7 @@ from sidecar.context import Context, StreamHandle
 from sidecar.errors import BackendUnavailable, BadSessionKey
 from sidecar.metrics import RouteMetrics
 from sidecar.normalize import Normalizer
+from sidecar.sessions.binding import CredentialBinding
 from sidecar.sessions.keys import SessionKeySource
 from sidecar.stream import StreamRun
 
@@ -37,6 +38,7 @@ class RouteProxy:
         self.base = URL(route.upstream)
         self.prefix = route.path.rstrip("/")
         self.keys = SessionKeySource(route.session)
+        self.binding = CredentialBinding(route.resume.bind)
 
     def pattern(self) -> str:
         """The aiohttp route pattern: the prefix and anything below it, not ``/v1/chatter``."""

@@ -22,12 +22,19 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from sidecar.client import client_write, opening_of, start_response
+from sidecar.client import client_write, json_error, opening_of, start_response
 from sidecar.context import StreamHandle
-from sidecar.errors import BackendUnavailable, ClientGone, SlowClient, UpstreamAbandoned
+from sidecar.errors import (
+    BackendUnavailable,
+    ClientGone,
+    SessionForbidden,
+    SlowClient,
+    UpstreamAbandoned,
+)
 from sidecar.headers import Headers
 from sidecar.normalize import Batch, IdSource, error_event
-from sidecar.replay.base import Entry, ReplayLog
+from sidecar.replay.base import FORBIDDEN, Entry, ReplayLog
+from sidecar.sessions.binding import same_credentials
 from sidecar.stream import StreamRun
 
 if TYPE_CHECKING:
@@ -322,9 +329,17 @@ async def start(
     """A new run for the session, followed by this request's client."""
     ctx = proxy.ctx
     resume = proxy.route.resume
-    replay_log = await ctx.replay.open(
-        proxy.route.name, key, secrets.token_hex(6), resume.buffer_events, resume.buffer_bytes
-    )
+    try:
+        replay_log = await ctx.replay.open(
+            proxy.route.name,
+            key,
+            secrets.token_hex(6),
+            resume.buffer_events,
+            resume.buffer_bytes,
+            credentials_of(proxy, request, key),
+        )
+    except SessionForbidden:
+        return forbidden(proxy)
     handle = StreamHandle(secrets.token_hex(8), proxy.route.name)
     run = ResumableRun(proxy, request, handle, url, body, key, replay_log=replay_log)
     handle.task = ctx.spawn(run.serve())
@@ -353,7 +368,12 @@ async def reattach(
     try:
         if replay_log is None and key is not None:
             replay_log = await ctx.replay.find(route, key)
-            if replay_log is not None:
+        if replay_log is not None:
+            assert key is not None  # logs are found by session key only
+            presented = credentials_of(proxy, request, key)
+            if not same_credentials(replay_log.binding, presented):
+                return forbidden(proxy)
+            if run is None:
                 # Before anything else: the run's process must not abandon it
                 # while this follower gets going.
                 await replay_log.follow(proxy.route.resume.grace)
@@ -385,6 +405,18 @@ async def reattach(
     until = entries[-1].seq if entries else after_seq
     follower = Follower(proxy, request, replay_log, after_seq, run, request_id, until)
     return await follower.serve(run.stream_headers if run is not None else None)
+
+
+def credentials_of(proxy: RouteProxy, request: web.Request, key: str) -> str:
+    """The fingerprint of this request's credentials, as the route's ``resume.bind`` says."""
+    return proxy.binding.fingerprint(proxy.route.name, key, request.headers, request.cookies)
+
+
+def forbidden(proxy: RouteProxy) -> web.Response:
+    """Other credentials than the run's: refused, never the replay."""
+    proxy.ctx.metrics.resume.labels(proxy.route.name, "forbidden").inc()
+    proxy.metrics.rejected(SessionForbidden.code)
+    return json_error(403, SessionForbidden.code, FORBIDDEN)
 
 
 def unavailable(message: str) -> bytes:

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+#: What a request that presents other credentials than the run's is told.
+FORBIDDEN = "this session's stream belongs to other credentials"
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -30,6 +33,11 @@ class ReplayLog(Protocol):
 
     @property
     def run_id(self) -> str: ...
+
+    @property
+    def binding(self) -> str:
+        """The fingerprint of the credentials that started the run (sessions/binding.py)."""
+        ...
 
     async def append(self, entries: Sequence[Entry]) -> None:
         """Add entries (seq strictly increasing); the oldest go past the caps."""
@@ -68,9 +76,14 @@ class ReplayStore(Protocol):
     async def close(self) -> None: ...
 
     async def open(
-        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int, binding: str = ""
     ) -> ReplayLog:
-        """A new, empty log for a run; it replaces the session's previous log."""
+        """A new, empty log for a run; it replaces the session's previous log.
+
+        Raises :class:`~sidecar.errors.SessionForbidden` while the previous
+        log's run is live and bound to other credentials: knowing a session
+        key must not be enough to end another user's run.
+        """
         ...
 
     async def find(self, route: str, key: str) -> ReplayLog | None:

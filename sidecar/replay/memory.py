@@ -14,7 +14,9 @@ import contextlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
-from sidecar.replay.base import Entry
+from sidecar.errors import SessionForbidden
+from sidecar.replay.base import FORBIDDEN, Entry
+from sidecar.sessions.binding import same_credentials
 
 DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
 
@@ -22,9 +24,10 @@ DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
 class MemoryReplayLog:
     def __init__(
         self, store: MemoryReplayStore, slot: tuple[str, str], run_id: str, max_events: int,
-        max_bytes: int,
+        max_bytes: int, binding: str = "",
     ) -> None:  # fmt: skip
         self._store = store
+        self.binding = binding
         self.slot = slot
         self._run_id = run_id
         self.max_events = max_events
@@ -140,13 +143,15 @@ class MemoryReplayStore:
         return len(self._logs)
 
     async def open(
-        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int, binding: str = ""
     ) -> MemoryReplayLog:
         slot = (route, key)
         old = self._logs.get(slot)
         if old is not None:
+            if not old.finished and not same_credentials(old.binding, binding):
+                raise SessionForbidden(FORBIDDEN)
             self.forget(old)
-        log = MemoryReplayLog(self, slot, run_id, max_events, max_bytes)
+        log = MemoryReplayLog(self, slot, run_id, max_events, max_bytes, binding)
         self._logs[slot] = log
         return log
 

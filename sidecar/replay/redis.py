@@ -35,9 +35,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from sidecar.errors import BackendUnavailable
+from sidecar.errors import BackendUnavailable, SessionForbidden
 from sidecar.rediskeys import key_part
-from sidecar.replay.base import Entry
+from sidecar.replay.base import FORBIDDEN, Entry
 
 #: Socket connect/read timeout of one operation: an outage shows within about this.
 OP_TIMEOUT = 1.0
@@ -133,6 +133,25 @@ if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('PEXPIRE', KEYS[3], ARG
 return 1
 """
 
+# KEYS: pointer, stream, index, follow. ARGV: run, ttl_ms, max_events,
+# max_bytes, binding, then the key prefixes of this session's runs (stream,
+# index, follow) that the previous run's id completes. Refuses (returns 0)
+# while the previous run is live and bound to other credentials; else drops
+# the previous log (as memory does) and starts an empty one.
+_OPEN = """
+local old = redis.call('GET', KEYS[1])
+if old and old ~= ARGV[1] then
+  local held = redis.call('HMGET', ARGV[7] .. old, 'bind', 'finished')
+  if not held[2] and held[1] and held[1] ~= ARGV[5] then return 0 end
+  redis.call('DEL', ARGV[6] .. old, ARGV[7] .. old, ARGV[8] .. old)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[3], 'max_events', ARGV[3], 'max_bytes', ARGV[4], 'bind', ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+return 1
+"""
+
 # KEYS: stream, index, follow, pointer. ARGV: run.
 _DROP = """
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
@@ -177,14 +196,24 @@ class _Keys:
 
     @classmethod
     def of(cls, prefix: str, route: str, key: str, run_id: str) -> _Keys:
-        session = f"{key_part(route)}:{key}"
-        run = f"{session}:{key_part(run_id)}"
+        stream, index, follow = _run_prefixes(prefix, route, key)
+        run = key_part(run_id)
         return cls(
-            stream=f"{prefix}replay:{run}",
-            index=f"{prefix}replay-index:{run}",
-            follow=f"{prefix}replay-follow:{run}",
+            stream=stream + run,
+            index=index + run,
+            follow=follow + run,
             pointer=pointer_key(prefix, route, key),
         )
+
+
+def _run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str]:
+    """The names of a session's run keys (stream, index, follow) but for the run id."""
+    session = f"{key_part(route)}:{key}:"
+    return (
+        f"{prefix}replay:{session}",
+        f"{prefix}replay-index:{session}",
+        f"{prefix}replay-follow:{session}",
+    )
 
 
 def pointer_key(prefix: str, route: str, key: str) -> str:
@@ -195,11 +224,17 @@ class RedisReplayLog:
     """The log of one run, as any process sees it."""
 
     def __init__(
-        self, store: RedisReplayStore, keys: _Keys, run_id: str, caps: tuple[int, int] | None
+        self,
+        store: RedisReplayStore,
+        keys: _Keys,
+        run_id: str,
+        caps: tuple[int, int] | None,
+        binding: str,
     ) -> None:
         self._store = store
         self.keys = keys
         self._run_id = run_id
+        self.binding = binding
         #: (max_events, max_bytes); None for a found log until it appends (it never does).
         self._caps = caps
 
@@ -301,7 +336,13 @@ class RedisReplayStore:
         }
         self._redis = redis = Redis.from_url(self.url, socket_timeout=OP_TIMEOUT, **common)
         self._blocking = Redis.from_url(self.url, socket_timeout=None, **common)
-        scripts = {"append": _APPEND, "after": _AFTER, "finish": _FINISH, "drop": _DROP}
+        scripts = {
+            "append": _APPEND,
+            "after": _AFTER,
+            "finish": _FINISH,
+            "drop": _DROP,
+            "open": _OPEN,
+        }
         self.scripts = {name: redis.register_script(src) for name, src in scripts.items()}
 
     async def close(self) -> None:
@@ -346,32 +387,32 @@ class RedisReplayStore:
         return _Keys.of(self.prefix, route, key, run_id)
 
     async def open(
-        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int, binding: str = ""
     ) -> RedisReplayLog:
         keys = self._keys(route, key, run_id)
-        ttl = _ms(self.live_ttl)
-        async with self.backend() as redis, redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.pointer, run_id, px=ttl, get=True)
-            pipe.delete(keys.stream, keys.index, keys.follow)
-            pipe.hset(keys.index, mapping={"max_events": max_events, "max_bytes": max_bytes})
-            pipe.pexpire(keys.index, ttl)
-            old, *_ = await pipe.execute()
-        if old is not None and _text(old) != run_id:
-            # The session's previous log goes now, as in memory. Its run, if it
-            # still appends (to end with error/replaced), writes a short-lived
-            # stream its own followers can still read.
-            gone = self._keys(route, key, _text(old))
-            async with self.backend() as redis:
-                await redis.delete(gone.stream, gone.index, gone.follow)
-        return RedisReplayLog(self, keys, run_id, (max_events, max_bytes))
+        # The previous run's log goes now, as in memory. Its run, if it still
+        # appends (to end with error/replaced), writes a short-lived stream
+        # its own followers can still read.
+        args: list[str | int] = [run_id, _ms(self.live_ttl), max_events, max_bytes, binding]
+        args += _run_prefixes(self.prefix, route, key)
+        async with self.backend():
+            opened = await self.scripts["open"](
+                keys=[keys.pointer, keys.stream, keys.index, keys.follow], args=args
+            )
+        if not opened:
+            raise SessionForbidden(FORBIDDEN)
+        return RedisReplayLog(self, keys, run_id, (max_events, max_bytes), binding)
 
     async def find(self, route: str, key: str) -> RedisReplayLog | None:
         async with self.backend() as redis:
             run = await redis.get(pointer_key(self.prefix, route, key))
-        if run is None:
-            return None
-        run_id = _text(run)
-        return RedisReplayLog(self, self._keys(route, key, run_id), run_id, None)
+            if run is None:
+                return None
+            run_id = _text(run)
+            keys = self._keys(route, key, run_id)
+            # A log without a binding (its index expired) matches no credentials but none.
+            binding = await redis.hget(keys.index, "bind")
+        return RedisReplayLog(self, keys, run_id, None, "" if binding is None else _text(binding))
 
     async def drop(self, log: object) -> None:
         if not isinstance(log, RedisReplayLog):

@@ -172,3 +172,27 @@ async def test_unfollowed_run_is_abandoned_after_grace_and_forgotten(pair, upstr
     assert got.error()["code"] == "resume_gap"
     abandoned = {"route": "test", "outcome": "abandoned"}
     assert await pair.metric(pair.a, "sse_sidecar_streams_total", until=1, **abandoned) == 1
+
+
+async def test_other_credentials_get_403_on_the_other_process(pair, upstream):
+    # The binding travels with the log: B refuses what A's run started.
+    alice = {"Authorization": "Bearer alice-secret"}
+    upstream.script = Script(
+        [x for i in range(20) for x in (f"id: {i}\ndata: alice-{i}\n\n".encode(), 0.05)]
+        + [b"event: done\ndata: [DONE]\n\n"]
+    )
+    async with pair.http.get(pair.a.url + "/s?s=conv-1", headers=alice) as resp:
+        await read_until(resp, 2)
+        for headers in ({"Authorization": "Bearer mallory", "Last-Event-ID": "0"}, {}):
+            got = await read_stream(pair.http, "GET", pair.b.url + "/s?s=conv-1", headers=headers)
+            assert got.status == 403
+            assert b"alice-" not in got.raw
+        rest = (await resp.content.read()).decode()
+    assert "event: done" in rest
+    assert "replaced" not in rest
+    assert len(upstream.requests) == 1
+    mine = await read_stream(
+        pair.http, "GET", pair.b.url + "/s?s=conv-1", headers={**alice, "Last-Event-ID": "17"}
+    )
+    assert [e.data for e in mine.events if e.data.startswith("alice-")] == ["alice-18", "alice-19"]
+    assert await pair.metric(pair.b, "sse_sidecar_resume_total", result="forbidden") == 2.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -227,15 +228,29 @@ def _stamps(block: bytes, ticks: int) -> list[int]:
 
 
 async def run(
-    url: str, streams: int, events: int, hold: bool, deadline: float, concurrency: int
+    url: str,
+    streams: int,
+    events: int,
+    hold: bool,
+    deadline: float,
+    concurrency: int,
+    session_param: str = "",
 ) -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    request = (
-        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
-    ).encode()
+    # A session route: every stream its own key, unique across load processes.
+    keys = (f"{os.getpid()}-{i}" for i in itertools.count())
+
+    def request_of() -> bytes:
+        path = target
+        if session_param:
+            path += ("&" if "?" in path else "?") + f"{session_param}={next(keys)}"
+        return (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+        ).encode()
+
     stats = Stats(events)
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(concurrency)
@@ -245,7 +260,7 @@ async def run(
 
     async def open_one() -> None:
         async with gate:
-            conn = Conn(stats, request, hold)
+            conn = Conn(stats, request_of(), hold)
             try:
                 await loop.create_connection(lambda: conn, host, port)
             except OSError as exc:
@@ -320,10 +335,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", action="store_true", help="open, report, hold until stdin")
     parser.add_argument("--deadline", type=float, default=60.0, help="hard time bound (s)")
     parser.add_argument("--concurrency", type=int, default=200, help="connects in flight")
+    parser.add_argument(
+        "--session-param", default="", help="query parameter given a unique session key per stream"
+    )
     args = parser.parse_args(argv)
     procs.raise_nofile()
     result = procs.run_loop(
-        run(args.url, args.streams, args.events, args.hold, args.deadline, args.concurrency)
+        run(
+            args.url,
+            args.streams,
+            args.events,
+            args.hold,
+            args.deadline,
+            args.concurrency,
+            args.session_param,
+        )
     )
     report(result)
     return 0

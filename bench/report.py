@@ -1,4 +1,9 @@
-"""Markdown tables of one benchmark run and its ratios against issue 7's targets."""
+"""Markdown tables of one benchmark run and its ratios against the targets.
+
+The targets are the plain route's (against nginx) and those of every mode users
+deploy: session key, resume on memory and on Redis, two workers, and Redis at
+scale (many streams, many idle streams).
+"""
 
 from __future__ import annotations
 
@@ -107,7 +112,7 @@ def _value(r: Result | None, *path: str) -> float | None:
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 7 with the measured values, ratios and a verdict."""
+    """Each target with the measured values, ratios and a verdict."""
     out: list[dict[str, Any]] = []
 
     def get(scenario: str, target: str, *path: str) -> float | None:
@@ -149,13 +154,67 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     streams = f"{held['streams']:,}" if held else "10,000"
     add(f"open10k: {streams} streams held, RSS", "MiB", n and n / 1024, s and s / 1024, None,
         "held, no errors", ok)  # fmt: skip
+    _deployed_targets(doc, get, add)
     return out
+
+
+def _deployed_targets(doc: dict[str, Any], get: Any, add: Any) -> None:
+    """The deployment modes' targets: each mode's price against nginx in the same run."""
+    cpu, p99 = ("proxy", "cpu_us_per_event"), ("latency_ms", "p99")
+    n_cpu, n_p99 = get("steady", "nginx", *cpu), get("steady", "nginx", *p99)
+    for mode, goal in (("session", 1.6), ("resume", 1.75), ("resume-redis", 2.5)):
+        s = get("steady", mode, *cpu)
+        r = _ratio(s, n_cpu)
+        add(f"steady via {mode}: CPU per event", "µs", n_cpu, s, None, f"≤ {goal}× nginx",
+            None if r is None else r <= goal)  # fmt: skip
+    for mode in ("sidecar", "session", "resume", "resume-redis"):
+        s = get("steady", mode, *p99)
+        extra = None if n_p99 is None or s is None else s - n_p99
+        add(f"steady via {mode}: p99 latency", "ms", n_p99, s, None, "sidecar − nginx ≤ 5 ms",
+            None if extra is None else extra <= 5.0)  # fmt: skip
+    one, two = get("steady", "resume-redis", *cpu), get("steady", "workers2-redis", *cpu)
+    r = _ratio(two, one)
+    add("steady via workers2-redis: CPU per event vs one worker", "µs", None, two, None,
+        "≤ 1.1× resume-redis", None if r is None else r <= 1.1)  # fmt: skip
+    many = _find(doc, "many-redis", "resume-redis")
+    ok = None if many is None else bool(many["all_delivered"] and not many["errors"])
+    add("many-redis: every event, no errors", "events", get("many-redis", "nginx", "events"),
+        get("many-redis", "resume-redis", "events"), None, "all delivered", ok)  # fmt: skip
+    idle = _find(doc, "idle-redis", "resume-redis")
+    ok = None
+    if idle is not None:
+        ok = idle["opened"] == idle["streams"] and not idle["errors"] and idle["proxy_alive"]
+    add("idle-redis: streams held, no errors", "streams", None,
+        idle and idle["opened"], None, "held, no errors", ok)  # fmt: skip
+    clients = _value(idle, "backend", "clients")
+    add("idle-redis: Redis connections per process", "conns", None, clients, None, "≤ 16",
+        None if clients is None else clients <= 16)  # fmt: skip
+    mem = ("proxy", "rss_per_stream_kib")
+    n, s = get("idle-redis", "nginx", *mem), get("idle-redis", "resume-redis", *mem)
+    r = _ratio(s, n)
+    add("idle-redis: RSS per open stream", "KiB", n, s, None, "≤ 1.5× nginx",
+        None if r is None else r <= 1.5)  # fmt: skip
+
+
+def backend_table(doc: dict[str, Any]) -> list[str]:
+    rows = [
+        "| scenario | path | Redis CPU (s) | Redis CPU µs/event | Redis client connections |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in doc["results"]:
+        b = r.get("backend")
+        if b is None:
+            continue
+        rows.append(
+            f"| {r['scenario']} | {r['target']} | {_num(b['cpu_s'])} "
+            f"| {_num(b.get('cpu_us_per_event'))} | {b['clients']:,} |"
+        )
+    return rows if len(rows) > 2 else []
 
 
 def targets_table(doc: dict[str, Any]) -> list[str]:
     rows = [
-        "| target (issue 7) | nginx | sidecar | direct | sidecar/nginx | sidecar/direct "
-        "| goal | result |",
+        "| target | nginx | sidecar | direct | sidecar/nginx | sidecar/direct | goal | result |",
         "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for t in targets(doc):
@@ -197,7 +256,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"- **{name}**: {title}")
     for note in doc["notes"]:
         lines.append(f"- note: {note}")
-    for table in (flow_table(doc), hold_table(doc), targets_table(doc)):
+    for table in (flow_table(doc), hold_table(doc), backend_table(doc), targets_table(doc)):
         if table:
             lines += ["", *table]
     return "\n".join(lines)

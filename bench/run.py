@@ -5,7 +5,7 @@
 For every (scenario, path) it starts a fresh producer and a fresh proxy on free
 loopback ports, runs the load client(s) in their own processes, reads the
 proxy's CPU time and RSS from /proc (children included), prints a markdown
-table with the ratios against issue 7's targets and writes the whole result
+table with the ratios against the targets and writes the whole result
 as JSON to bench/results/. Timing is never asserted: only numbers come out.
 """
 
@@ -89,7 +89,8 @@ class PeakRss(threading.Thread):
         self.join()
 
 
-def _clients(scn: Scenario, url: str, streams: int, workdir: Path, tag: str) -> list[Child]:
+def _clients(scn: Scenario, target: targets.Target, streams: int, workdir: Path) -> list[Child]:
+    url, tag = target.url(scn.query()), target.name
     n = max(min(scn.clients, streams), 1)
     split = [streams // n + (1 if i < streams % n else 0) for i in range(n)]
     deadline = scn.deadline + scn.settle + scn.hold
@@ -102,6 +103,8 @@ def _clients(scn: Scenario, url: str, streams: int, workdir: Path, tag: str) -> 
             f"--events={scn.events}",
             f"--deadline={deadline}",
         )
+        if target.session_param:
+            argv.append(f"--session-param={target.session_param}")
         if scn.kind == "hold":
             argv.append("--hold")
         out.append(Child(f"load-{tag}-{i}", argv, workdir, stdin=scn.kind == "hold"))
@@ -117,7 +120,8 @@ def _result(child: Child, timeout: float, phase: str = "done") -> dict[str, Any]
 
 def _flow(scn: Scenario, target: targets.Target, streams: int, workdir: Path) -> dict[str, Any]:
     base = Usage.of(target.pid)
-    clients = _clients(scn, target.url(scn.query()), streams, workdir, target.name)
+    backend0 = target.backend()
+    clients = _clients(scn, target, streams, workdir)
     try:
         with PeakRss(target.pid) as peak:
             parts = [_result(c, scn.deadline + 30) for c in clients]
@@ -133,18 +137,31 @@ def _flow(scn: Scenario, target: targets.Target, streams: int, workdir: Path) ->
         "rss_base_kib": base.rss_kib,
         "rss_peak_kib": peak.peak,
     }
+    _backend(out, backend0, target.backend())
     return out
+
+
+def _backend(
+    out: dict[str, Any], before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> None:
+    """The Redis of a path: its CPU over the measurement and its client connections."""
+    if before is None or after is None:
+        return
+    cpu = after["cpu_s"] - before["cpu_s"]
+    out["backend"] = {"cpu_s": cpu, "clients": after["clients"]}
+    if out.get("events"):
+        out["backend"]["cpu_us_per_event"] = cpu / out["events"] * 1e6
 
 
 def _hold(scn: Scenario, target: targets.Target, streams: int, workdir: Path) -> dict[str, Any]:
     base = Usage.of(target.pid)
-    clients = _clients(scn, target.url(scn.query()), streams, workdir, target.name)
+    clients = _clients(scn, target, streams, workdir)
     try:
         opened = [_result(c, scn.deadline, "opened") for c in clients]
         time.sleep(scn.settle)
-        u0 = Usage.of(target.pid)
+        u0, backend0 = Usage.of(target.pid), target.backend()
         time.sleep(scn.hold)
-        u1 = Usage.of(target.pid)
+        u1, backend1 = Usage.of(target.pid), target.backend()
         for c in clients:
             c.send("close")
         parts = [_result(c, 60) for c in clients]
@@ -162,6 +179,7 @@ def _hold(scn: Scenario, target: targets.Target, streams: int, workdir: Path) ->
         "rss_per_stream_kib": (u1.rss_kib - base.rss_kib) / n if n else math.nan,
     }
     out["keepalives_per_s"] = out["keepalives"] / out["held_s"] if out["held_s"] else 0.0
+    _backend(out, backend0, backend1)
     return out
 
 
@@ -303,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{scn.name}: ran {cap:,} streams, not {scn.streams:,}: RLIMIT_NOFILE is "
                     f"{nofile:,} here and a proxy needs {FDS_PER_PROXIED_STREAM} fds per stream"
                 )
-            for name in names:
+            for name in [n for n in names if n in scn.paths]:
                 print(f"# {scn.name} via {name}: {streams:,} streams ...", flush=True)
                 results.append(run_case(scn, name, Path(tmp), nofile, streams, profile_dir))
     doc = {

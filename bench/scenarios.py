@@ -1,4 +1,4 @@
-"""The scenarios of issue 7, in full, quick and smoke sizes.
+"""The benchmark scenarios, in full, quick and smoke sizes.
 
 A *flow* scenario sends a bounded number of events per stream and ends when
 every stream has its terminal event; a *hold* scenario opens silent streams,
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlencode
+
+from bench.targets import MODES
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Scenario:
     clients: int = 1
     #: Hard bound on one load client's run (s).
     deadline: float = 120.0
+    #: The paths (bench/targets.py) it runs through unless --targets narrows them.
+    paths: tuple[str, ...] = ("direct", "nginx", "sidecar")
 
     def query(self) -> str:
         if self.kind == "hold":
@@ -60,6 +64,7 @@ FULL: dict[str, Scenario] = {
             events=500,
             rate=50,
             deadline=60,
+            paths=("direct", "nginx", *MODES),
         ),
         Scenario(
             "comments",
@@ -99,6 +104,28 @@ FULL: dict[str, Scenario] = {
             clients=2,
             deadline=180,
         ),
+        Scenario(
+            "many-redis",
+            "2,000 resumable Redis streams × 5 events/s, 6 s",
+            "flow",
+            streams=2_000,
+            events=30,
+            rate=5,
+            clients=2,
+            deadline=90,
+            paths=("nginx", "resume-redis"),
+        ),
+        Scenario(
+            "idle-redis",
+            "10,000 open silent resumable Redis streams, heartbeat 1 s, held 10 s",
+            "hold",
+            streams=10_000,
+            heartbeat=1.0,
+            hold=10.0,
+            clients=2,
+            deadline=180,
+            paths=("nginx", "resume-redis"),
+        ),
     )
 }
 
@@ -113,6 +140,10 @@ QUICK: dict[str, Scenario] = {
                     streams=1_000, hold=3.0),
     "open10k": replace(FULL["open10k"], title="3,000 open streams, heartbeat 1 s, held 3 s",
                        streams=3_000, hold=3.0),
+    "many-redis": replace(FULL["many-redis"], title="500 resumable Redis streams × 5 events/s, 3 s",
+                          streams=500, events=15),
+    "idle-redis": replace(FULL["idle-redis"], title="2,000 silent resumable Redis streams, "
+                          "heartbeat 1 s, held 3 s", streams=2_000, hold=3.0),
 }  # fmt: skip
 
 #: The test suite's smoke run: seconds, just enough to prove every path works.

@@ -1,7 +1,11 @@
-"""The three paths a load goes through: direct to the producer, nginx, the sidecar.
+"""The paths a load goes through: direct to the producer, nginx, and the sidecar
+in each mode users deploy (plain, session key, resume on memory or Redis, two
+workers on Redis).
 
 Each is started fresh for each scenario, on free loopback ports, so one
-scenario's heap or connection state never colours the next one's numbers.
+scenario's heap or connection state never colours the next one's numbers. A
+Redis mode starts its own ``redis-server``; its CPU is reported apart from the
+sidecar's (``backend``), as its connection count is.
 """
 
 from __future__ import annotations
@@ -11,13 +15,36 @@ import os
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import procs
-from bench.procs import Child
+from bench.procs import Child, Usage
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
-NAMES = ("direct", "nginx", "sidecar")
+#: The query parameter the load client puts each stream's session key in.
+SESSION_PARAM = "s"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How the sidecar is configured for a path."""
+
+    session: bool = False
+    resume: bool = False
+    redis: bool = False
+    workers: int = 1
+
+
+MODES = {
+    "sidecar": Mode(),
+    "session": Mode(session=True),
+    "resume": Mode(session=True, resume=True),
+    "resume-redis": Mode(session=True, resume=True, redis=True),
+    "workers2-redis": Mode(session=True, resume=True, redis=True, workers=2),
+}
+NAMES = ("direct", "nginx", *MODES)
 
 
 class Target:
@@ -36,8 +63,15 @@ class Target:
     def url(self, query: str) -> str:
         return f"http://127.0.0.1:{self.port}/bench?{query}"
 
+    #: Set on session routes: the load client gives each stream a key there.
+    session_param = ""
+
     def alive(self) -> bool:
         return self.child is None or self.child.alive()
+
+    def backend(self) -> dict[str, Any] | None:
+        """The Redis behind the path, if any: its CPU so far and its client connections."""
+        return None
 
     def stop(self) -> None:
         if self.child is not None:
@@ -77,35 +111,96 @@ class Nginx(Target):
             self.child.stop(signal.SIGQUIT)  # graceful: the master waits for its worker
 
 
+class Redis:
+    """A redis-server of the path's own, on a free loopback port, persisting nothing."""
+
+    def __init__(self, workdir: Path, nofile: int) -> None:
+        self.port = procs.free_port()
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        argv = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--maxclients", str(max(nofile - 64, 1000)),
+                "--logfile", str(workdir / "redis.log")]  # fmt: skip
+        self.child = Child("redis", argv, workdir)
+        procs.wait_port(self.port, 10, self.child)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def clients(self) -> int:
+        import redis  # the sidecar's own dependency
+
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        try:
+            # Minus this one.
+            return int(client.info("clients")["connected_clients"]) - 1
+        finally:
+            client.close()
+
+
 class Sidecar(Target):
     name = "sidecar"
 
-    def __init__(self, upstream_port: int, workdir: Path, heartbeat: float, streams: int) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        workdir: Path,
+        heartbeat: float,
+        streams: int,
+        nofile: int,
+        mode: str = "sidecar",
+    ) -> None:
         super().__init__(procs.free_port())
+        self.name = mode
+        how = MODES[mode]
         self.admin_port = procs.free_port()
         workdir.mkdir(parents=True, exist_ok=True)
+        self.redis = Redis(workdir, nofile) if how.redis else None
         self.config = workdir / "sidecar.yaml"
+        route: dict[str, Any] = {
+            "name": "bench",
+            "path": "/bench",
+            "upstream": f"http://127.0.0.1:{upstream_port}/bench",
+            "heartbeat": {"interval": heartbeat},
+            "comments": "convert",
+        }
+        if how.session:
+            self.session_param = SESSION_PARAM
+            route["session"] = {"from": f"query:{SESSION_PARAM}"}
+        if how.resume:
+            route["resume"] = {"enabled": True}
         # JSON is YAML; the config is what a user would write, nothing bench-only.
-        config = {
+        config: dict[str, Any] = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "admin": {"host": "127.0.0.1", "port": self.admin_port},
             "logging": {"level": "warning", "format": "json"},
             "max_streams": max(20_000, streams + 100),
             "drain_timeout": 1,
-            "routes": [
-                {
-                    "name": "bench",
-                    "path": "/bench",
-                    "upstream": f"http://127.0.0.1:{upstream_port}/bench",
-                    "heartbeat": {"interval": heartbeat},
-                    "comments": "convert",
-                }
-            ],
+            "workers": how.workers,
+            "routes": [route],
         }
+        if self.redis is not None:
+            config["backend"] = {"kind": "redis", "url": self.redis.url}
         self.config.write_text(json.dumps(config, indent=2))
         argv = procs.python("sidecar", "--config", str(self.config))
         self.child = Child("sidecar", argv, workdir)
-        procs.wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", 20, self.child)
+        try:
+            procs.wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", 20, self.child)
+            if how.workers > 1:
+                procs.wait_port(self.port, 20, self.child)
+        except BaseException:
+            self.stop()
+            raise
+
+    def backend(self) -> dict[str, Any] | None:
+        if self.redis is None:
+            return None
+        return {"cpu_s": Usage.of(self.redis.child.pid).cpu_s, "clients": self.redis.clients()}
+
+    def stop(self) -> None:
+        super().stop()
+        if self.redis is not None:
+            self.redis.child.stop()
 
 
 def start(
@@ -115,8 +210,8 @@ def start(
         return Target(upstream_port)
     if name == "nginx":
         return Nginx(upstream_port, workdir / "nginx", nofile)
-    if name == "sidecar":
-        return Sidecar(upstream_port, workdir / "sidecar", heartbeat, streams)
+    if name in MODES:
+        return Sidecar(upstream_port, workdir / "sidecar", heartbeat, streams, nofile, name)
     raise ValueError(f"unknown target {name!r}; one of {', '.join(NAMES)}")
 
 

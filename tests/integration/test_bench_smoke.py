@@ -1,6 +1,6 @@
 """The benchmark still runs: a tiny load through every path, and numbers come out.
 
-Nothing here is timed or compared (issue 7: targets are ratios in BENCHMARKS.md,
+Nothing here is timed or compared (targets are ratios in BENCHMARKS.md,
 not assertions); the test only keeps bench/ from rotting. nginx is included
 when it is installed.
 """
@@ -88,3 +88,24 @@ def test_percentile_is_nearest_rank_in_ms(value):
         assert math.isnan(got)
     else:
         assert got == sorted(value)[max(math.ceil(len(value) / 2) - 1, 0)]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("mode", ["session", "resume", "resume-redis", "workers2-redis"])
+def test_every_deployed_mode_delivers_the_smoke_flow(tmp_path, mode):
+    scn = SMOKE["steady"]
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    r = run.run_case(scn, mode, tmp_path, nofile, scn.streams, None)
+    assert r["errors"] == {}
+    assert r["all_delivered"]
+    assert r["events"] == scn.expected
+    assert r["proxy_alive"]
+    assert not math.isnan(r["proxy"]["cpu_us_per_event"])
+    if mode.endswith("redis"):
+        # The run appended to the path's own Redis, and its connections are counted.
+        assert r["backend"]["cpu_s"] > 0
+        assert r["backend"]["clients"] >= 1
+    else:
+        assert "backend" not in r
+    table = report.markdown(_doc("steady", [r]))
+    assert f"| steady | {mode} |" in table

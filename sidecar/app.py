@@ -22,13 +22,22 @@ from sidecar.sessions.base import SessionStore
 from sidecar.sessions.memory import MemorySessionStore
 
 
-def session_store(config: Config) -> SessionStore:
+def session_store(config: Config, metrics: Metrics) -> SessionStore:
     if config.backend.kind == "redis":
         from sidecar.sessions.redis import RedisSessionStore
 
         backend = config.backend
-        return RedisSessionStore(backend.url, prefix=backend.prefix, lease=backend.lease)
+        store = RedisSessionStore(
+            backend.url, prefix=backend.prefix, lease=backend.lease, pool_size=backend.pool_size
+        )
+        metrics.samplers.append(lambda: _sample_pool(metrics, "sessions", store.connections()))
+        return store
     return MemorySessionStore()
+
+
+def _sample_pool(metrics: Metrics, pool: str, connections: dict[str, int]) -> None:
+    for state, value in connections.items():
+        metrics.backend_connections.labels(pool, state).set(value)
 
 
 def replay_store(config: Config, metrics: Metrics) -> ReplayStore:
@@ -38,7 +47,11 @@ def replay_store(config: Config, metrics: Metrics) -> ReplayStore:
     if config.backend.kind == "redis":
         from sidecar.replay.redis import RedisReplayStore
 
-        return RedisReplayStore(config.backend.url, prefix=config.backend.prefix)
+        backend = config.backend
+        store = RedisReplayStore(backend.url, prefix=backend.prefix, pool_size=backend.pool_size)
+
+        metrics.samplers.append(lambda: _sample_pool(metrics, "replay", store.connections()))
+        return store
     return MemoryReplayStore(config.replay_max_bytes, on_evict=evicted)
 
 
@@ -48,7 +61,7 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
     ctx = Context(
         config=config,
         metrics=metrics,
-        sessions=session_store(config),
+        sessions=session_store(config, metrics),
         replay=replay_store(config, metrics),
     )
     app = web.Application()

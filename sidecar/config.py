@@ -62,6 +62,11 @@ class Backend:
     prefix: str = "sse-sidecar:"
     #: A session owner's lease: a replica that dies frees its sessions after this.
     lease: Duration = 10.0
+    #: Connections per process of each Redis pool (sessions, replay logs);
+    #: followers of runs elsewhere wait together on one more. A burst of
+    #: calls queues for a free connection (within about a second) instead
+    #: of opening more, so a process holds at most 2 × pool_size + 1.
+    pool_size: int = 6
     #: While Redis is unreachable, new streams on routes with a session key are
     #: refused with 503 (reject) or served without exclusivity (allow).
     on_outage: OutagePolicy = "reject"
@@ -282,6 +287,11 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"workers: {config.workers} processes need backend.kind: redis, so that one "
             "session has one stream across them (the memory backend sees one process only)"
+        )
+    if config.backend.pool_size < 2:
+        raise ConfigError(
+            f"backend.pool_size: must be at least 2 (the replace channel holds one), "
+            f"got {config.backend.pool_size}"
         )
     if config.backend.lease < 1.0:
         raise ConfigError(f"backend.lease: must be at least 1s, got {config.backend.lease:g}s")

@@ -72,6 +72,8 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         #: Per-route counts not yet in the counters (see Tally).
         self.tallies: list[Tally] = []
+        #: Read before every scrape: gauges of state owned elsewhere (backend pools).
+        self.samplers: list[Callable[[], None]] = []
         p = "sse_sidecar_"
         # multiprocess_mode only matters with workers > 1 (prometheus-client's
         # multiprocess mode, see sidecar/workers.py): sum over live workers.
@@ -170,6 +172,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.backend_connections = Gauge(
+            p + "backend_connections",
+            "Connections to the backend by pool and state (open, in_use, max: the configured cap)",
+            ["pool", "state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.draining = Gauge(
             p + "draining",
             "1 while the process drains for shutdown",
@@ -204,6 +213,8 @@ class Metrics:
         """Add the routes' tallies to their counters (once a second, and before a scrape)."""
         for tally in self.tallies:
             tally.flush()
+        for sample in self.samplers:
+            sample()
 
     def render(self) -> bytes:
         self.flush()

@@ -12,9 +12,17 @@ are never a place to resume from. Appends, trims and look-ups are Lua
 scripts, so caps are exact (count and bytes, like memory) and no reader sees
 half an append. Every key expires: live runs after ``live_ttl`` without an
 append, finished ones after their retention. Redis errors become
-:class:`~sidecar.errors.BackendUnavailable` within about a second. A follower
-waits in ``XREAD BLOCK`` on a second client without a socket timeout: one
-pooled connection per waiting follower of this process.
+:class:`~sidecar.errors.BackendUnavailable` within about a second.
+
+The run's own process never waits for Redis: the log it appends to keeps its
+entries in memory too (under the same caps), so its local followers read them
+at once, and the appends go to Redis behind them, one script call for all that
+queued meanwhile (a Redis stall never holds up the live client; a long outage
+costs the Redis copy its oldest entries, which a reconnect elsewhere then sees
+as ``resume_gap``). Followers of a run on another process wait together: one
+connection per process blocks in one ``XREAD`` over all their streams and
+wakes whoever has news. Every other call shares one pool of ``pool_size``
+connections, which waits for a free one rather than failing.
 
 Memory has a global cap across logs; here that is Redis's own ``maxmemory``
 (every key has a TTL, so a ``volatile-*`` policy applies to all of them).
@@ -24,11 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -37,7 +45,9 @@ from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionForbidden
 from sidecar.rediskeys import key_part
+from sidecar.replay import redis_scripts as lua
 from sidecar.replay.base import FORBIDDEN, Entry
+from sidecar.replay.redis_follow import MAX_BLOCK, RETRY, LocalTail, Wakeups, ms, text
 
 #: Socket connect/read timeout of one operation: an outage shows within about this.
 OP_TIMEOUT = 1.0
@@ -45,123 +55,9 @@ _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, its one retry inclu
 #: A live run's keys expire this long after its last append (a crashed replica's
 #: runs go away). Must exceed the routes' ``limits.idle_timeout``.
 LIVE_TTL = 3600.0
-#: The longest single ``XREAD BLOCK``; longer waits loop, checking ``finished``.
-_MAX_BLOCK = 5.0
+#: Connections of the shared pool (every call but the shared reader's).
+POOL_SIZE = 6
 _DEFAULT_CAPS = (1000, 4 * 1024 * 1024)  # caps of a found log whose index is gone
-
-# KEYS: stream, index, pointer. ARGV: run, ttl_ms, max_events, max_bytes, then
-# seq, event id, data, terminal (0/1) per entry. Entries at or below the last
-# appended seq are skipped, so a retried append (reply lost) is harmless.
-# Evicts oldest first while over either cap, never the newest entry (it may be
-# the terminal event); returns how many went.
-_APPEND = """
-local stream, index = KEYS[1], KEYS[2]
-local run = ARGV[1]
-local max_events, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
-local last = tonumber(redis.call('HGET', index, 'last') or '0')
-local added = 0
-for i = 5, #ARGV, 4 do
-  local seq, id, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if tonumber(seq) > last then
-    redis.call('XADD', stream, '0-' .. seq, 'i', id, 'd', data, 't', ARGV[i + 3])
-    if id == run .. '-' .. seq then
-      redis.call('HDEL', index, 'id:' .. id)  -- the newest entry with an id wins, as in memory
-    elseif id ~= '' then  -- '' is a keepalive: nobody resumes from it
-      redis.call('HSET', index, 'id:' .. id, seq)
-    end
-    added = added + #data
-    last = tonumber(seq)
-  end
-end
-local bytes = tonumber(redis.call('HGET', index, 'bytes') or '0') + added
-local len = redis.call('XLEN', stream)
-local evicted, gone = 0, nil
-while len > 1 and (len > max_events or bytes > max_bytes) do
-  local batch = redis.call('XRANGE', stream, gone and ('(' .. gone[1]) or '-', '+', 'COUNT', 64)
-  if #batch == 0 then break end
-  for _, e in ipairs(batch) do
-    if not (len > 1 and (len > max_events or bytes > max_bytes)) then break end
-    local f = e[2]  -- i, id, d, data, t, flag: the order XADD wrote them
-    local seq = string.sub(e[1], 3)
-    bytes = bytes - #f[4]
-    len = len - 1
-    evicted = evicted + 1
-    if redis.call('HGET', index, 'id:' .. f[2]) == seq then
-      redis.call('HDEL', index, 'id:' .. f[2])
-    end
-    gone = {e[1], f[2], seq}
-  end
-end
-if gone then
-  redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%.0f', tonumber(gone[3]) + 1))
-  redis.call('HSET', index, 'bid', gone[2], 'bseq', gone[3])
-end
-redis.call('HSET', index, 'bytes', bytes, 'last', string.format('%.0f', last))
-redis.call('PEXPIRE', stream, ARGV[2])
-redis.call('PEXPIRE', index, ARGV[2])
-if redis.call('GET', KEYS[3]) == run then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
-return evicted
-"""
-
-# KEYS: stream, index. ARGV: event id, its seq if it has the sidecar's form, else ''.
-# The entries after the id, or false when it is unknown or what follows it was
-# evicted. Resolution as in memory: a held entry's id, else the boundary's.
-_AFTER = """
-local stream, index = KEYS[1], KEYS[2]
-if ARGV[1] == '' then return false end  -- a keepalive's: never a place to resume from
-local seq = redis.call('HGET', index, 'id:' .. ARGV[1])
-if not seq and ARGV[2] ~= '' then
-  local e = redis.call('XRANGE', stream, '0-' .. ARGV[2], '0-' .. ARGV[2])[1]
-  if e and e[2][2] == ARGV[1] then seq = ARGV[2] end
-end
-if not seq then
-  local b = redis.call('HMGET', index, 'bid', 'bseq')
-  if b[1] == ARGV[1] then seq = b[2] end
-end
-if not seq then return false end
-local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-if not first or tonumber(seq) < tonumber(string.sub(first[1], 3)) - 1 then return false end
-return redis.call('XRANGE', stream, '(0-' .. seq, '+')
-"""
-
-# KEYS: stream, index, pointer. ARGV: run, retention_ms.
-_FINISH = """
-redis.call('HSET', KEYS[2], 'finished', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
-return 1
-"""
-
-# KEYS: pointer, stream, index, follow. ARGV: run, ttl_ms, max_events,
-# max_bytes, binding, then the key prefixes of this session's runs (stream,
-# index, follow) that the previous run's id completes. Refuses (returns 0)
-# while the previous run is live and bound to other credentials; else drops
-# the previous log (as memory does) and starts an empty one.
-_OPEN = """
-local old = redis.call('GET', KEYS[1])
-if old and old ~= ARGV[1] then
-  local held = redis.call('HMGET', ARGV[7] .. old, 'bind', 'finished')
-  if not held[2] and held[1] and held[1] ~= ARGV[5] then return 0 end
-  redis.call('DEL', ARGV[6] .. old, ARGV[7] .. old, ARGV[8] .. old)
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-redis.call('HSET', KEYS[3], 'max_events', ARGV[3], 'max_bytes', ARGV[4], 'bind', ARGV[5])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-return 1
-"""
-
-# KEYS: stream, index, follow, pointer. ARGV: run.
-_DROP = """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
-return 1
-"""
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
 
 
 def _own_seq(run_id: str, event_id: str) -> str:
@@ -170,10 +66,6 @@ def _own_seq(run_id: str, event_id: str) -> str:
     if sep and head == run_id and tail.isascii() and tail.isdigit() and str(int(tail)) == tail:
         return tail
     return ""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _entry(raw_id: bytes, fields: Mapping[bytes, bytes] | Sequence[bytes]) -> Entry:
@@ -221,7 +113,12 @@ def pointer_key(prefix: str, route: str, key: str) -> str:
 
 
 class RedisReplayLog:
-    """The log of one run, as any process sees it."""
+    """The log of one run, as any process sees it.
+
+    The run's own log (from :meth:`RedisReplayStore.open`) holds its entries
+    in memory too: reads are answered from there, appends reach Redis in
+    the background. A log found by another process reads Redis.
+    """
 
     def __init__(
         self,
@@ -230,6 +127,8 @@ class RedisReplayLog:
         run_id: str,
         caps: tuple[int, int] | None,
         binding: str,
+        *,
+        owned: bool = False,
     ) -> None:
         self._store = store
         self.keys = keys
@@ -237,6 +136,11 @@ class RedisReplayLog:
         self.binding = binding
         #: (max_events, max_bytes); None for a found log until it appends (it never does).
         self._caps = caps
+        self._local: LocalTail | None = LocalTail(*caps) if owned and caps else None
+        #: Appended here, not yet in Redis (the run's own log only).
+        self._pending: list[Entry] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._flush_error: BackendUnavailable | None = None
 
     @property
     def run_id(self) -> str:
@@ -245,9 +149,51 @@ class RedisReplayLog:
     async def append(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
+        local = self._local
+        if local is None:
+            await self._send(entries)
+            return
+        local.add(entries)
+        self._pending += entries
+        # Redis unreachable for a whole buffer (or far behind): its copy
+        # loses the oldest rather than this process holding them unbounded.
+        keep = local.max_events * (1 if self._flush_error is not None else 4)
+        if len(self._pending) > keep:
+            del self._pending[:-keep]
+        if self._flusher is None:
+            self._flusher = self._store.spawn(self._flush())
+
+    async def _flush(self) -> None:
+        """Send what is pending, in order, one script call per batch; retry through outages."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._send(batch)
+                    self._flush_error = None
+                except BackendUnavailable as exc:
+                    self._flush_error = exc
+                    self._pending[:0] = batch
+                    await asyncio.sleep(RETRY)
+        finally:
+            self._flusher = None
+
+    async def flush(self) -> None:
+        """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""
+        flusher = self._flusher
+        if flusher is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(flusher), _BUDGET)
+        if self._pending:
+            raise self._flush_error or BackendUnavailable(
+                "the replay backend (redis) is not keeping up; retry shortly"
+            )
+
+    async def _send(self, entries: Sequence[Entry]) -> None:
         max_events, max_bytes = self._caps or await self._stored_caps()
         store, k = self._store, self.keys
-        args: list[str | bytes | int] = [self._run_id, _ms(store.live_ttl), max_events, max_bytes]
+        args: list[str | bytes | int] = [self._run_id, ms(store.live_ttl), max_events, max_bytes]
         for e in entries:
             args += [e.seq, e.event_id, e.data, int(e.terminal)]
         async with store.backend():
@@ -263,6 +209,7 @@ class RedisReplayLog:
         return self._caps
 
     async def after(self, event_id: str) -> list[Entry] | None:
+        await self.flush()
         k = self.keys
         args = [event_id, _own_seq(self._run_id, event_id)]
         async with self._store.backend():
@@ -270,22 +217,25 @@ class RedisReplayLog:
         return None if raw is None else _entries(raw)
 
     async def last(self) -> Entry | None:
+        await self.flush()
         async with self._store.backend() as redis:
             raw = await redis.xrevrange(self.keys.stream, count=1)
         return _entries(raw)[0] if raw else None
 
     async def read(self, after_seq: int, block: float | None) -> list[Entry]:
+        if self._local is not None:
+            return await self._local.read(after_seq, block)
         loop = asyncio.get_running_loop()
         deadline = None if block is None else loop.time() + block
         while True:
             entries, finished = await self._poll(after_seq)
-            wait = _MAX_BLOCK if deadline is None else min(deadline - loop.time(), _MAX_BLOCK)
+            wait = MAX_BLOCK * 5 if deadline is None else deadline - loop.time()
             if entries or finished or wait <= 0:
                 return entries
-            # XREAD returns at once if entries came since the poll: no lost wakeup.
-            entries = await self._store.xread(self.keys.stream, after_seq, wait)
-            if entries:
-                return entries
+            # The shared reader says when the stream has entries after after_seq;
+            # registering before it looks means no wakeup is lost.
+            if not await self._store.wakeups.wait(self.keys.stream, after_seq, wait):
+                return []
 
     async def _poll(self, after_seq: int) -> tuple[list[Entry], bool]:
         async with self._store.backend() as redis, redis.pipeline(transaction=False) as pipe:
@@ -295,15 +245,32 @@ class RedisReplayLog:
         return _entries(raw), finished is not None
 
     async def finish(self, retention: float) -> None:
+        if self._local is not None:
+            self._local.finish()
+            self._store.disown(self)
+        await self.flush()
         k = self.keys
         # PEXPIRE 0 deletes at once, as a retention of 0 means.
         args: list[str | int] = [self._run_id, max(0, round(retention * 1000))]
         async with self._store.backend():
             await self._store.scripts["finish"](keys=[k.stream, k.index, k.pointer], args=args)
 
+    def forget(self) -> None:
+        """Stop sending appends (the log is dropped); local followers see it finished."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self._pending = []
+        if self._local is not None:
+            self._local.finish()
+
+    def replaced(self) -> None:
+        """A newer run of the session opened its log here: this one's entries are gone."""
+        if self._local is not None:
+            self._local.clear()
+
     async def follow(self, ttl: float) -> None:
         async with self._store.backend() as redis:
-            await redis.set(self.keys.follow, b"1", px=_ms(ttl))
+            await redis.set(self.keys.follow, b"1", px=ms(ttl))
 
     async def followed(self) -> bool:
         async with self._store.backend() as redis:
@@ -312,51 +279,101 @@ class RedisReplayLog:
 
 class RedisReplayStore:
     kind = "redis"
+    #: The backstop around one call (its one retry included).
+    budget = _BUDGET
 
     def __init__(
-        self, url: str, *, prefix: str = "sse-sidecar:", live_ttl: float = LIVE_TTL
+        self,
+        url: str,
+        *,
+        prefix: str = "sse-sidecar:",
+        live_ttl: float = LIVE_TTL,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.live_ttl = live_ttl
+        self.pool_size = pool_size
         self._redis: Redis | None = None
-        #: Blocking reads only: no socket timeout (the wait is bounded around the call).
-        self._blocking: Redis | None = None
+        self._pool: BlockingConnectionPool | None = None
         self.scripts: dict[str, AsyncScript] = {}
+        self.wakeups = Wakeups(self)
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: The logs this process's runs append to, by session.
+        self._owned: dict[str, RedisReplayLog] = {}  # by pointer key
+
+    def _options(self) -> dict[str, Any]:
+        # One immediate retry on a dropped connection (a pooled socket from
+        # before a Redis restart), none on timeouts.
+        return {
+            "socket_connect_timeout": OP_TIMEOUT,
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        }
+
+    def client(self, *, single_connection: bool = False) -> Redis:
+        """A client of its own without a socket timeout (blocking reads; bounded around)."""
+        return Redis.from_url(
+            self.url, socket_timeout=None, single_connection_client=single_connection,
+            **self._options(),
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Make the clients; they connect on first use, so a Redis that is down is no error."""
         if self._redis is not None:
             return
-        # One immediate retry on a dropped connection (a pooled socket from
-        # before a Redis restart), none on timeouts.
-        common: dict[str, Any] = {
-            "socket_connect_timeout": OP_TIMEOUT,
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        # Waits for a free connection (within the call's budget) instead of
+        # failing: a burst queues, the connection count stays what is configured.
+        self._pool = BlockingConnectionPool.from_url(
+            self.url, max_connections=self.pool_size, timeout=OP_TIMEOUT,
+            socket_timeout=OP_TIMEOUT, **self._options(),
+        )  # fmt: skip
+        self._redis = redis = Redis(connection_pool=self._pool)
+        sources = {
+            "append": lua.APPEND,
+            "after": lua.AFTER,
+            "finish": lua.FINISH,
+            "drop": lua.DROP,
+            "open": lua.OPEN,
         }
-        self._redis = redis = Redis.from_url(self.url, socket_timeout=OP_TIMEOUT, **common)
-        self._blocking = Redis.from_url(self.url, socket_timeout=None, **common)
-        scripts = {
-            "append": _APPEND,
-            "after": _AFTER,
-            "finish": _FINISH,
-            "drop": _DROP,
-            "open": _OPEN,
-        }
-        self.scripts = {name: redis.register_script(src) for name, src in scripts.items()}
+        self.scripts = {name: redis.register_script(src) for name, src in sources.items()}
 
     async def close(self) -> None:
-        clients = (self._redis, self._blocking)
-        self._redis = self._blocking = None
-        for client in clients:
-            if client is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await client.aclose()
+        await self.wakeups.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        redis, pool = self._redis, self._pool
+        self._redis = self._pool = None
+        if redis is not None and pool is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await redis.aclose()
+                await pool.aclose()  # a pool passed in is not closed with its client
+
+    def connections(self) -> dict[str, int]:
+        """Open and busy connections of the shared pool, and the shared reader's (metrics)."""
+        pool = self._pool
+        in_use = len(pool._in_use_connections) if pool is not None else 0
+        idle = len(pool._available_connections) if pool is not None else 0
+        reader = int(self.wakeups.connected)
+        return {
+            "open": in_use + idle + reader,
+            "in_use": in_use + reader,
+            "max": self.pool_size + 1,
+        }
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A background task of the store's, cancelled when it closes."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     @contextlib.asynccontextmanager
-    async def backend(self, budget: float = _BUDGET) -> AsyncIterator[Redis]:
+    async def backend(
+        self, budget: float = _BUDGET, *, client: Redis | None = None
+    ) -> AsyncIterator[Redis]:
         """The client, with Redis errors and slowness turned into BackendUnavailable."""
-        redis = self._redis
+        redis = client or self._redis
         if redis is None:
             raise BackendUnavailable("the replay backend (redis) is not running")
         try:
@@ -369,20 +386,6 @@ class RedisReplayStore:
                 f"the replay backend (redis) cannot be reached ({what}); retry shortly"
             ) from exc
 
-    async def xread(self, stream: str, after_seq: int, wait: float) -> list[Entry]:
-        """Entries after ``after_seq``, waiting up to ``wait`` seconds on a connection of its own.
-
-        A blocked XREAD holds its pooled connection; when it is cancelled
-        (the follower's client left) redis-py disconnects that connection
-        rather than return it with a reply still due.
-        """
-        blocking = self._blocking
-        if blocking is None:
-            raise BackendUnavailable("the replay backend (redis) is not running")
-        async with self.backend(wait + _BUDGET):
-            got: Any = await blocking.xread({stream: f"0-{after_seq}"}, block=_ms(wait))
-        return _entries(got[0][1]) if got else []  # RESP2: [[stream, entries]]
-
     def _keys(self, route: str, key: str, run_id: str) -> _Keys:
         return _Keys.of(self.prefix, route, key, run_id)
 
@@ -393,7 +396,7 @@ class RedisReplayStore:
         # The previous run's log goes now, as in memory. Its run, if it still
         # appends (to end with error/replaced), writes a short-lived stream
         # its own followers can still read.
-        args: list[str | int] = [run_id, _ms(self.live_ttl), max_events, max_bytes, binding]
+        args: list[str | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
         args += _run_prefixes(self.prefix, route, key)
         async with self.backend():
             opened = await self.scripts["open"](
@@ -401,22 +404,36 @@ class RedisReplayStore:
             )
         if not opened:
             raise SessionForbidden(FORBIDDEN)
-        return RedisReplayLog(self, keys, run_id, (max_events, max_bytes), binding)
+        log = RedisReplayLog(self, keys, run_id, (max_events, max_bytes), binding, owned=True)
+        old = self._owned.get(keys.pointer)
+        if old is not None:
+            old.replaced()
+        self._owned[keys.pointer] = log
+        return log
+
+    def disown(self, log: RedisReplayLog) -> None:
+        """The run has ended or its log was dropped: a newer run no longer replaces it here."""
+        if self._owned.get(log.keys.pointer) is log:
+            del self._owned[log.keys.pointer]
 
     async def find(self, route: str, key: str) -> RedisReplayLog | None:
         async with self.backend() as redis:
             run = await redis.get(pointer_key(self.prefix, route, key))
             if run is None:
                 return None
-            run_id = _text(run)
+            run_id = text(run)
             keys = self._keys(route, key, run_id)
             # A log without a binding (its index expired) matches no credentials but none.
             binding = await redis.hget(keys.index, "bind")
-        return RedisReplayLog(self, keys, run_id, None, "" if binding is None else _text(binding))
+        return RedisReplayLog(self, keys, run_id, None, "" if binding is None else text(binding))
 
     async def drop(self, log: object) -> None:
         if not isinstance(log, RedisReplayLog):
             return
+        with contextlib.suppress(BackendUnavailable):
+            await log.flush()  # so no append of the run's lands after the drop
+        log.forget()
+        self.disown(log)
         k = log.keys
         async with self.backend():
             await self.scripts["drop"](

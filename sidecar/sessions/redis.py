@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -50,6 +50,7 @@ _FENCE_TTL = 86400.0  # a fence counter outlives every claim drawn from it by a 
 _RECENT = 1024  # released values remembered for claims that ask after the message came
 _BATCH = 1000  # renewals per pipeline round trip
 _START_WAIT = 2.0
+POOL_SIZE = 6
 
 
 @dataclass(eq=False)
@@ -85,8 +86,10 @@ class RedisSessionStore:
         lease: float = 10.0,
         replace_wait: float = REPLACE_WAIT,
         owner: str | None = None,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         self.url = url
+        self.pool_size = max(pool_size, 2)  # the subscription holds one
         self.prefix = prefix
         self.lease = lease
         self.replace_wait = replace_wait
@@ -97,6 +100,7 @@ class RedisSessionStore:
         self._fence_ms = str(round(max(_FENCE_TTL, 10 * lease) * 1000))
         self._seq = itertools.count(1)
         self._redis: Redis | None = None
+        self._pool: BlockingConnectionPool | None = None
         self._claim_script: AsyncScript
         self._renew_script: AsyncScript
         self._release_script: AsyncScript
@@ -116,8 +120,12 @@ class RedisSessionStore:
         """Connect and listen; if Redis is down, start anyway and keep trying."""
         if self._redis is not None:
             return
-        redis = Redis.from_url(
+        # A fixed number of connections (the replace channel's subscription
+        # holds one); a burst of claims queues for them instead of opening more.
+        self._pool = BlockingConnectionPool.from_url(
             self.url,
+            max_connections=self.pool_size,
+            timeout=OP_TIMEOUT,
             socket_timeout=OP_TIMEOUT,
             socket_connect_timeout=OP_TIMEOUT,
             # One immediate retry on a dropped connection (a pooled socket
@@ -125,6 +133,7 @@ class RedisSessionStore:
             # wait about OP_TIMEOUT for Redis, never longer.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
+        redis = Redis(connection_pool=self._pool)
         self._redis = redis
         self._claim_script = redis.register_script(CLAIM)
         self._renew_script = redis.register_script(RENEW)
@@ -149,11 +158,25 @@ class RedisSessionStore:
         await asyncio.gather(*(self.release(c) for c in list(self._owned)), return_exceptions=True)
         if self._background:
             await asyncio.wait(set(self._background), timeout=2 * OP_TIMEOUT)
-        redis, self._redis = self._redis, None
+        redis, pool = self._redis, self._pool
+        self._redis = self._pool = None
         self._up = self._listening = False
-        if redis is not None:
+        if redis is not None and pool is not None:
             with contextlib.suppress(RedisError, OSError):
                 await redis.aclose()
+                await pool.aclose()  # a pool passed in is not closed with its client
+
+    def connections(self) -> dict[str, int]:
+        """Open and busy connections of the pool (metrics)."""
+        pool = self._pool
+        if pool is None:
+            return {"open": 0, "in_use": 0, "max": self.pool_size}
+        in_use = len(pool._in_use_connections)
+        return {
+            "open": in_use + len(pool._available_connections),
+            "in_use": in_use,
+            "max": self.pool_size,
+        }
 
     def healthy(self) -> bool:
         """Redis answered the last operation and the replace channel is subscribed."""

@@ -234,6 +234,7 @@ async def test_every_key_expires(stores, raw):
     store = await stores(live_ttl=120.0)
     log = await store.open("chat", "k", "r", 100, 10_000)
     await log.append([Entry(1, "up", b"x"), *entries(2, 3)])
+    await log.flush()
     await log.follow(5.0)
     ttls = await keys_of(raw, store)
     assert len(ttls) == 4, ttls  # pointer, stream, index, follow
@@ -318,30 +319,83 @@ async def test_same_answers_as_the_memory_store(stores):
 
 
 async def test_a_cancelled_blocked_read_leaves_the_store_usable(stores):
-    store = await stores()
-    log = await store.open("chat", "k", "r", 100, 10_000)
-    assert isinstance(log, RedisReplayLog)
+    a, b = await stores(), await stores()
+    log = await a.open("chat", "k", "r", 100, 10_000)
+    found = await b.find("chat", "k")
+    assert found is not None
     for _ in range(3):
-        reader = asyncio.ensure_future(log.read(0, 0.6))
+        reader = asyncio.ensure_future(found.read(0, 0.6))
         await asyncio.sleep(0.2)
         reader.cancel()  # the follower's client left
         with pytest.raises(asyncio.CancelledError):
             await reader
-    await asyncio.sleep(0.6)  # the server's answers to the cancelled XREADs are due by now
+    await asyncio.sleep(0.6)  # the shared reader's XREAD has come back meanwhile
     await log.append(entries(1, 2))
-    # A connection put back with an answer pending would hand that stale
-    # "nothing" to the next XREAD on it.
     for _ in range(3):
-        got, took = await elapsed(store.xread(log.keys.stream, 0, 2.0))
+        got, took = await elapsed(found.read(0, 2.0))
         assert seqs(got) == [1, 2]
         assert took < 0.5
-    assert seqs(await log.after("r-1")) == [2]
+    assert seqs(await found.after("r-1")) == [2]
 
 
-async def test_redis_down_is_backend_unavailable_quickly(stores, redis_server):
+async def test_remote_followers_share_one_connection_and_wake_at_once(stores, raw):
+    a, b = await stores(), await stores()
+    logs = [await a.open("chat", f"k{i}", f"r{i}", 100, 10_000) for i in range(40)]
+    found = [await b.find("chat", f"k{i}") for i in range(40)]
+    assert all(f is not None for f in found)
+    before = (await raw.info("clients"))["connected_clients"]
+    readers = [asyncio.ensure_future(f.read(0, 5.0)) for f in found if f is not None]
+    await asyncio.sleep(0.3)
+    # Forty blocked followers: the shared reader and at most the pool (their
+    # polls), not a connection each.
+    assert (await raw.info("clients"))["connected_clients"] <= before + b.pool_size + 1
+    assert b.connections() == {"open": b.connections()["open"], "in_use": 1, "max": 7}
+    assert b.connections()["open"] <= b.pool_size + 1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # A follower that registers while the reader is blocked is covered at once.
+    late_log = await a.open("chat", "late", "rl", 100, 10_000)
+    late = await b.find("chat", "late")
+    assert late is not None
+    late_reader = asyncio.ensure_future(late.read(0, 5.0))
+    await asyncio.sleep(0.1)
+    await late_log.append(entries(1, 1, run="rl"))
+    assert seqs(await asyncio.wait_for(late_reader, 1.0)) == [1]
+    for i, log in enumerate(logs):
+        await log.append(entries(1, 1, run=f"r{i}"))
+    got = await asyncio.wait_for(asyncio.gather(*readers), 2.0)
+    assert [seqs(g) for g in got] == [[1]] * 40
+    assert loop.time() - started < 1.5
+
+
+async def test_the_runs_own_log_serves_its_followers_through_a_redis_outage(stores, redis_server):
     store = await stores()
     log = await store.open("chat", "k", "r", 100, 10_000)
     await log.append(entries(1, 2))
+    await log.flush()
+    reader = asyncio.ensure_future(log.read(2, 5.0))
+    await asyncio.sleep(0.1)
+    redis_server.stop()
+    # The live client's path never waits for Redis: appends land, readers wake.
+    _, took = await elapsed(log.append(entries(3, 1)))
+    assert took < 0.1
+    assert seqs(await asyncio.wait_for(reader, 1.0)) == [3]
+    await log.append([Entry(4, "r-4", b"end", terminal=True)])
+    assert (await log.read(3, 0))[-1].terminal
+    with pytest.raises(BackendUnavailable):
+        await log.flush()  # what is not in Redis yet is said, within about a second
+    redis_server.start()  # empty: the run's pending entries go in once it is back
+    await asyncio.sleep(0.5)
+    await log.flush()
+
+
+async def test_redis_down_is_backend_unavailable_quickly(stores, redis_server):
+    a, store = await stores(), await stores()
+    owned = await a.open("chat", "k", "r", 100, 10_000)
+    await owned.append(entries(1, 2))
+    await owned.flush()
+    log = await store.find("chat", "k")
+    assert log is not None
     blocked = asyncio.ensure_future(log.read(2, 30.0))
     await asyncio.sleep(0.2)
     redis_server.stop()

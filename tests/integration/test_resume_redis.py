@@ -196,3 +196,41 @@ async def test_other_credentials_get_403_on_the_other_process(pair, upstream):
     )
     assert [e.data for e in mine.events if e.data.startswith("alice-")] == ["alice-18", "alice-19"]
     assert await pair.metric(pair.b, "sse_sidecar_resume_total", result="forbidden") == 2.0
+
+
+async def test_remote_followers_use_the_metered_pool_and_one_shared_reader(pair, upstream):
+    upstream.script = Script(
+        [x for i in range(30) for x in (f"data: {i}\n\n".encode(), 0.05)]
+        + [b"event: done\ndata: [DONE]\n\n"]
+    )
+    runs = []
+    for n in range(5):
+        resp = await pair.http.get(pair.a.url + f"/s?s=pool-{n}")
+        runs.append((resp, await read_until(resp, 1)))
+    followers = [
+        asyncio.ensure_future(
+            read_stream(
+                pair.http, "GET", pair.b.url + f"/s?s=pool-{n}",
+                headers={"Last-Event-ID": first[-1][0]},
+            )
+        )
+        for n, (_, first) in enumerate(runs)
+    ]  # fmt: skip
+    await asyncio.sleep(0.5)
+    conns = {
+        (pool, state): await pair.metric(
+            pair.b, "sse_sidecar_backend_connections", pool=pool, state=state
+        )
+        for pool in ("replay", "sessions")
+        for state in ("open", "in_use", "max")
+    }
+    # backend.pool_size 6 per pool; the replay's shared reader is one more.
+    assert conns["replay", "max"] == 7.0
+    assert conns["sessions", "max"] == 6.0
+    assert 1.0 <= conns["replay", "in_use"] <= conns["replay", "open"] <= 7.0
+    assert 1.0 <= conns["sessions", "open"] <= 6.0  # the replace channel's subscription
+    got = await asyncio.gather(*followers)
+    for g in got:
+        assert g.kinds()[-1] == "done"
+    for resp, _ in runs:
+        resp.close()

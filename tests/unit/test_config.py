@@ -632,3 +632,11 @@ def test_resume_bind_names_a_header_or_cookie(source: str) -> None:
     assert error_of(config(route(resume={"bind": ["header:Authorization", source]}))) == (
         f"routes[0].resume.bind[1]: expected header:NAME or cookie:NAME, got {source!r}"
     )
+
+
+def test_backend_pool_size_is_at_least_two() -> None:
+    assert from_mapping(config()).backend.pool_size == 6
+    assert from_mapping(config(backend={"pool_size": 2})).backend.pool_size == 2
+    assert error_of(config(backend={"pool_size": 1})) == (
+        "backend.pool_size: must be at least 2 (the replace channel holds one), got 1"
+    )

@@ -1,0 +1,233 @@
+"""How the Redis replay backend's followers wait: in memory on the run's own
+process, on one shared blocking connection everywhere else.
+
+:class:`LocalTail` holds a run's entries in the process that appends them, so
+its local followers never wait for Redis. :class:`Wakeups` is the one
+``XREAD`` per process that every follower of a run elsewhere waits in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sidecar.errors import BackendUnavailable
+from sidecar.replay.base import Entry
+
+#: The longest single ``XREAD BLOCK`` of the shared reader; a follower that
+#: registered while it was being sent is seen at the latest after this.
+MAX_BLOCK = 1.0
+#: Between attempts while Redis is unreachable (appends, the shared reader).
+RETRY = 0.25
+
+
+def ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store(Protocol):
+    """What the shared reader needs of the replay store."""
+
+    budget: float
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+    def client(self, *, single_connection: bool = False) -> Redis: ...
+
+    def backend(
+        self, budget: float = ..., *, client: Redis | None = None
+    ) -> AbstractAsyncContextManager[Redis]: ...
+
+
+class LocalTail:
+    """The run's entries in its own process, under the log's caps, for local followers.
+
+    Eviction is the Redis script's (and memory's): oldest first while over a
+    cap, never the newest entry, so a local read sees what a Redis read would.
+    """
+
+    __slots__ = (
+        "_changed", "bytes", "entries", "finished", "last_seq", "max_bytes", "max_events",
+    )  # fmt: skip
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.entries: deque[Entry] = deque()
+        self.bytes = 0
+        self.last_seq = 0
+        self.finished = False
+        self._changed = asyncio.Event()
+
+    def add(self, entries: Sequence[Entry]) -> None:
+        held = self.entries
+        for entry in entries:
+            if entry.seq <= self.last_seq:
+                continue  # a retried append, as the script skips it
+            held.append(entry)
+            self.bytes += len(entry.data)
+            self.last_seq = entry.seq
+        while len(held) > 1 and (len(held) > self.max_events or self.bytes > self.max_bytes):
+            self.bytes -= len(held.popleft().data)
+        self._wake()
+
+    def finish(self) -> None:
+        self.finished = True
+        self._wake()
+
+    def clear(self) -> None:
+        """The session has a newer log: what this one held is gone (later appends still land)."""
+        self.entries.clear()
+        self.bytes = 0
+
+    def _wake(self) -> None:
+        # Every reader waits on the event of the moment it looked.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def after(self, after_seq: int) -> list[Entry]:
+        held = self.entries
+        if not held or held[-1].seq <= after_seq:
+            return []
+        if held[0].seq > after_seq:
+            return list(held)
+        return [e for e in held if e.seq > after_seq]
+
+    async def read(self, after_seq: int, block: float | None) -> list[Entry]:
+        got = self.after(after_seq)
+        if got or self.finished or (block is not None and block <= 0):
+            return got
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), block)
+        return self.after(after_seq)
+
+
+class Wakeups:
+    """One connection per process that blocks in one ``XREAD`` for every waiting follower.
+
+    A follower registers (stream, the seq it has) and is woken when the
+    stream has a newer entry, when its wait runs out, or with
+    BackendUnavailable when Redis fails. A registration that the blocked
+    ``XREAD`` does not cover unblocks it (``CLIENT UNBLOCK``), so it is
+    sent again with the new stream at once.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: dict[str, dict[asyncio.Future[bool], int]] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._reader: Redis | None = None
+        self._reader_id: int | None = None
+        #: The (stream, seq) pairs of the XREAD now blocked, if one is.
+        self._covered: dict[str, int] | None = None
+
+    async def wait(self, stream: str, after_seq: int, limit: float) -> bool:
+        """True when ``stream`` may have entries after ``after_seq``; False on timeout."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[bool] = loop.create_future()
+        self._waiting.setdefault(stream, {})[woken] = after_seq
+        self._changed.set()
+        if self._task is None:
+            self._task = self._store.spawn(self._run())
+        covered = self._covered
+        if covered is not None and covered.get(stream, -1) != after_seq:
+            self._store.spawn(self._unblock())
+        try:
+            async with asyncio.timeout(limit):
+                return await woken
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiting.get(stream)
+            if waiters is not None:
+                waiters.pop(woken, None)
+                if not waiters:
+                    del self._waiting[stream]
+
+    @property
+    def connected(self) -> bool:
+        return self._reader is not None
+
+    async def _unblock(self) -> None:
+        reader_id = self._reader_id
+        if reader_id is None:
+            return
+        with contextlib.suppress(BackendUnavailable):
+            async with self._store.backend() as redis:
+                await redis.client_unblock(reader_id)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._waiting:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            streams = {s: min(w.values()) for s, w in self._waiting.items()}
+            try:
+                got = await self._read(streams)
+            except BackendUnavailable as exc:
+                self._fail(exc)
+                await asyncio.sleep(RETRY)
+                continue
+            for stream, _entries_of_stream in got:
+                for woken in self._waiting.get(text(stream), {}):
+                    if not woken.done():
+                        woken.set_result(True)
+
+    async def _read(self, streams: dict[str, int]) -> list[Any]:
+        reader = await self._connect()
+        self._covered = streams
+        try:
+            async with self._store.backend(MAX_BLOCK + self._store.budget):
+                got: Any = await reader.xread(
+                    {s: f"0-{seq}" for s, seq in streams.items()}, count=1, block=ms(MAX_BLOCK)
+                )
+        except BackendUnavailable:
+            await self._disconnect()
+            raise
+        finally:
+            self._covered = None
+        return list(got or [])  # RESP2: [[stream, entries], …]
+
+    async def _connect(self) -> Redis:
+        if self._reader is None:
+            self._reader = self._store.client(single_connection=True)
+            try:
+                async with self._store.backend(client=self._reader) as reader:
+                    self._reader_id = int(await reader.client_id())
+            except BackendUnavailable:
+                await self._disconnect()
+                raise
+        return self._reader
+
+    async def _disconnect(self) -> None:
+        reader, self._reader, self._reader_id = self._reader, None, None
+        if reader is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await reader.aclose()
+
+    def _fail(self, exc: BackendUnavailable) -> None:
+        for waiters in self._waiting.values():
+            for woken in waiters:
+                if not woken.done():
+                    woken.set_exception(exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._disconnect()

@@ -139,7 +139,7 @@ class RedisReplayLog:
         self._local: LocalTail | None = LocalTail(*caps) if owned and caps else None
         #: Appended here, not yet in Redis (the run's own log only).
         self._pending: list[Entry] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._sending: list[Entry] = []
         self._flush_error: BackendUnavailable | None = None
 
     @property
@@ -160,32 +160,44 @@ class RedisReplayLog:
         keep = local.max_events * (1 if self._flush_error is not None else 4)
         if len(self._pending) > keep:
             del self._pending[:-keep]
-        if self._flusher is None:
-            self._flusher = self._store.spawn(self._flush())
+        self._store.queue(self)
 
-    async def _flush(self) -> None:
-        """Send what is pending, in order, one script call per batch; retry through outages."""
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await self._send(batch)
-                    self._flush_error = None
-                except BackendUnavailable as exc:
-                    self._flush_error = exc
-                    self._pending[:0] = batch
-                    await asyncio.sleep(RETRY)
-        finally:
-            self._flusher = None
+    @property
+    def unsent(self) -> bool:
+        """Entries appended here that Redis does not have yet (queued or on their way)."""
+        return bool(self._pending or self._sending)
+
+    def take(self) -> list[Entry]:
+        """What the store's next append round sends for this log."""
+        self._sending, self._pending = self._pending, []
+        return self._sending
+
+    def sent(self, error: BackendUnavailable | None) -> None:
+        """The round is over: its batch is in Redis, or goes back in front of what came since."""
+        if error is not None:
+            self._pending[:0] = self._sending
+        self._sending = []
+        self._flush_error = error
+
+    async def add_to(self, pipe: Any, entries: Sequence[Entry]) -> None:
+        """Queue the append script for ``entries`` on a pipeline."""
+        assert self._caps is not None  # the run's own log knows its caps
+        max_events, max_bytes = self._caps
+        k = self.keys
+        args: list[str | bytes | int] = [
+            self._run_id, ms(self._store.live_ttl), max_events, max_bytes,
+        ]  # fmt: skip
+        for e in entries:
+            args += [e.seq, e.event_id, e.data, int(e.terminal)]
+        # On a pipeline this only queues the call (the await returns at once).
+        await self._store.scripts["append"](
+            keys=[k.stream, k.index, k.pointer], args=args, client=pipe
+        )
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""
-        flusher = self._flusher
-        if flusher is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(flusher), _BUDGET)
-        if self._pending:
+        await self._store.flushed(self)
+        if self.unsent:
             raise self._flush_error or BackendUnavailable(
                 "the replay backend (redis) is not keeping up; retry shortly"
             )
@@ -257,9 +269,8 @@ class RedisReplayLog:
 
     def forget(self) -> None:
         """Stop sending appends (the log is dropped); local followers see it finished."""
-        if self._flusher is not None:
-            self._flusher.cancel()
         self._pending = []
+        self._store.unqueue(self)
         if self._local is not None:
             self._local.finish()
 
@@ -299,6 +310,9 @@ class RedisReplayStore:
         self.scripts: dict[str, AsyncScript] = {}
         self.wakeups = Wakeups(self)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queued: dict[RedisReplayLog, None] = {}  # in the order they appended
+        self._appender: asyncio.Task[None] | None = None
+        self._round = asyncio.Event()
         #: The logs this process's runs append to, by session.
         self._owned: dict[str, RedisReplayLog] = {}  # by pointer key
 
@@ -360,6 +374,61 @@ class RedisReplayStore:
             "in_use": in_use + reader,
             "max": self.pool_size + 1,
         }
+
+    def queue(self, log: RedisReplayLog) -> None:
+        """The log has entries for Redis: the next append round sends them."""
+        self._queued[log] = None
+        if self._appender is None:
+            self._appender = self.spawn(self._append_rounds())
+
+    def unqueue(self, log: RedisReplayLog) -> None:
+        self._queued.pop(log, None)
+
+    async def _append_rounds(self) -> None:
+        """Send every queued log's entries in one pipeline per round, in order, until none are left.
+
+        One round trip carries all the appends of the streams that produced
+        meanwhile, however many they are; a failed round goes again (the
+        script skips what it already has) after a pause.
+        """
+        try:
+            while self._queued:
+                logs = list(self._queued)
+                self._queued.clear()
+                batches = [(log, log.take()) for log in logs]
+                error: BackendUnavailable | None = None
+                try:
+                    async with self.backend() as redis, redis.pipeline(transaction=False) as pipe:
+                        for log, batch in batches:
+                            await log.add_to(pipe, batch)
+                        await pipe.execute()
+                except BackendUnavailable as exc:
+                    error = exc
+                for log, _ in batches:
+                    log.sent(error)
+                    if error is not None and log.unsent:
+                        self._queued.setdefault(log, None)
+                self._round_done()
+                if error is not None:
+                    await asyncio.sleep(RETRY)
+        finally:
+            self._appender = None
+            self._round_done()
+
+    def _round_done(self) -> None:
+        self._round.set()
+        self._round = asyncio.Event()
+
+    async def flushed(self, log: RedisReplayLog) -> None:
+        """Wait, up to about a second, for the rounds that take the log's entries to Redis."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _BUDGET
+        while log.unsent and self._appender is not None:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._round.wait(), left)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task of the store's, cancelled when it closes."""

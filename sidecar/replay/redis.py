@@ -16,8 +16,8 @@ append, finished ones after their retention. Redis errors become
 
 The run's own process never waits for Redis: the log it appends to keeps its
 entries in memory too (under the same caps), so its local followers read them
-at once, and the appends go to Redis behind them, one script call for all that
-queued meanwhile (a Redis stall never holds up the live client; a long outage
+at once, and the appends go to Redis behind them: one pipeline a round carries what
+every run of the process queued meanwhile (a Redis stall never holds up the live client; a long outage
 costs the Redis copy its oldest entries, which a reconnect elsewhere then sees
 as ``resume_gap``). Followers of a run on another process wait together: one
 connection per process blocks in one ``XREAD`` over all their streams and

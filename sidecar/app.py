@@ -48,7 +48,9 @@ def replay_store(config: Config, metrics: Metrics) -> ReplayStore:
         from sidecar.replay.redis import RedisReplayStore
 
         backend = config.backend
-        store = RedisReplayStore(backend.url, prefix=backend.prefix, pool_size=backend.pool_size)
+        store = RedisReplayStore(
+            backend.url, prefix=backend.prefix, pool_size=backend.pool_size, lease=backend.lease
+        )
 
         metrics.samplers.append(lambda: _sample_pool(metrics, "replay", store.connections()))
         return store

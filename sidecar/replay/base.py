@@ -63,6 +63,10 @@ class ReplayLog(Protocol):
         """Say a client follows this log (renewed by the follower; expires after ``ttl``)."""
         ...
 
+    async def abandoned(self) -> bool:
+        """Whether the run's process is gone without finishing it: nothing more will come."""
+        ...
+
     async def followed(self) -> bool:
         """Whether a client on another process follows it (the run keeps going then)."""
         ...

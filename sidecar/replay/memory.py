@@ -109,6 +109,9 @@ class MemoryReplayLog:
     async def follow(self, ttl: float) -> None:
         return None  # followers of a local run attach to the run itself
 
+    async def abandoned(self) -> bool:
+        return False  # the run lives in this process: its end is seen directly
+
     async def followed(self) -> bool:
         return False
 

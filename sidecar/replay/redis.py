@@ -16,13 +16,15 @@ append, finished ones after their retention. Redis errors become
 
 The run's own process never waits for Redis: the log it appends to keeps its
 entries in memory too (under the same caps), so its local followers read them
-at once, and the appends go to Redis behind them: one pipeline a round carries what
-every run of the process queued meanwhile (a Redis stall never holds up the live client; a long outage
-costs the Redis copy its oldest entries, which a reconnect elsewhere then sees
-as ``resume_gap``). Followers of a run on another process wait together: one
-connection per process blocks in one ``XREAD`` over all their streams and
-wakes whoever has news. Every other call shares one pool of ``pool_size``
-connections, which waits for a free one rather than failing.
+at once, and the appends go to Redis behind them: one pipeline a round
+carries what every run of the process queued meanwhile (a Redis stall never
+holds up the live client; a long outage costs the Redis copy its oldest
+entries, which a reconnect elsewhere then sees as ``resume_gap``). A run's
+liveness key, renewed with the others every lease/3, tells a follower
+elsewhere that the run's process died. Followers of a run on another process
+wait together: one connection per process blocks in one ``XREAD`` over all
+their streams and wakes whoever has news. Every other call shares one pool of
+``pool_size`` connections, which waits for a free one rather than failing.
 
 Memory has a global cap across logs; here that is Redis's own ``maxmemory``
 (every key has a TTL, so a ``volatile-*`` policy applies to all of them).
@@ -84,27 +86,31 @@ class _Keys:
     stream: str
     index: str
     follow: str
+    #: Exists while the run's process is alive (renewed every lease/3).
+    live: str
     pointer: str
 
     @classmethod
     def of(cls, prefix: str, route: str, key: str, run_id: str) -> _Keys:
-        stream, index, follow = _run_prefixes(prefix, route, key)
+        stream, index, follow, live = _run_prefixes(prefix, route, key)
         run = key_part(run_id)
         return cls(
             stream=stream + run,
             index=index + run,
             follow=follow + run,
+            live=live + run,
             pointer=pointer_key(prefix, route, key),
         )
 
 
-def _run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str]:
-    """The names of a session's run keys (stream, index, follow) but for the run id."""
+def _run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str, str]:
+    """The names of a session's run keys (stream, index, follow, live) but for the run id."""
     session = f"{key_part(route)}:{key}:"
     return (
         f"{prefix}replay:{session}",
         f"{prefix}replay-index:{session}",
         f"{prefix}replay-follow:{session}",
+        f"{prefix}replay-live:{session}",
     )
 
 
@@ -265,7 +271,9 @@ class RedisReplayLog:
         # PEXPIRE 0 deletes at once, as a retention of 0 means.
         args: list[str | int] = [self._run_id, max(0, round(retention * 1000))]
         async with self._store.backend():
-            await self._store.scripts["finish"](keys=[k.stream, k.index, k.pointer], args=args)
+            await self._store.scripts["finish"](
+                keys=[k.stream, k.index, k.pointer, k.live], args=args
+            )
 
     def forget(self) -> None:
         """Stop sending appends (the log is dropped); local followers see it finished."""
@@ -278,6 +286,16 @@ class RedisReplayLog:
         """A newer run of the session opened its log here: this one's entries are gone."""
         if self._local is not None:
             self._local.clear()
+
+    async def abandoned(self) -> bool:
+        """Whether the run's process is gone: unfinished, and its liveness key expired."""
+        if self._local is not None:
+            return False
+        async with self._store.backend() as redis, redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.index, "finished")
+            pipe.exists(self.keys.live)
+            finished, live = await pipe.execute()
+        return finished is None and not live
 
     async def follow(self, ttl: float) -> None:
         async with self._store.backend() as redis:
@@ -300,10 +318,14 @@ class RedisReplayStore:
         prefix: str = "sse-sidecar:",
         live_ttl: float = LIVE_TTL,
         pool_size: int = POOL_SIZE,
+        lease: float = 10.0,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.live_ttl = live_ttl
+        #: A run's liveness key lasts this long unless its process renews it,
+        #: so a follower elsewhere learns within it that the run died.
+        self.lease = lease
         self.pool_size = pool_size
         self._redis: Redis | None = None
         self._pool: BlockingConnectionPool | None = None
@@ -350,6 +372,7 @@ class RedisReplayStore:
             "open": lua.OPEN,
         }
         self.scripts = {name: redis.register_script(src) for name, src in sources.items()}
+        self.spawn(self._keep_alive())
 
     async def close(self) -> None:
         await self.wakeups.close()
@@ -374,6 +397,19 @@ class RedisReplayStore:
             "in_use": in_use + reader,
             "max": self.pool_size + 1,
         }
+
+    async def _keep_alive(self) -> None:
+        """Renew the liveness keys of this process's runs, all in one pipeline, every lease/3."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            logs = list(self._owned.values())
+            if not logs:
+                continue
+            with contextlib.suppress(BackendUnavailable):
+                async with self.backend() as redis, redis.pipeline(transaction=False) as pipe:
+                    for log in logs:
+                        pipe.pexpire(log.keys.live, ms(self.lease))
+                    await pipe.execute()
 
     def queue(self, log: RedisReplayLog) -> None:
         """The log has entries for Redis: the next append round sends them."""
@@ -466,10 +502,10 @@ class RedisReplayStore:
         # appends (to end with error/replaced), writes a short-lived stream
         # its own followers can still read.
         args: list[str | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
-        args += _run_prefixes(self.prefix, route, key)
+        args += [ms(self.lease), *_run_prefixes(self.prefix, route, key)]
         async with self.backend():
             opened = await self.scripts["open"](
-                keys=[keys.pointer, keys.stream, keys.index, keys.follow], args=args
+                keys=[keys.pointer, keys.stream, keys.index, keys.follow, keys.live], args=args
             )
         if not opened:
             raise SessionForbidden(FORBIDDEN)
@@ -506,5 +542,5 @@ class RedisReplayStore:
         k = log.keys
         async with self.backend():
             await self.scripts["drop"](
-                keys=[k.stream, k.index, k.follow, k.pointer], args=[log.run_id]
+                keys=[k.stream, k.index, k.follow, k.pointer, k.live], args=[log.run_id]
             )

@@ -81,37 +81,41 @@ if not first or tonumber(seq) < tonumber(string.sub(first[1], 3)) - 1 then retur
 return redis.call('XRANGE', stream, '(0-' .. seq, '+')
 """
 
-# KEYS: stream, index, pointer. ARGV: run, retention_ms.
+# KEYS: stream, index, pointer, live. ARGV: run, retention_ms.
 FINISH = """
 redis.call('HSET', KEYS[2], 'finished', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+redis.call('DEL', KEYS[4])
 return 1
 """
 
-# KEYS: pointer, stream, index, follow. ARGV: run, ttl_ms, max_events,
-# max_bytes, binding, then the key prefixes of this session's runs (stream,
-# index, follow) that the previous run's id completes. Refuses (returns 0)
-# while the previous run is live and bound to other credentials; else drops
-# the previous log (as memory does) and starts an empty one.
+# KEYS: pointer, stream, index, follow, live. ARGV: run, ttl_ms, max_events,
+# max_bytes, binding, lease_ms, then the key prefixes of this session's runs
+# (stream, index, follow, live) that the previous run's id completes. Refuses
+# (returns 0) while the previous run is live (its owner's liveness key is
+# there) and bound to other credentials; else drops the previous log (as
+# memory does) and starts an empty one, live for a lease.
 OPEN = """
 local old = redis.call('GET', KEYS[1])
 if old and old ~= ARGV[1] then
-  local held = redis.call('HMGET', ARGV[7] .. old, 'bind', 'finished')
-  if not held[2] and held[1] and held[1] ~= ARGV[5] then return 0 end
-  redis.call('DEL', ARGV[6] .. old, ARGV[7] .. old, ARGV[8] .. old)
+  local held = redis.call('HMGET', ARGV[8] .. old, 'bind', 'finished')
+  local live = redis.call('EXISTS', ARGV[10] .. old) == 1
+  if live and not held[2] and held[1] and held[1] ~= ARGV[5] then return 0 end
+  redis.call('DEL', ARGV[7] .. old, ARGV[8] .. old, ARGV[9] .. old, ARGV[10] .. old)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[3], 'max_events', ARGV[3], 'max_bytes', ARGV[4], 'bind', ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[5], '1', 'PX', ARGV[6])
 return 1
 """
 
-# KEYS: stream, index, follow, pointer. ARGV: run.
+# KEYS: stream, index, follow, pointer, live. ARGV: run.
 DROP = """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5])
 if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 return 1
 """

@@ -237,7 +237,7 @@ async def test_every_key_expires(stores, raw):
     await log.flush()
     await log.follow(5.0)
     ttls = await keys_of(raw, store)
-    assert len(ttls) == 4, ttls  # pointer, stream, index, follow
+    assert len(ttls) == 5, ttls  # pointer, stream, index, follow, live
     assert all(0 < ttl <= 120_000 for ttl in ttls.values()), ttls
 
 
@@ -437,3 +437,35 @@ async def test_store_starts_while_redis_is_down(stores, redis_server):
         await store.find("chat", "k")
     redis_server.start()
     assert await store.find("chat", "k") is None
+
+
+async def test_a_run_whose_process_died_is_abandoned_within_its_lease(stores):
+    a, b = await stores(lease=0.6), await stores(lease=0.6)
+    log = await a.open("chat", "k", "r", 100, 10_000, "alice")
+    await log.append(entries(1, 2))
+    await log.flush()
+    found = await b.find("chat", "k")
+    assert found is not None
+    await asyncio.sleep(1.0)  # longer than a lease: a's renewals keep it alive
+    assert not await found.abandoned()
+    assert not await log.abandoned()
+    await a.close()  # the process dies: no finish, no more renewals
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not await found.abandoned():
+        assert loop.time() - started < 0.6 + 0.3
+        await asyncio.sleep(0.05)
+    # Its session may be taken by other credentials now: no one is running it.
+    await b.open("chat", "k", "r2", 100, 10_000, "mallory")
+
+
+async def test_a_finished_run_is_not_abandoned(stores):
+    a, b = await stores(lease=0.6), await stores(lease=0.6)
+    log = await a.open("chat", "k", "r", 100, 10_000)
+    await log.append([Entry(1, "r-1", b"end", terminal=True)])
+    await log.finish(60)
+    await a.close()
+    await asyncio.sleep(0.8)
+    found = await b.find("chat", "k")
+    assert found is not None
+    assert not await found.abandoned()

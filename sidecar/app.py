@@ -15,7 +15,7 @@ from sidecar.config import Config
 from sidecar.context import CONTEXT, Context
 from sidecar.metrics import Metrics, admin_app
 from sidecar.probe import add_probe_route
-from sidecar.proxy import RouteProxy
+from sidecar.proxy import RouteHandler
 from sidecar.replay.base import ReplayStore
 from sidecar.replay.memory import MemoryReplayStore
 from sidecar.sessions.base import SessionStore
@@ -74,7 +74,7 @@ def create_app(config: Config, metrics: Metrics | None = None) -> web.Applicatio
         intervals = [r.heartbeat.interval for r in config.routes if r.heartbeat.interval > 0]
         add_probe_route(app, config.probe_path, min(intervals, default=0.0))
     for route in config.routes:
-        proxy = RouteProxy(route, ctx)
+        proxy = RouteHandler(route, ctx)
         app.router.add_route("*", proxy.pattern(), proxy.handle)
     app.cleanup_ctx.append(_backends)
     return app

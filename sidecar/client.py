@@ -1,8 +1,8 @@
 """The client side of a stream: its headers, its opening, and the body of every write.
 
-Shared by the stream of a route (sidecar/stream.py), the followers of a
-resumable run (sidecar/resume.py) and the probe (sidecar/probe.py), so that
-each writes to its client the same way.
+Shared by the client Sink of a stream (sidecar/stream/sink.py), which the
+followers of a resumable run (sidecar/resume/follower.py) write through too,
+and the probe (sidecar/probe.py), so that each writes to its client the same way.
 """
 
 from __future__ import annotations

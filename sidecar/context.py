@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -14,9 +14,6 @@ from sidecar.metrics import Metrics
 from sidecar.replay.base import ReplayStore
 from sidecar.sessions.base import SessionStore
 from sidecar.timers import TimerWheel
-
-if TYPE_CHECKING:
-    from sidecar.resume import ResumableRun
 
 
 class StreamHandle:
@@ -47,8 +44,6 @@ class Context:
     streams: set[StreamHandle] = field(default_factory=set)
     #: Heartbeat and limit deadlines of the streams on the callback path.
     timers: TimerWheel = field(default_factory=TimerWheel)
-    #: Resumable runs of this process by (route, session key).
-    runs: dict[tuple[str, str], ResumableRun] = field(default_factory=dict)
     draining: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.config import CommentMode, Keepalive, Limits, Terminal
@@ -184,7 +184,7 @@ class Normalizer:
         batch.data = b"\n\n".join(out) + b"\n\n" if out else b""
         return batch
 
-    def batch(self, items: list[Item], ids: IdSource | None = None) -> Batch:
+    def batch(self, items: Sequence[Item], ids: IdSource | None = None) -> Batch:
         """Encode a chunk's items for the client, stopping after a terminal event.
 
         With ``ids``, every event gets an id (the upstream's own when it set

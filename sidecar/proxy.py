@@ -1,7 +1,8 @@
 """The aiohttp handler of a route: refuse, read the session key and body, start a stream.
 
-Everything about a stream once it starts lives in sidecar/stream.py (and
-sidecar/resume.py for routes with resume on).
+Everything about a stream once it starts lives in sidecar/stream/ (and
+sidecar/resume/ for routes with resume on); what the streams of a route
+share is its :class:`RouteServices`.
 """
 
 from __future__ import annotations
@@ -13,32 +14,28 @@ from urllib.parse import unquote
 from aiohttp import web
 from yarl import URL
 
-from sidecar import resume
 from sidecar.client import json_error
 from sidecar.config import Route
 from sidecar.context import Context, StreamHandle
 from sidecar.errors import BackendUnavailable, BadSessionKey
-from sidecar.metrics import RouteMetrics
-from sidecar.normalize import Normalizer
-from sidecar.sessions.binding import CredentialBinding
+from sidecar.resume.entry import ResumeEntry
+from sidecar.services import RouteServices
 from sidecar.sessions.keys import SessionKeySource
-from sidecar.stream import StreamRun
+from sidecar.stream.run import StreamRun
 
 
-class RouteProxy:
+class RouteHandler:
     """The aiohttp handler of one configured route."""
 
     def __init__(self, route: Route, ctx: Context) -> None:
         self.route = route
         self.ctx = ctx
-        self.normalizer = Normalizer(route.comments, route.keepalive, route.terminal)
-        #: The fast path's test (built once: every stream of the route shares it).
-        self.raw_events = self.normalizer.raw_events(route.limits)
-        self.metrics = RouteMetrics(ctx.metrics, route.name)
+        self.services = RouteServices(route, ctx)
+        self.metrics = self.services.metrics
         self.base = URL(route.upstream)
         self.prefix = route.path.rstrip("/")
         self.keys = SessionKeySource(route.session)
-        self.binding = CredentialBinding(route.resume.bind)
+        self.resume = ResumeEntry(self.services) if route.resume.enabled else None
 
     def pattern(self) -> str:
         """The aiohttp route pattern: the prefix and anything below it, not ``/v1/chatter``."""
@@ -72,16 +69,16 @@ class RouteProxy:
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
-        if self.route.resume.enabled:
+        if self.resume is not None:
             last_id = request.headers.get("Last-Event-ID") or request.query.get(
                 self.route.resume.query_param
             )
             if last_id:
                 # A reconnect follows the run it lost; a POST body is not sent again.
-                return await resume.reattach(self, request, key, last_id)
+                return await self.resume.reattach(request, key, last_id)
             if key is not None:
                 try:
-                    return await resume.start(self, request, url, body, key)
+                    return await self.resume.start(request, url, body, key)
                 except BackendUnavailable as exc:
                     if self.ctx.config.backend.on_outage != "allow":
                         self.metrics.rejected("backend_unavailable")
@@ -91,7 +88,7 @@ class RouteProxy:
         task = asyncio.current_task()
         assert task is not None  # a handler always runs in a task
         handle = StreamHandle(secrets.token_hex(8), self.route.name, task)
-        run = StreamRun(self, request, handle, url, body, key)
+        run = StreamRun(self.services, request, handle, url, body, key)
         response = await run.serve()
         assert response is not None  # a client stream always commits or refuses
         return response

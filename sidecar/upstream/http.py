@@ -1,6 +1,6 @@
 """HTTP upstreams: one connection per stream, its response parsed by llhttp (httptools).
 
-Strategy: the stream's hot path (sidecar/splice.py) takes every read of the
+Strategy: the stream's hot path (sidecar/stream/splice.py) takes every read of the
 upstream body in this protocol's callback and writes the client's bytes in the
 same call. aiohttp's client would put a ``StreamReader``, a future and a task
 wake-up between each read and its write, and keep ~9 KB of client objects per

@@ -1,4 +1,4 @@
-"""The splice (sidecar/splice.py) end to end: real upstream, real sidecar, raw clients on loopback.
+"""The splice (sidecar/stream/splice.py) end to end: real upstream and sidecar, raw clients.
 
 Routes here do not resume, so every committed HTTP stream runs on the
 splice's callback path. Raw sockets stand in for clients whose reading pace

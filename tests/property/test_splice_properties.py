@@ -1,4 +1,4 @@
-"""The splice (sidecar/splice.py), property-tested end to end: any body, cut into reads anywhere.
+"""The splice (sidecar/stream/splice.py), property-tested end to end: any body, cut anywhere.
 
 Strategy: one real upstream and one real sidecar on loopback per test; every
 hypothesis example is one request whose query names the body and the cuts the
@@ -212,7 +212,7 @@ def decode_all(raw: bytes) -> list[Item]:
 
 
 def reference(body: bytes, route: Route, normalizer: Normalizer) -> list[Item]:
-    """What the client must get: the awaiting rule (stream.py) applied to the body in one read."""
+    """What the client must get: the awaiting rule (stream/pump.py) on the body in one read."""
     decoder = Decoder(route.limits.max_line_bytes, route.limits.max_event_bytes)
     batch = Batch()
     try:

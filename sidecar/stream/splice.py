@@ -8,7 +8,11 @@ future, no task wake-up and no ``StreamReader``. The stream's task sleeps
 until the stream ends (or a client falls behind). What is forwarded is what
 the awaiting path would forward: the complete events of a read that a
 bytes-only check finds unchanged go out as the upstream sent them, the rest
-through the decoder and the normaliser.
+through the decoder and the normaliser. It is the HTTP Source and the client
+Sink (sidecar/stream/sink.py) joined in the socket's callbacks, chosen when
+the Sink allows it (``Sink.splice_target``); its contract is the awaiting
+pump's (sidecar/stream/pump.py), held equal by
+tests/property/test_splice_properties.py.
 
 There is still one write path at a time, so a heartbeat never lands inside an
 event: every callback writes whole events or a whole heartbeat. When the
@@ -17,26 +21,23 @@ they hold their bytes, the upstream stops reading, and the task waits for the
 client to drain (bounded by ``limits.write_timeout``) before it writes them
 and lets the upstream go on. Heartbeats and the stream's limits come from one
 callback on the process's timer wheel (sidecar/timers.py), re-armed lazily:
-events do not touch it.
+events do not touch it; what is due is sidecar/stream/pacing.py's decision.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from sidecar.client import wait_drained
+from sidecar.config import Limits
 from sidecar.errors import ClientGone, UpstreamError
-from sidecar.normalize import heartbeat_due
+from sidecar.normalize import Normalizer
 from sidecar.sse import Decoder
+from sidecar.stream.pacing import Pacing
+from sidecar.stream.sink import ClientSink
+from sidecar.stream.state import StreamState
+from sidecar.timers import TimerWheel
 from sidecar.upstream.http import Upstream
-
-if TYPE_CHECKING:
-    from sidecar.stream import StreamRun
-
-#: asyncio's default write high-water mark: at or under it a write never waits.
-_HIGH_WATER = 64 * 1024
 
 #: How the body ended, when not with an error.
 COMPLETED = "completed"  # the upstream's own terminal event went out
@@ -48,58 +49,63 @@ class Splice:
 
     __slots__ = (
         "_boundary",
-        "_chunked",
         "_congested",
         "_decoder",
         "_end",
-        "_first",
+        "_normalizer",
         "_on_timer",
+        "_pacing",
         "_pending",
         "_raw_events",
+        "_sink",
         "_slot",
-        "_transport",
+        "_state",
         "_wake",
         "_wheel",
         "loop",
-        "run",
         "upstream",
     )
 
-    def __init__(self, run: StreamRun, upstream: Upstream, raw_events: Callable[[bytes], int]):
-        assert run.response is not None
-        transport = run.request.transport
-        if transport is None or transport.is_closing():
-            raise ClientGone("client connection closed")
-        limits = run.route.limits
-        self.run = run
+    def __init__(
+        self,
+        upstream: Upstream,
+        sink: ClientSink,
+        state: StreamState,
+        pacing: Pacing,
+        *,
+        limits: Limits,
+        normalizer: Normalizer,
+        raw_events: Callable[[bytes], int],
+        wheel: TimerWheel,
+    ) -> None:
+        sink.take_transport()
         self.upstream = upstream
-        self.loop = run.loop
-        self._transport: asyncio.Transport = transport
-        # aiohttp chose the framing when it sent the head (chunked for HTTP/1.1);
-        # its writer is bypassed here, and its final write_eof() closes the framing.
-        self._chunked = run.response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self.loop = asyncio.get_running_loop()
+        self._sink = sink
+        self._state = state
+        self._pacing = pacing
+        self._normalizer = normalizer
         self._decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
         self._raw_events = raw_events
         self._pending: list[bytes] = []
         self._congested = False
-        self._first = True
         #: The decoder holds nothing: a read may go out as it is.
         self._boundary = False  # until the decoder has seen (and dropped) any BOM
         #: COMPLETED, CLOSED, or what the task raises (None while running).
         self._end: str | Exception | None = None
         self._wake: asyncio.Future[None] | None = None
-        self._wheel = run.proxy.ctx.timers
+        self._wheel = wheel
         self._slot: int | None = None
         self._on_timer = self._tick  # one bound method, so the wheel can find it again
 
-    async def forward(self) -> None:
-        """Forward until the stream ends, and end it: the upstream's terminal event or ours.
+    async def forward(self) -> bool:
+        """Forward until the body ends; True if the upstream's terminal event went out.
 
-        Errors that end the stream are raised for the stream to turn into
-        its terminal error event (sidecar/stream.py).
+        False: the body ended cleanly without one (the run writes ours).
+        Errors that end the stream are raised for the run to turn into its
+        terminal error event (sidecar/stream/run.py).
         """
-        run = self.run
-        run.last_byte = self.loop.time()
+        self._state.reading_from(self.loop.time())
         self.upstream.attach(self)
         self._arm()
         try:
@@ -119,26 +125,18 @@ class Splice:
         if isinstance(end, BaseException):
             raise end
         if end == COMPLETED:
-            run.outcome = "completed"
-            return
+            return True
         self._decoder.close()  # raises TruncatedEvent if it ended inside an event
-        await run.end_closed()
+        return False
 
-    # --- Sink: called by the upstream protocol ---------------------------------
+    # --- called by the upstream protocol -----------------------------------------
 
     def data(self, chunk: bytes) -> None:
         if self._end is not None or not chunk:
             return
-        run = self.run
-        now = self.loop.time()
-        silence = now - run.last_byte
-        run.max_silence = max(run.max_silence, silence)
-        run.last_byte = now
-        if self._first:
-            run.metrics.ttfb.observe(now - run.started)
-            self._first = False
-        counts = run.counts
-        counts.bytes_in += len(chunk)
+        state = self._state
+        state.read_at(self.loop.time())
+        state.counts.bytes_in += len(chunk)
         try:
             if not (self._boundary and chunk.endswith(b"\n\n")):
                 if self._forward(chunk):
@@ -146,8 +144,7 @@ class Splice:
             elif (events := self._raw_events(chunk)) >= 0:
                 # The usual read: whole events that need no change (inlined
                 # from _forward, which costs a call per read in the hot path).
-                run.forwarded += events
-                counts.forwarded += events
+                state.passed(events)
                 self._send(chunk)
             elif not self._rewritten(chunk) and self._decoded(chunk):
                 self._stop(COMPLETED)
@@ -186,8 +183,7 @@ class Splice:
             return self._decoded(chunk)
         block = chunk[:cut]
         if (events := self._raw_events(block)) >= 0:
-            self.run.forwarded += events
-            self.run.counts.forwarded += events
+            self._state.passed(events)
             self._send(block)
         elif not self._rewritten(block):
             return self._decoded(chunk)
@@ -195,22 +191,21 @@ class Splice:
 
     def _rewritten(self, block: bytes) -> bool:
         """Send a block of complete events whose only change is comments, if it is that."""
-        batch = self.run.proxy.normalizer.rewrite_comments(block)
+        batch = self._normalizer.rewrite_comments(block)
         if batch is None or (batch.data and self._raw_events(batch.data) < 0):
             return False
-        self.run.count_batch(batch)
+        self._state.counted(batch)
         if batch.data:
             self._send(batch.data)
         return True
 
     def _decoded(self, data: bytes) -> bool:
         """Decode, normalise and send; True when the upstream's terminal event went out."""
-        run = self.run
         items = self._decoder.feed(data)
         self._boundary = self._decoder.at_boundary
         if items:
-            batch = run.proxy.normalizer.batch(items, None)
-            run.count_batch(batch)
+            batch = self._normalizer.batch(items, None)
+            self._state.counted(batch)
             if batch.data:
                 self._send(batch.data)
             if batch.terminal:
@@ -221,21 +216,15 @@ class Splice:
 
     def _send(self, data: bytes) -> None:
         """Write now, or hold the bytes for the task while the client is behind."""
-        transport = self._transport
-        size = len(data)
-        if (
-            self._congested
-            or transport.get_write_buffer_size() + size > _HIGH_WATER
-            or transport.is_closing()
-        ):
+        if self._congested or not self._sink.has_room(len(data)):
             self._hold(data)
         else:
-            self._write_now(data)
+            self._sink.write_nowait(data)
 
     def _hold(self, data: bytes) -> None:
         if self._congested:
             self._pending.append(data)
-        elif self._transport.is_closing():
+        elif self._sink.closing:
             self._stop(ClientGone("client connection closed"))
         else:
             self._pending.append(data)
@@ -243,23 +232,13 @@ class Splice:
             self.upstream.pause()
             self._signal()
 
-    def _write_now(self, data: bytes) -> None:
-        self._transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-        run = self.run
-        run.last_write = self.loop.time()
-        run.bytes_out += len(data)
-        run.counts.bytes_out += len(data)
-
     async def _relieve(self) -> None:
         """The client is behind: wait for it to drain, then write what was held."""
-        run = self.run
-        await wait_drained(run.request, run.route.limits.write_timeout)
-        if self._transport.is_closing():
-            raise ClientGone("client connection closed")
+        await self._sink.drained()
         data = b"".join(self._pending)
         self._pending.clear()
         self._congested = False
-        self._write_now(data)
+        self._sink.write_nowait(data)
         if self._end is None:
             self.upstream.resume()
             self._disarm()
@@ -268,13 +247,13 @@ class Splice:
     # --- the timer: heartbeats and limits --------------------------------------
 
     def _arm(self) -> None:
-        run = self.run
+        state = self._state
         now = self.loop.time()
         if self._congested:
             # Waiting on the client, not the upstream: only the total limit runs.
-            deadline = min(now + 1.0, run.started + run.route.limits.max_duration)
+            deadline = self._pacing.congested_deadline(now, state.started)
         else:
-            deadline = run.next_deadline()
+            deadline = self._pacing.deadline(state.started, state.last_byte, state.last_write)
         self._slot = self._wheel.add(max(deadline, now), self._on_timer)
 
     def _disarm(self) -> None:
@@ -286,16 +265,19 @@ class Splice:
         self._slot = None
         if self._end is not None:
             return
-        run = self.run
+        state = self._state
+        pacing = self._pacing
         now = self.loop.time()
         # While the client is behind, the upstream is paused by us: no idle limit.
-        if (reached := run.limit_reached(now, idle=not self._congested)) is not None:
+        reached = pacing.limit_reached(
+            now, state.started, state.last_byte, idle=not self._congested
+        )
+        if reached is not None:
             self._stop(reached)
             return
-        if not self._congested and heartbeat_due(now, run.last_write, run.heartbeat_interval):
-            self._send(run.proxy.normalizer.keepalive)
-            run.heartbeats += 1
-            run.counts.heartbeats += 1
+        if not self._congested and pacing.heartbeat_due(now, state.last_write):
+            self._send(self._normalizer.keepalive)
+            state.heartbeat()
         self._arm()  # harmless if that write ended the stream: the task disarms it
 
     # --- ending ----------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""Where a request meets resume: a new run for a session, or a reconnect that follows one.
+
+Strategy: on a route with resume on, a request with a session key starts a
+:class:`ResumableRun` in a task of its own; the request's handler is a
+:class:`Follower` of the run's log. When the client leaves, the run keeps
+going for ``resume.grace``; a reconnect with the session key and
+``Last-Event-ID`` follows the same log from after that id, without a second
+upstream request. Finished logs are kept for ``resume.retention``. One
+:class:`ResumeEntry` per route holds the route's live runs of this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from sidecar.client import json_error, start_response
+from sidecar.context import StreamHandle
+from sidecar.errors import BackendUnavailable, SessionForbidden
+from sidecar.normalize import error_event
+from sidecar.replay.base import FORBIDDEN
+from sidecar.resume.follower import Follower, unavailable
+from sidecar.resume.run import ResumableRun
+from sidecar.services import RouteServices
+from sidecar.sessions.binding import CredentialBinding, same_credentials
+
+log = structlog.get_logger("sse_sidecar")
+
+
+class ResumeEntry:
+    """A route's resume: its runs on this process by session key, and how requests join them."""
+
+    def __init__(self, services: RouteServices) -> None:
+        self.services = services
+        self.runs: dict[str, ResumableRun] = {}
+        self.binding = CredentialBinding(services.route.resume.bind)
+
+    async def start(
+        self, request: web.Request, url: URL, body: bytes | None, key: str
+    ) -> web.StreamResponse:
+        """A new run for the session, followed by this request's client."""
+        services = self.services
+        ctx = services.ctx
+        route = services.route
+        resume = route.resume
+        try:
+            replay_log = await ctx.replay.open(
+                route.name,
+                key,
+                secrets.token_hex(6),
+                resume.buffer_events,
+                resume.buffer_bytes,
+                self.credentials_of(request, key),
+            )
+        except SessionForbidden:
+            return self.forbidden()
+        handle = StreamHandle(secrets.token_hex(8), route.name)
+        run = ResumableRun(services, request, handle, url, body, key, replay_log, self.runs)
+        handle.task = ctx.spawn(run.serve())
+        self.runs[key] = run
+        run.attach()
+        try:
+            # Shielded: a client that leaves now must not cancel the run's answer.
+            ready = await asyncio.shield(run.ready)
+            if ready is not None:
+                return ready
+            follower = Follower(services, request, replay_log, 0, run, run.request_id)
+            return await follower.serve(run.stream_headers)
+        finally:
+            run.detach()
+
+    async def reattach(
+        self, request: web.Request, key: str | None, last_id: str
+    ) -> web.StreamResponse:
+        """A reconnect with Last-Event-ID: what the client missed, then the live rest."""
+        services = self.services
+        ctx = services.ctx
+        route = services.route.name
+        request_id = request.headers.get("X-Request-ID") or secrets.token_hex(8)
+        run = self.runs.get(key) if key is not None else None
+        replay_log = run.log if run is not None else None
+        try:
+            if replay_log is None and key is not None:
+                replay_log = await ctx.replay.find(route, key)
+            if replay_log is not None:
+                assert key is not None  # logs are found by session key only
+                presented = self.credentials_of(request, key)
+                if not same_credentials(replay_log.binding, presented):
+                    return self.forbidden()
+                if run is None:
+                    # Before anything else: the run's process must not abandon it
+                    # while this follower gets going.
+                    await replay_log.follow(services.route.resume.grace)
+            entries = await replay_log.after(last_id) if replay_log is not None else None
+            last = await replay_log.last() if replay_log is not None and not entries else None
+        except BackendUnavailable as exc:
+            services.metrics.rejected("backend_unavailable")
+            response = await start_response(request, None, request_id)
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(unavailable(str(exc)))
+            return response
+        if replay_log is None or entries is None:
+            result = "miss" if replay_log is None else "gap"
+            ctx.metrics.resume.labels(route, result).inc()
+            services.metrics.outcome("resume_gap")
+            why = "no resumable stream for this session" if key is not None else "no session key"
+            return await _gap(request, request_id, f"cannot resume after this id: {why}")
+        if not entries:
+            if last is not None and last.terminal and last.event_id == last_id:
+                # The client has the whole stream. 204 tells EventSource to stop
+                # reconnecting (WHATWG §9.2.3).
+                ctx.metrics.resume.labels(route, "hit").inc()
+                return web.Response(status=204)
+            after_seq = last.seq if last is not None else 0
+        else:
+            after_seq = entries[0].seq - 1
+        ctx.metrics.resume.labels(route, "hit").inc()
+        log.info("stream_resumed", route=route, request_id=request_id, replayed=len(entries))
+        until = entries[-1].seq if entries else after_seq
+        follower = Follower(services, request, replay_log, after_seq, run, request_id, until)
+        return await follower.serve(run.stream_headers if run is not None else None)
+
+    def credentials_of(self, request: web.Request, key: str) -> str:
+        """The fingerprint of this request's credentials, as the route's ``resume.bind`` says."""
+        route = self.services.route.name
+        return self.binding.fingerprint(route, key, request.headers, request.cookies)
+
+    def forbidden(self) -> web.Response:
+        """Other credentials than the run's: refused, never the replay."""
+        services = self.services
+        services.ctx.metrics.resume.labels(services.route.name, "forbidden").inc()
+        services.metrics.rejected(SessionForbidden.code)
+        return json_error(403, SessionForbidden.code, FORBIDDEN)
+
+
+async def _gap(request: web.Request, request_id: str, message: str) -> web.StreamResponse:
+    response = await start_response(request, None, request_id)
+    data = error_event("resume_gap", message, partial=True)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write(data)
+    return response

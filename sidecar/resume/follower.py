@@ -1,0 +1,186 @@
+"""One client following a run's replay log: what it holds, then what arrives.
+
+Strategy: the follower reads the log after the client's last event and
+writes it through the client's Sink (sidecar/stream/sink.py), the one write
+path of that client, with heartbeats when the log is quiet (paced by
+sidecar/stream/pacing.py). A follower of a run on another process (Redis)
+marks the log followed, so that process keeps the run going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from sidecar.errors import BackendUnavailable, ClientGone, SlowClient
+from sidecar.headers import Headers
+from sidecar.normalize import error_event
+from sidecar.replay.base import ReplayLog
+from sidecar.services import RouteServices
+from sidecar.stream.pacing import Pacing
+from sidecar.stream.sink import ClientSink
+from sidecar.stream.state import StreamState
+
+log = structlog.get_logger("sse_sidecar")
+
+
+class FollowedRun(Protocol):
+    """The local run a follower follows (sidecar/resume/run.py)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def attach(self, follower: Follower) -> None: ...
+
+    def detach(self, follower: Follower) -> None: ...
+
+
+def unavailable(message: str) -> bytes:
+    """The resume state cannot be reached now; a short retry: brings EventSource back."""
+    return error_event("backend_unavailable", message, partial=True, retry_ms=1000)
+
+
+class Follower:
+    """One client's view of a run's log."""
+
+    def __init__(
+        self,
+        services: RouteServices,
+        request: web.Request,
+        replay_log: ReplayLog,
+        after_seq: int,
+        run: FollowedRun | None,
+        request_id: str,
+        replay_until: int = 0,
+    ) -> None:
+        self.services = services
+        self.route = services.route
+        self.request = request
+        self.log = replay_log
+        self.after_seq = after_seq
+        self.run = run
+        self.request_id = request_id
+        #: Entries up to this seq were in the log before this client came: "replayed".
+        self.replay_until = replay_until
+        self.loop = asyncio.get_running_loop()
+        self.state = StreamState(
+            services.metrics,
+            self.loop.time(),
+            stream_id=replay_log.run_id,
+            request_id=request_id,
+            session_key=None,
+        )
+        self.sink = ClientSink(request, self.route, self.state, services.metrics)
+        self.pacing = Pacing.of(self.route.limits, self.route.heartbeat.interval)
+        self.task: asyncio.Task[Any] | None = None
+        self.replaced = False
+        self.outcome = "client_disconnected"
+        self.replayed = 0
+
+    def stop(self) -> None:
+        """A newer connection took over this run: end this one with ``replaced``."""
+        if self.task is not None and not self.replaced:
+            self.replaced = True
+            self.task.cancel()
+
+    async def serve(self, headers: Headers | None = None) -> web.StreamResponse:
+        await self.sink.start(headers)
+        response = self.sink.response
+        assert response is not None
+        self.task = asyncio.current_task()
+        if self.run is not None:
+            self.run.attach(self)
+        try:
+            await self.sink.open()
+            await self._follow()
+            self.outcome = "completed"
+        except asyncio.CancelledError:
+            if not self.replaced:
+                raise  # the client went away
+            assert self.task is not None
+            self.task.uncancel()
+            self.outcome = "replaced"
+            message = "a newer connection resumed this stream"
+            with contextlib.suppress(ClientGone, SlowClient):
+                await self.sink.write(error_event("replaced", message, partial=True))
+        except BackendUnavailable as exc:
+            self.outcome = "backend_unavailable"
+            with contextlib.suppress(ClientGone, SlowClient):
+                await self.sink.write(unavailable(str(exc)))
+        except (ClientGone, SlowClient) as exc:
+            if isinstance(exc, SlowClient):
+                self.outcome = "slow_client"
+                self.services.ctx.metrics.slow_clients.labels(self.route.name).inc()
+        finally:
+            if self.run is not None:
+                self.run.detach(self)
+            # The run logs its own start and end; this is the client's side.
+            log.info(
+                "follow_end",
+                route=self.route.name,
+                request_id=self.request_id,
+                run=self.log.run_id,
+                outcome=self.outcome,
+                duration_s=round(self.loop.time() - self.state.started, 3),
+                replayed=self.replayed,
+                heartbeats=self.state.heartbeats,
+                bytes_out=self.state.bytes_out,
+            )
+        return response
+
+    async def _follow(self) -> None:
+        m = self.services.metrics
+        state = self.state
+        interval = self.pacing.heartbeat
+        idle = self.route.limits.idle_timeout
+        grace = self.route.resume.grace
+        last_entry = self.loop.time()
+        followed_at = -grace
+        while True:
+            now = self.loop.time()
+            if self.run is None and now - followed_at > grace / 3:
+                await self.log.follow(grace)  # keeps a run on another process going
+                followed_at = now
+            block = min(last_entry + idle, now + grace / 3) - now
+            if interval > 0:
+                block = min(block, state.last_write + interval - now)
+            entries = await self.log.read(self.after_seq, max(block, 0.0))
+            now = self.loop.time()
+            if entries and entries[0].seq > self.after_seq + 1:
+                # This client fell further behind than the buffer holds.
+                self.services.ctx.metrics.resume.labels(self.route.name, "gap").inc()
+                await self.sink.write(
+                    error_event("resume_gap", "events were lost: the client fell behind the "
+                                "resume buffer", partial=True)
+                )  # fmt: skip
+                return
+            if entries:
+                last_entry = now
+                await self.sink.write(b"".join(e.data for e in entries))
+                replayed = sum(1 for e in entries if e.seq <= self.replay_until)
+                if replayed:
+                    self.replayed += replayed
+                    m.event("replayed", replayed)
+                self.after_seq = entries[-1].seq
+                if entries[-1].terminal:
+                    return
+                continue
+            if self.run is not None and self.run.done:
+                if await self.log.read(self.after_seq, 0):
+                    continue  # it ended while we looked: write the rest first
+                return  # it ended without a terminal entry (abandoned)
+            if now - last_entry >= idle:
+                data = error_event(
+                    "upstream_timeout",
+                    f"no event for limits.idle_timeout ({idle:g}s) while following the stream",
+                    partial=True,
+                )
+                await self.sink.write(data)
+                return
+            if self.pacing.heartbeat_due(now, state.last_write):
+                await self.sink.write(self.services.normalizer.keepalive)
+                state.heartbeat()

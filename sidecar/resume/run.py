@@ -1,0 +1,208 @@
+"""A resumable run: a stream (sidecar/stream/run.py) whose Sink is the session's replay log.
+
+Strategy: the run is composed, not derived: a :class:`StreamRun` with a
+:class:`LogSink`, so every event it emits is appended to the log with an id,
+and clients follow the log (sidecar/resume/follower.py). This module adds
+who is listening: the run keeps going for ``resume.grace`` once no client
+follows it here (nor, with Redis, from another process), then ends quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from sidecar.context import StreamHandle
+from sidecar.errors import BackendUnavailable, UpstreamAbandoned
+from sidecar.headers import Headers
+from sidecar.normalize import Batch, IdSource
+from sidecar.replay.base import Entry, ReplayLog
+from sidecar.services import RouteServices
+from sidecar.stream.run import StreamRun
+
+if TYPE_CHECKING:
+    from sidecar.stream.sink import ClientSink
+
+log = structlog.get_logger("sse_sidecar")
+
+
+class Stoppable(Protocol):
+    """A client following a run (sidecar/resume/follower.py)."""
+
+    def stop(self) -> None: ...
+
+
+class LogSink:
+    """The Sink of a resumable run: numbered events into the replay log."""
+
+    __slots__ = ("_route", "_terminal", "headers", "ids", "log", "ready")
+
+    heartbeats = False  # each follower heartbeats its own client
+    response: web.StreamResponse | None = None
+
+    def __init__(self, replay_log: ReplayLog, route: str) -> None:
+        self.log = replay_log
+        self._route = route
+        self.ids: IdSource | None = IdSource(replay_log.run_id)
+        #: Set once the run committed (None) or answered otherwise (that answer).
+        self.ready: asyncio.Future[web.StreamResponse | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        #: The upstream's headers, for every follower's response.
+        self.headers: Headers | None = None
+        self._terminal: tuple[int, str] | None = None
+
+    async def commit(self, upstream_headers: Headers | None) -> None:
+        self.headers = upstream_headers
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    async def emit(self, batch: Batch) -> None:
+        if batch.entries:
+            try:
+                await self.log.append(batch.entries)
+            except BackendUnavailable as exc:
+                # Without its log the run reaches no one: end it. Local
+                # followers see the run done; remote ones time out.
+                raise UpstreamAbandoned(f"resume buffer unavailable: {exc}") from None
+
+    async def write(self, data: bytes) -> None:
+        """Bytes of the run's own without an id (never a place to resume from)."""
+        assert self.ids is not None
+        await self.emit(Batch(entries=[Entry(self.ids.next()[0], "", data)]))
+
+    def next_id(self) -> str | None:
+        assert self.ids is not None
+        self._terminal = self.ids.next()
+        return self._terminal[1]
+
+    async def end(self, data: bytes) -> bool:
+        assert self._terminal is not None
+        seq, event_id = self._terminal
+        try:
+            await self.log.append([Entry(seq, event_id, data, terminal=True)])
+        except BackendUnavailable as exc:
+            log.warning("replay_log_unavailable", route=self._route, error=str(exc))
+            return False
+        return True
+
+    def splice_target(self) -> ClientSink | None:
+        return None  # events must be numbered and logged: the awaiting path
+
+
+class ResumableRun:
+    """A run whose events go to the session's replay log; followers write them out."""
+
+    def __init__(
+        self,
+        services: RouteServices,
+        request: web.Request,
+        handle: StreamHandle,
+        url: URL,
+        body: bytes | None,
+        session_key: str,
+        replay_log: ReplayLog,
+        registry: dict[str, ResumableRun],
+    ) -> None:
+        self.services = services
+        self.route = services.route
+        self.session_key = session_key
+        self.handle = handle
+        self.log = replay_log
+        self.sink = LogSink(replay_log, self.route.name)
+        self.stream = StreamRun(services, request, handle, url, body, session_key, self.sink)
+        self.request_id = self.stream.request_id
+        self.loop = self.stream.loop
+        self._registry = registry
+        #: Clients following the run here: one, but for a moment two when a
+        #: reconnect arrives before the old connection is known to be gone.
+        self.followers: set[Stoppable] = set()
+        #: The first request waits for the run to answer (not yet a follower).
+        self.waiting = 0
+        self.done = False
+        self._grace: asyncio.TimerHandle | None = None
+        self._detached_at: float | None = None
+        self._unsure = False
+
+    @property
+    def ready(self) -> asyncio.Future[web.StreamResponse | None]:
+        return self.sink.ready
+
+    @property
+    def stream_headers(self) -> Headers | None:
+        return self.sink.headers
+
+    async def serve(self) -> None:
+        response: web.StreamResponse | None = None
+        try:
+            response = await self.stream.serve()
+        finally:
+            self.done = True
+            if not self.ready.done():
+                self.ready.set_result(response)  # refused or passed through
+            self._cancel_grace()
+            if self._registry.get(self.session_key) is self:
+                del self._registry[self.session_key]
+            state = self.stream.state
+            try:
+                if state.committed and state.outcome != "abandoned":
+                    await self.log.finish(self.route.resume.retention)
+                else:
+                    await self.services.ctx.replay.drop(self.log)
+            except BackendUnavailable as exc:
+                log.warning("replay_log_unavailable", route=self.route.name, error=str(exc))
+
+    # --- who is listening ------------------------------------------------------
+
+    def attach(self, follower: Stoppable | None = None) -> None:
+        """A client follows the run; a reconnect takes over from older followers."""
+        if follower is None:
+            self.waiting += 1
+        else:
+            for older in list(self.followers):
+                older.stop()
+            self.followers.add(follower)
+        self._cancel_grace()
+        self._detached_at = None
+
+    @property
+    def followed_here(self) -> bool:
+        return bool(self.followers) or self.waiting > 0
+
+    def detach(self, follower: Stoppable | None = None) -> None:
+        if follower is None:
+            self.waiting -= 1
+        else:
+            self.followers.discard(follower)
+        if not self.followed_here and not self.done:
+            self._detached_at = self.loop.time()
+            self._grace = self.loop.call_later(self.route.resume.grace, self._grace_over)
+
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if not self.followed_here and not self.done:
+            self.services.ctx.spawn(self._abandon_unless_followed())
+
+    async def _abandon_unless_followed(self) -> None:
+        # A client may follow this log from another process (Redis backend).
+        try:
+            followed = await self.log.followed()
+        except BackendUnavailable:
+            # Unknown: give it one more grace period, not two.
+            followed, self._unsure = not self._unsure, True
+        if followed:
+            self._grace = self.loop.call_later(self.route.resume.grace, self._grace_over)
+            return
+        if not self.followed_here and not self.done:
+            if self._detached_at is not None:
+                self.services.metrics.after_client.observe(self.loop.time() - self._detached_at)
+            self.handle.stop("abandoned")

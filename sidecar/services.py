@@ -1,0 +1,28 @@
+"""What every stream of one route shares: its config, the process, the normaliser, metrics.
+
+Built once per route (sidecar/proxy.py) and handed to the streams, runs and
+followers of that route, so none of them reaches through the handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sidecar.config import Route
+from sidecar.context import Context
+from sidecar.metrics import RouteMetrics
+from sidecar.normalize import Normalizer
+
+
+class RouteServices:
+    """The per-route parts a stream needs (config, context, normaliser, metrics)."""
+
+    __slots__ = ("ctx", "metrics", "normalizer", "raw_events", "route")
+
+    def __init__(self, route: Route, ctx: Context) -> None:
+        self.route = route
+        self.ctx = ctx
+        self.normalizer = Normalizer(route.comments, route.keepalive, route.terminal)
+        #: The fast path's test (built once: every stream of the route shares it).
+        self.raw_events: Callable[[bytes], int] = self.normalizer.raw_events(route.limits)
+        self.metrics = RouteMetrics(ctx.metrics, route.name)

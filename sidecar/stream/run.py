@@ -1,0 +1,344 @@
+"""One stream, from the upstream request to the terminal event.
+
+Strategy: claim the session, open the Source, commit to a stream (or pass a
+non-stream answer through), then move items to the Sink until the terminal
+event: by the splice (sidecar/stream/splice.py) when the Sink allows it, or
+by the awaiting pump (sidecar/stream/pump.py). Every error that ends a
+committed stream becomes its terminal event here, written through the Sink.
+Stopping a stream from outside (shutdown, replace) cancels its task with a
+reason; it then writes the terminal event itself. A resumable run is this
+class with the run's log as its Sink (sidecar/resume/run.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from sidecar import headers as hdrs
+from sidecar.alarm import Alarm
+from sidecar.client import json_error, ms
+from sidecar.context import StreamHandle
+from sidecar.errors import (
+    BackendUnavailable,
+    ClientGone,
+    ProtocolError,
+    SessionConflict,
+    SlowClient,
+    UpstreamError,
+)
+from sidecar.logs import session_hash
+from sidecar.normalize import end_event, error_event
+from sidecar.services import RouteServices
+from sidecar.sessions.base import Claim
+from sidecar.stream import source as sources
+from sidecar.stream.pacing import Pacing
+from sidecar.stream.pump import Pacer, pump
+from sidecar.stream.sink import ClientSink, Sink
+from sidecar.stream.splice import Splice
+from sidecar.stream.state import StreamState
+from sidecar.upstream import http as upstream_http
+from sidecar.upstream.http import Upstream
+from sidecar.upstream.websocket import WebSocketSource
+
+T = TypeVar("T")
+
+log = structlog.get_logger("sse_sidecar")
+
+_STOP_MESSAGES = {
+    "shutdown": "the server is shutting down; reconnect",
+    "replaced": "a newer stream for this session replaced this one",
+}
+
+
+class StreamRun:
+    """One stream, from the upstream request to the terminal event."""
+
+    def __init__(
+        self,
+        services: RouteServices,
+        request: web.Request,
+        handle: StreamHandle,
+        url: URL,
+        body: bytes | None,
+        session_key: str | None,
+        sink: Sink | None = None,
+    ) -> None:
+        self.services = services
+        self.route = services.route
+        self.metrics = services.metrics
+        self.request = request
+        self.handle = handle
+        self.url = url
+        self.body = body
+        self.session_key = session_key
+        self.claim: Claim | None = None
+        self.opener: asyncio.Task[Upstream] | None = None
+        self.source: WebSocketSource | None = None
+        self.upstream: Upstream | None = None
+        self.request_id = request.headers.get("X-Request-ID") or handle.id
+        self.loop = asyncio.get_running_loop()
+        self.state = StreamState(
+            self.metrics,
+            self.loop.time(),
+            stream_id=handle.id,
+            request_id=self.request_id,
+            session_key=session_key,
+        )
+        self.sink: Sink = sink or ClientSink(request, self.route, self.state, self.metrics)
+        heartbeat = self.route.heartbeat.interval if self.sink.heartbeats else 0.0
+        self.pacing = Pacing.of(self.route.limits, heartbeat)
+        self.pacer = Pacer(self.pacing, self.state, self.sink, services.normalizer.keepalive)
+        self.alarm: Alarm | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def serve(self) -> web.StreamResponse | None:
+        """Run the stream; the response to return (None when the Sink is not a client)."""
+        ctx = self.services.ctx
+        ctx.streams.add(self.handle)
+        self.metrics.active.inc()
+        log.info(
+            "stream_start",
+            route=self.route.name,
+            stream_id=self.handle.id,
+            request_id=self.request_id,
+            session=session_hash(self.session_key),
+            method=self.request.method,
+        )
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            self.state.client_gone(self.loop.time())
+            raise
+        finally:
+            upstream_http.cancel_pending(self.opener)
+            if self.upstream is not None:
+                self.upstream.close()
+            if self.source is not None:
+                self.source.abort()  # client gone or stream over: the socket goes now
+            ctx.streams.discard(self.handle)
+            # Counted before the release: a release that waits on the network
+            # may be cancelled, and the stream must be accounted all the same.
+            if self.alarm is not None:
+                self.alarm.close()
+            self.state.finish(self.loop.time())
+            if self.claim is not None:
+                await ctx.sessions.release(self.claim)
+
+    async def _claim(self, key: str) -> web.Response | None:
+        """Own the session, or the answer that refuses this request."""
+        ctx = self.services.ctx
+        policy = self.route.session.policy
+        try:
+            self.claim = await ctx.sessions.claim(self.route.name, key, policy, self.handle)
+        except SessionConflict as exc:
+            self.state.outcome = "rejected"
+            ctx.metrics.session_conflicts.labels(self.route.name, "reject").inc()
+            return json_error(409, exc.code, str(exc))
+        except BackendUnavailable as exc:
+            if ctx.config.backend.on_outage == "allow":
+                log.warning("session_unguarded", route=self.route.name, reason=str(exc))
+                self.metrics.rejected("backend_unavailable_allowed")
+                return None
+            self.state.outcome = "rejected"
+            self.metrics.rejected("backend_unavailable")
+            return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
+        if self.claim.replaced:
+            ctx.metrics.session_conflicts.labels(self.route.name, "replace").inc()
+        return None
+
+    async def _run(self) -> web.StreamResponse | None:
+        state = self.state
+        try:
+            try:
+                if self.session_key is not None:
+                    refusal = await self._claim(self.session_key)
+                    if refusal is not None:
+                        return refusal
+                if self.route.is_websocket:
+                    await self._run_websocket()
+                    return self.sink.response
+                self.opener = asyncio.ensure_future(
+                    sources.open_http(
+                        self.request, self.url, self.body, self.request_id, self.route
+                    )
+                )
+                self.upstream = await self._await_upstream(self.opener)
+                self.opener = None  # done: no need to hold the task for the stream's life
+                self.state.upstream_seen = True
+                if not state.committed:
+                    if not sources.is_stream(self.upstream):
+                        return await self._passthrough(self.upstream)
+                    await self._commit(self.upstream)
+                else:
+                    sources.check_late(self.upstream)
+                await self._ended(await self._body(self.upstream))
+            except asyncio.CancelledError:
+                code = self.handle.stop_code
+                if code is None:
+                    raise  # the client went away (aiohttp cancels the handler)
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()
+                if self.upstream is not None:
+                    self.upstream.close()
+                if code == "abandoned":
+                    state.outcome = "abandoned"  # nobody came back within resume.grace
+                    return None
+                retry = ms(self.services.ctx.config.shutdown_retry) if code == "shutdown" else None
+                await self._end_with_error(code, _STOP_MESSAGES[code], retry_ms=retry)
+            except (UpstreamError, ProtocolError) as exc:
+                if self.upstream is not None:
+                    self.upstream.close()
+                if isinstance(exc, ProtocolError):
+                    self.services.ctx.metrics.protocol_errors.labels(
+                        self.route.name, exc.kind
+                    ).inc()
+                await self._end_with_error(exc.code, str(exc))
+        except SlowClient:
+            # Cut it off: returning alone would leave aiohttp waiting, without a
+            # limit, to end the body cleanly, as if the stream were whole.
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            state.outcome = "slow_client"
+            state.client_gone(self.loop.time())
+            self.services.ctx.metrics.slow_clients.labels(self.route.name).inc()
+        except ClientGone:
+            state.outcome = "client_disconnected"
+            state.client_gone(self.loop.time())
+        return self.sink.response
+
+    # --- upstream --------------------------------------------------------------
+
+    def _open(self) -> Awaitable[Upstream]:
+        return sources.open_http(self.request, self.url, self.body, self.request_id, self.route)
+
+    async def _await_upstream(self, opener: asyncio.Future[T]) -> T:
+        """Wait for the upstream's headers; commit to a stream if they take too long.
+
+        Within ``stream.commit_after`` an error status can still be passed
+        through; past it the client gets headers, heartbeats, and later either
+        the stream or a terminal error.
+        """
+        commit_at = self.state.started + self.route.stream.commit_after
+        while True:
+            if not self.state.committed and self.loop.time() >= commit_at:
+                await self._commit(None)
+            deadline = commit_at if not self.state.committed else self.pacer.deadline()
+            done, _ = await asyncio.wait({opener}, timeout=max(deadline - self.loop.time(), 0))
+            if done:
+                return opener.result()
+            if self.state.committed:
+                await self.pacer.tick()
+
+    def _body(self, upstream: Upstream) -> Awaitable[bool]:
+        """How the body is read: by the splice if the Sink allows it, else by the pump.
+
+        A plain function returning the awaitable, so a long-lived stream
+        holds one coroutine frame fewer.
+        """
+        upstream.decode_content()
+        target = self.sink.splice_target()
+        if target is not None:
+            upstream.forget_head()  # the client has its headers: free them for the stream's life
+            services = self.services
+            return Splice(
+                upstream,
+                target,
+                self.state,
+                self.pacing,
+                limits=self.route.limits,
+                normalizer=services.normalizer,
+                raw_events=services.raw_events,
+                wheel=services.ctx.timers,
+            ).forward()
+        return self._pump(sources.HttpItems(upstream, self.route, self.metrics.counts))
+
+    def _pump(self, source: sources.ItemSource) -> Awaitable[bool]:
+        task = asyncio.current_task()
+        assert task is not None
+        self.alarm = Alarm(task)
+        normalizer = self.services.normalizer
+        return pump(source, self.sink, self.state, self.pacer, self.alarm, normalizer)
+
+    async def _ended(self, completed: bool) -> None:
+        """The body ended: by the upstream's terminal event, or cleanly without one (ours)."""
+        if completed:
+            self.state.outcome = "completed"
+            return
+        event = end_event(partial=self.state.partial, event_id=self.sink.next_id())
+        await self._end(event, "upstream_closed")
+
+    async def _run_websocket(self) -> None:
+        """A WebSocket gateway's run: its events instead of an HTTP body's."""
+        source = sources.websocket_source(
+            self.route, self.request, self.body, self.session_key, self.request_id
+        )
+        self.source = source
+        opener = asyncio.ensure_future(source.open())
+        try:
+            await self._await_upstream(opener)
+        finally:
+            if not opener.done():
+                opener.cancel()
+        if not self.state.committed:
+            await self._commit(None)
+        try:
+            await self._ended(await self._pump(sources.WebSocketItems(source)))
+        finally:
+            for kind, count in source.malformed.items():
+                self.services.ctx.metrics.protocol_errors.labels(self.route.name, kind).inc(count)
+
+    async def _passthrough(self, upstream: Upstream) -> web.StreamResponse:
+        """Hand a non-stream (or error) response to the client as it is."""
+        try:
+            body = await sources.passthrough_body(upstream, self.route)
+        except UpstreamError as exc:
+            self.state.outcome = "upstream_disconnected"
+            return json_error(502, "bad_upstream_response", str(exc))
+        self.state.outcome = "passthrough"
+        self.services.ctx.metrics.passthrough.labels(
+            self.route.name, f"{upstream.status // 100}xx"
+        ).inc()
+        resp = web.Response(
+            status=upstream.status,
+            reason=upstream.reason,
+            body=body,
+            headers=hdrs.passthrough_response(upstream.headers),
+        )
+        resp.headers["X-Request-ID"] = self.request_id
+        return resp
+
+    # --- the client's side, through the Sink -----------------------------------
+
+    async def _commit(self, upstream: Upstream | None) -> None:
+        """Headers out: from now on the stream can only end with an event."""
+        self.state.committed = True
+        await self.sink.commit(upstream.headers if upstream is not None else None)
+
+    async def _end(self, data: bytes, outcome: str) -> None:
+        self.state.outcome = outcome
+        if await self.sink.end(data):
+            self.metrics.event("terminal_synthesized")
+
+    async def _end_with_error(self, code: str, message: str, retry_ms: int | None = None) -> None:
+        if not self.state.committed:
+            await self._commit(None)
+        extra: dict[str, object] = {}
+        if self.upstream is not None and code == "upstream_status":
+            extra["status"] = self.upstream.status
+        data = error_event(
+            code,
+            message,
+            partial=self.state.partial,
+            retry_ms=retry_ms,
+            event_id=self.sink.next_id(),
+            **extra,
+        )
+        await self._end(data, code)

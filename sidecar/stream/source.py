@@ -1,0 +1,126 @@
+"""The upstream side of a stream: opening it, and reading it as items for the pump.
+
+An HTTP upstream is read as bytes through the decoder; a WebSocket gateway
+already yields events. Both look the same to the pump (sidecar/stream/pump.py):
+``read()`` gives the next items, or None once the source ended cleanly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from aiohttp import web
+from yarl import URL
+
+from sidecar import headers as hdrs
+from sidecar.config import Route
+from sidecar.errors import UpstreamStatus
+from sidecar.metrics import Tally
+from sidecar.sse import Decoder, Item
+from sidecar.upstream import http as upstream_http
+from sidecar.upstream.http import Upstream
+from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
+
+
+class ItemSource(Protocol):
+    async def read(self) -> Sequence[Item] | None:
+        """The next items (maybe none yet), or None at a clean end."""
+        ...
+
+
+class HttpItems:
+    """An HTTP body as items: bytes in, decoded events and comments out."""
+
+    __slots__ = ("_counts", "_decoder", "_error", "_upstream")
+
+    def __init__(self, upstream: Upstream, route: Route, counts: Tally) -> None:
+        limits = route.limits
+        self._upstream = upstream
+        self._decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
+        self._counts = counts
+        self._error: Exception | None = None
+
+    async def read(self) -> Sequence[Item] | None:
+        if self._error is not None:
+            # The items decoded before the bad bytes went out first.
+            raise self._error
+        chunk = await self._upstream.read_chunk()
+        if not chunk:
+            self._decoder.close()  # raises TruncatedEvent if it ended inside an event
+            return None
+        self._counts.bytes_in += len(chunk)
+        decoder = self._decoder
+        items = decoder.feed(chunk)
+        if decoder.error is not None:
+            if not items:
+                raise decoder.error
+            self._error = decoder.error
+        return items
+
+
+class WebSocketItems:
+    """A gateway's run as items (its tracker already made them events)."""
+
+    __slots__ = ("_source",)
+
+    def __init__(self, source: WebSocketSource) -> None:
+        self._source = source
+
+    async def read(self) -> Sequence[Item] | None:
+        items = await self._source.read()
+        return items or None  # the tracker ended without a terminal event
+
+
+async def open_http(
+    request: web.Request, url: URL, body: bytes | None, request_id: str, route: Route
+) -> Upstream:
+    """Send the request upstream; the connection once its headers are in."""
+    headers = hdrs.upstream_request(
+        request.headers,
+        peer=request.remote,
+        scheme=request.scheme,
+        host=request.host,
+        request_id=request_id,
+    )
+    return await upstream_http.open_stream(
+        request.method, url, headers, body, route.limits.connect_timeout
+    )
+
+
+def websocket_source(
+    route: Route,
+    request: web.Request,
+    body: bytes | None,
+    session_key: str | None,
+    request_id: str,
+) -> WebSocketSource:
+    """A gateway's source for this request (its body, or its query as the body)."""
+    payload: object = body if body else dict(request.query)
+    return WebSocketSource(
+        route.upstream,
+        route.websocket or WebSocketProfile(),
+        body=payload,
+        session_key=session_key,
+        request_id=request_id,
+        terminal_event=route.terminal.events[0] if route.terminal.events else "done",
+    )
+
+
+def is_stream(upstream: Upstream) -> bool:
+    return 200 <= upstream.status < 300 and upstream.content_type == "text/event-stream"
+
+
+def check_late(upstream: Upstream) -> None:
+    """After commit, an upstream that is not a stream can only end it with an error."""
+    if not 200 <= upstream.status < 300:
+        raise UpstreamStatus(upstream.status, f"upstream answered {upstream.status}")
+    if upstream.content_type != "text/event-stream":
+        raise UpstreamStatus(
+            upstream.status, f"upstream answered {upstream.content_type}, not an event stream"
+        )
+
+
+async def passthrough_body(upstream: Upstream, route: Route) -> bytes:
+    """A non-stream answer's body, up to limits.max_passthrough_bytes (or UpstreamError)."""
+    return await upstream.read_body(route.limits.max_passthrough_bytes)

@@ -37,13 +37,14 @@ _RESTART_DELAY = 1.0
 
 def _worker_main(config: Config, index: int) -> None:
     """Entry point of one worker process (spawned: nothing inherited but config)."""
-    from sidecar import cli
+    from sidecar import logs, serve
 
     # The supervisor decides when to stop: SIGINT from a terminal reaches
     # the whole process group, SIGTERM is forwarded by the supervisor.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     structlog.contextvars.bind_contextvars(worker=index)
-    raise SystemExit(cli.run(config, worker=True))
+    logs.configure(config.logging)
+    raise SystemExit(serve.run(config, worker=True))
 
 
 class Supervisor:

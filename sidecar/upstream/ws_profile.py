@@ -19,16 +19,10 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import sidecar
 from sidecar.errors import ConfigError
-
-if TYPE_CHECKING:
-    # Not imported at run time: config.py embeds this profile in its Route, so
-    # importing it here would be circular. The annotations that name it are
-    # only evaluated when config's build() reads them, once config is loaded.
-    import sidecar.config
+from sidecar.typedconf import Duration, Size
 
 
 class Missing(enum.Enum):
@@ -161,11 +155,11 @@ class WebSocketProfile:
     #: Forward tool-call events of our run as ``event: tool`` (data: their payload).
     forward_tools: bool = False
     #: TCP connect plus WebSocket handshake must finish within this.
-    connect_timeout: sidecar.config.Duration = 10.0
+    connect_timeout: Duration = 10.0
     #: Frames over this many bytes are counted (``too_large``) and skipped; frames
     #: over OVERSIZE_FACTOR times this fail the connection (error/upstream_protocol),
     #: so memory stays bounded.
-    max_frame_bytes: sidecar.config.Size = 1024 * 1024
+    max_frame_bytes: Size = 1024 * 1024
 
 
 #: Frames up to this multiple of ``max_frame_bytes`` are read and skipped; bigger

@@ -41,15 +41,16 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SSE decoder (sidecar/sse/decoder.py)", ("sse/decoder.py",)),
     ("SSE encoder (sidecar/sse/encoder.py)", ("sse/encoder.py",)),
     ("normaliser: raw check, comment rewrite (sidecar/normalize.py)", ("sidecar/normalize.py",)),
-    ("callback path: forward and write (sidecar/splice.py)", ("sidecar/splice.py",)),
+    ("callback path: forward and write (sidecar/stream/splice.py, sink.py)", (
+        "sidecar/stream/splice.py", "sidecar/stream/sink.py", "sidecar/stream/state.py")),
     ("timer wheel (sidecar/timers.py)", ("sidecar/timers.py",)),
     ("upstream read: httptools parser, Upstream protocol (upstream/http.py)", (
         "upstream/http.py", "httptools", "llhttp", "parser.c")),
     ("client write: aiohttp writer", ("http_writer.py", "web_response.py")),
     ("stream set-up: headers, request, response head", (
         "sidecar/headers.py", "yarl/", "multidict/", "web_request.py", "helpers.py")),
-    ("sidecar stream loop (stream.py, proxy.py own lines)", (
-        "sidecar/stream.py", "sidecar/proxy.py", "sidecar/")),
+    ("sidecar stream loop (stream/, proxy.py own lines)", (
+        "sidecar/stream/", "sidecar/proxy.py", "sidecar/")),
     ("aiohttp server (other)", ("aiohttp/",)),
     ("event loop: uvloop/asyncio (Python-visible part)", ("asyncio/", "uvloop/")),
 )  # fmt: skip

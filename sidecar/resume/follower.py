@@ -27,6 +27,10 @@ from sidecar.stream.state import StreamState
 
 log = structlog.get_logger("sse_sidecar")
 
+#: How often a follower of a quiet run on another process asks whether that
+#: process is still alive (the run's liveness key, renewed every lease/3).
+OWNER_CHECK = 1.0
+
 
 class FollowedRun(Protocol):
     """The local run a follower follows (sidecar/resume/run.py)."""
@@ -96,8 +100,7 @@ class Follower:
             self.run.attach(self)
         try:
             await self.sink.open()
-            await self._follow()
-            self.outcome = "completed"
+            self.outcome = await self._follow()
         except asyncio.CancelledError:
             if not self.replaced:
                 raise  # the client went away
@@ -132,7 +135,8 @@ class Follower:
             )
         return response
 
-    async def _follow(self) -> None:
+    async def _follow(self) -> str:
+        """Write the log out until its end; the outcome of this client's stream."""
         m = self.services.metrics
         state = self.state
         interval = self.pacing.heartbeat
@@ -140,14 +144,19 @@ class Follower:
         grace = self.route.resume.grace
         last_entry = self.loop.time()
         followed_at = -grace
+        remote = self.run is None
         while True:
             now = self.loop.time()
-            if self.run is None and now - followed_at > grace / 3:
+            if remote and now - followed_at > grace / 3:
                 await self.log.follow(grace)  # keeps a run on another process going
                 followed_at = now
             block = min(last_entry + idle, now + grace / 3) - now
             if interval > 0:
                 block = min(block, state.last_write + interval - now)
+            if remote:
+                # A quiet run elsewhere is asked after once a second, so the
+                # death of its process ends this stream within its lease + 1 s.
+                block = min(block, OWNER_CHECK)
             entries = await self.log.read(self.after_seq, max(block, 0.0))
             now = self.loop.time()
             if entries and entries[0].seq > self.after_seq + 1:
@@ -157,7 +166,7 @@ class Follower:
                     error_event("resume_gap", "events were lost: the client fell behind the "
                                 "resume buffer", partial=True)
                 )  # fmt: skip
-                return
+                return "completed"
             if entries:
                 last_entry = now
                 await self.sink.write(b"".join(e.data for e in entries))
@@ -167,12 +176,20 @@ class Follower:
                     m.event("replayed", replayed)
                 self.after_seq = entries[-1].seq
                 if entries[-1].terminal:
-                    return
+                    return "completed"
                 continue
             if self.run is not None and self.run.done:
                 if await self.log.read(self.after_seq, 0):
                     continue  # it ended while we looked: write the rest first
-                return  # it ended without a terminal entry (abandoned)
+                return "completed"  # it ended without a terminal entry (abandoned)
+            if remote and await self.log.abandoned():
+                if await self.log.read(self.after_seq, 0):
+                    continue  # what it wrote before it died comes first
+                await self.sink.write(
+                    error_event("upstream_disconnected", "the replica running this stream is "
+                                "gone; the stream cannot go on", partial=True)
+                )  # fmt: skip
+                return "upstream_disconnected"
             if now - last_entry >= idle:
                 data = error_event(
                     "upstream_timeout",
@@ -180,7 +197,7 @@ class Follower:
                     partial=True,
                 )
                 await self.sink.write(data)
-                return
+                return "completed"
             if self.pacing.heartbeat_due(now, state.last_write):
                 await self.sink.write(self.services.normalizer.keepalive)
                 state.heartbeat()

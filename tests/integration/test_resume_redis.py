@@ -55,13 +55,13 @@ def _sample(text: str, name: str, labels: dict[str, str]) -> float:
     return 0.0
 
 
-@pytest.fixture
-async def pair(tmp_path, redis_server, upstream):
-    config = {
+def pair_config(redis_server, upstream, **backend) -> dict:
+    return {
         "backend": {
             "kind": "redis",
             "url": redis_server.url,
             "prefix": f"test-{secrets.token_hex(4)}:",
+            **backend,
         },
         "routes": [
             {
@@ -74,15 +74,30 @@ async def pair(tmp_path, redis_server, upstream):
             }
         ],
     }
-    a, b = SidecarProcess(tmp_path, config, "a"), SidecarProcess(tmp_path, config, "b")
-    both = Pair(a, b)
+
+
+async def running_pair(tmp_path, config):
+    both = Pair(SidecarProcess(tmp_path, config, "a"), SidecarProcess(tmp_path, config, "b"))
     try:
-        await asyncio.gather(a.start(), b.start())
+        await asyncio.gather(both.a.start(), both.b.start())
         yield both
     finally:
         await both.http.close()
-        a.kill()
-        b.kill()
+        both.a.kill()
+        both.b.kill()
+
+
+@pytest.fixture
+async def pair(tmp_path, redis_server, upstream):
+    async for both in running_pair(tmp_path, pair_config(redis_server, upstream)):
+        yield both
+
+
+@pytest.fixture
+async def short_lease_pair(tmp_path, redis_server, upstream):
+    config = pair_config(redis_server, upstream, lease="1s")
+    async for both in running_pair(tmp_path, config):
+        yield both
 
 
 async def test_reconnect_to_the_other_process_gets_exactly_the_missed_events(pair, upstream):
@@ -234,3 +249,28 @@ async def test_remote_followers_use_the_metered_pool_and_one_shared_reader(pair,
         assert g.kinds()[-1] == "done"
     for resp, _ in runs:
         resp.close()
+
+
+async def test_a_reconnect_after_the_runs_replica_died_ends_within_lease_plus_a_second(
+    short_lease_pair, upstream
+):
+    pair = short_lease_pair
+    upstream.script = numbered(100, gap=0.05)
+    async with pair.http.get(pair.a.url + "/s?s=kate") as resp:
+        first = await read_until(resp, 3)
+        # The replica running the run dies (OOM, node loss): no terminal, no release.
+        pair.a.kill()
+    loop = asyncio.get_running_loop()
+    died = loop.time()
+    got = await read_stream(
+        pair.http, "GET", pair.b.url + "/s?s=kate",
+        headers={"Last-Event-ID": first[-1][0]}, limit_s=10.0,
+    )  # fmt: skip
+    ended = loop.time()
+    assert got.status == 200
+    # What A logged before it died comes first, each once, then a defined end.
+    data = data_events(got)
+    assert data == [str(i) for i in range(4, 4 + len(data))]
+    assert got.kinds()[-1] == "error"
+    assert got.error()["code"] == "upstream_disconnected"
+    assert ended - died < 1.0 + 1.0 + 0.5  # lease + 1 s (and the time to connect)

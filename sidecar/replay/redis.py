@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -46,10 +45,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionForbidden
-from sidecar.rediskeys import key_part
 from sidecar.replay import redis_scripts as lua
 from sidecar.replay.base import FORBIDDEN, Entry
-from sidecar.replay.redis_follow import MAX_BLOCK, RETRY, LocalTail, Wakeups, ms, text
+from sidecar.replay.redis_append import Appends
+from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms, text
+from sidecar.replay.redis_scripts import Keys, pointer_key, run_prefixes
 
 #: Socket connect/read timeout of one operation: an outage shows within about this.
 OP_TIMEOUT = 1.0
@@ -81,43 +81,6 @@ def _entries(raw: Sequence[Any]) -> list[Entry]:
     return [_entry(raw_id, fields) for raw_id, fields in raw]
 
 
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    stream: str
-    index: str
-    follow: str
-    #: Exists while the run's process is alive (renewed every lease/3).
-    live: str
-    pointer: str
-
-    @classmethod
-    def of(cls, prefix: str, route: str, key: str, run_id: str) -> _Keys:
-        stream, index, follow, live = _run_prefixes(prefix, route, key)
-        run = key_part(run_id)
-        return cls(
-            stream=stream + run,
-            index=index + run,
-            follow=follow + run,
-            live=live + run,
-            pointer=pointer_key(prefix, route, key),
-        )
-
-
-def _run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str, str]:
-    """The names of a session's run keys (stream, index, follow, live) but for the run id."""
-    session = f"{key_part(route)}:{key}:"
-    return (
-        f"{prefix}replay:{session}",
-        f"{prefix}replay-index:{session}",
-        f"{prefix}replay-follow:{session}",
-        f"{prefix}replay-live:{session}",
-    )
-
-
-def pointer_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}replay-run:{key_part(route)}:{key}"
-
-
 class RedisReplayLog:
     """The log of one run, as any process sees it.
 
@@ -129,7 +92,7 @@ class RedisReplayLog:
     def __init__(
         self,
         store: RedisReplayStore,
-        keys: _Keys,
+        keys: Keys,
         run_id: str,
         caps: tuple[int, int] | None,
         binding: str,
@@ -166,7 +129,7 @@ class RedisReplayLog:
         keep = local.max_events * (1 if self._flush_error is not None else 4)
         if len(self._pending) > keep:
             del self._pending[:-keep]
-        self._store.queue(self)
+        self._store.appends.queue(self)
 
     @property
     def unsent(self) -> bool:
@@ -202,7 +165,7 @@ class RedisReplayLog:
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""
-        await self._store.flushed(self)
+        await self._store.appends.flushed(self)
         if self.unsent:
             raise self._flush_error or BackendUnavailable(
                 "the replay backend (redis) is not keeping up; retry shortly"
@@ -278,7 +241,7 @@ class RedisReplayLog:
     def forget(self) -> None:
         """Stop sending appends (the log is dropped); local followers see it finished."""
         self._pending = []
-        self._store.unqueue(self)
+        self._store.appends.unqueue(self)
         if self._local is not None:
             self._local.finish()
 
@@ -332,9 +295,7 @@ class RedisReplayStore:
         self.scripts: dict[str, AsyncScript] = {}
         self.wakeups = Wakeups(self)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._queued: dict[RedisReplayLog, None] = {}  # in the order they appended
-        self._appender: asyncio.Task[None] | None = None
-        self._round = asyncio.Event()
+        self.appends = Appends(self)
         #: The logs this process's runs append to, by session.
         self._owned: dict[str, RedisReplayLog] = {}  # by pointer key
 
@@ -411,61 +372,6 @@ class RedisReplayStore:
                         pipe.pexpire(log.keys.live, ms(self.lease))
                     await pipe.execute()
 
-    def queue(self, log: RedisReplayLog) -> None:
-        """The log has entries for Redis: the next append round sends them."""
-        self._queued[log] = None
-        if self._appender is None:
-            self._appender = self.spawn(self._append_rounds())
-
-    def unqueue(self, log: RedisReplayLog) -> None:
-        self._queued.pop(log, None)
-
-    async def _append_rounds(self) -> None:
-        """Send every queued log's entries in one pipeline per round, in order, until none are left.
-
-        One round trip carries all the appends of the streams that produced
-        meanwhile, however many they are; a failed round goes again (the
-        script skips what it already has) after a pause.
-        """
-        try:
-            while self._queued:
-                logs = list(self._queued)
-                self._queued.clear()
-                batches = [(log, log.take()) for log in logs]
-                error: BackendUnavailable | None = None
-                try:
-                    async with self.backend() as redis, redis.pipeline(transaction=False) as pipe:
-                        for log, batch in batches:
-                            await log.add_to(pipe, batch)
-                        await pipe.execute()
-                except BackendUnavailable as exc:
-                    error = exc
-                for log, _ in batches:
-                    log.sent(error)
-                    if error is not None and log.unsent:
-                        self._queued.setdefault(log, None)
-                self._round_done()
-                if error is not None:
-                    await asyncio.sleep(RETRY)
-        finally:
-            self._appender = None
-            self._round_done()
-
-    def _round_done(self) -> None:
-        self._round.set()
-        self._round = asyncio.Event()
-
-    async def flushed(self, log: RedisReplayLog) -> None:
-        """Wait, up to about a second, for the rounds that take the log's entries to Redis."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _BUDGET
-        while log.unsent and self._appender is not None:
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._round.wait(), left)
-
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task of the store's, cancelled when it closes."""
         task = asyncio.ensure_future(coro)
@@ -491,8 +397,8 @@ class RedisReplayStore:
                 f"the replay backend (redis) cannot be reached ({what}); retry shortly"
             ) from exc
 
-    def _keys(self, route: str, key: str, run_id: str) -> _Keys:
-        return _Keys.of(self.prefix, route, key, run_id)
+    def _keys(self, route: str, key: str, run_id: str) -> Keys:
+        return Keys.of(self.prefix, route, key, run_id)
 
     async def open(
         self, route: str, key: str, run_id: str, max_events: int, max_bytes: int, binding: str = ""
@@ -502,7 +408,7 @@ class RedisReplayStore:
         # appends (to end with error/replaced), writes a short-lived stream
         # its own followers can still read.
         args: list[str | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
-        args += [ms(self.lease), *_run_prefixes(self.prefix, route, key)]
+        args += [ms(self.lease), *run_prefixes(self.prefix, route, key)]
         async with self.backend():
             opened = await self.scripts["open"](
                 keys=[keys.pointer, keys.stream, keys.index, keys.follow, keys.live], args=args

@@ -1,10 +1,14 @@
-"""Lua scripts of the Redis replay backend (sidecar/replay/redis.py).
+"""Key names and Lua scripts of the Redis replay backend (sidecar/replay/redis.py).
 
-Each is one atomic step on one run's keys; the comments say what goes in
-(KEYS, ARGV) and what comes out.
+Each script is one atomic step on one run's keys; the comments say what goes
+in (KEYS, ARGV) and what comes out.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.rediskeys import key_part
 
 # KEYS: stream, index, pointer. ARGV: run, ttl_ms, max_events, max_bytes, then
 # seq, event id, data, terminal (0/1) per entry. Entries at or below the last
@@ -119,3 +123,40 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5])
 if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    stream: str
+    index: str
+    follow: str
+    #: Exists while the run's process is alive (renewed every lease/3).
+    live: str
+    pointer: str
+
+    @classmethod
+    def of(cls, prefix: str, route: str, key: str, run_id: str) -> Keys:
+        stream, index, follow, live = run_prefixes(prefix, route, key)
+        run = key_part(run_id)
+        return cls(
+            stream=stream + run,
+            index=index + run,
+            follow=follow + run,
+            live=live + run,
+            pointer=pointer_key(prefix, route, key),
+        )
+
+
+def run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str, str]:
+    """The names of a session's run keys (stream, index, follow, live) but for the run id."""
+    session = f"{key_part(route)}:{key}:"
+    return (
+        f"{prefix}replay:{session}",
+        f"{prefix}replay-index:{session}",
+        f"{prefix}replay-follow:{session}",
+        f"{prefix}replay-live:{session}",
+    )
+
+
+def pointer_key(prefix: str, route: str, key: str) -> str:
+    return f"{prefix}replay-run:{key_part(route)}:{key}"

@@ -1,0 +1,112 @@
+"""How the Redis replay backend's runs get their entries into Redis: in rounds.
+
+Every run of the process that appended since the last round has its batch
+sent in the next one, all in one non-transactional pipeline: one round trip
+however many streams produced meanwhile. A failed round (Redis unreachable)
+goes again after a pause; the append script skips what Redis already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from sidecar.errors import BackendUnavailable
+from sidecar.replay.base import Entry
+from sidecar.replay.redis_follow import RETRY
+
+
+class Log(Protocol):
+    """A run's own log, as the rounds see it (sidecar/replay/redis.py)."""
+
+    @property
+    def unsent(self) -> bool: ...
+
+    def take(self) -> list[Entry]: ...
+
+    def sent(self, error: BackendUnavailable | None) -> None: ...
+
+    async def add_to(self, pipe: Any, entries: Sequence[Entry]) -> None: ...
+
+
+class Store(Protocol):
+    budget: float
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+    def backend(
+        self, budget: float = ..., *, client: Redis | None = None
+    ) -> AbstractAsyncContextManager[Redis]: ...
+
+
+class Appends:
+    """The append rounds of one replay store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queued: dict[Log, None] = {}  # in the order they appended
+        self._appender: asyncio.Task[None] | None = None
+        self._round = asyncio.Event()
+
+    def queue(self, log: Log) -> None:
+        """The log has entries for Redis: the next append round sends them."""
+        self._queued[log] = None
+        if self._appender is None:
+            self._appender = self._store.spawn(self._append_rounds())
+
+    def unqueue(self, log: Log) -> None:
+        self._queued.pop(log, None)
+
+    async def _append_rounds(self) -> None:
+        """Send every queued log's entries in one pipeline per round, in order, until none are left.
+
+        One round trip carries all the appends of the streams that produced
+        meanwhile, however many they are; a failed round goes again (the
+        script skips what it already has) after a pause.
+        """
+        try:
+            while self._queued:
+                logs = list(self._queued)
+                self._queued.clear()
+                batches = [(log, log.take()) for log in logs]
+                error: BackendUnavailable | None = None
+                try:
+                    async with (
+                        self._store.backend() as redis,
+                        redis.pipeline(transaction=False) as pipe,
+                    ):
+                        for log, batch in batches:
+                            await log.add_to(pipe, batch)
+                        await pipe.execute()
+                except BackendUnavailable as exc:
+                    error = exc
+                for log, _ in batches:
+                    log.sent(error)
+                    if error is not None and log.unsent:
+                        self._queued.setdefault(log, None)
+                self._round_done()
+                if error is not None:
+                    await asyncio.sleep(RETRY)
+        finally:
+            self._appender = None
+            self._round_done()
+
+    def _round_done(self) -> None:
+        self._round.set()
+        self._round = asyncio.Event()
+
+    async def flushed(self, log: Log) -> None:
+        """Wait, up to about a second, for the rounds that take the log's entries to Redis."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._store.budget
+        while log.unsent and self._appender is not None:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._round.wait(), left)

@@ -121,7 +121,7 @@ imagePullPolicy: {{ .Values.image.pullPolicy }}
 args:
   - --config
   - {{ include "sse-sidecar.configPath" . }}
-{{- if or .Values.adminToken.existingSecret .Values.extraEnv }}
+{{- if or .Values.adminToken.existingSecret .Values.redisUrl.existingSecret .Values.websocketTokens .Values.extraEnv }}
 env:
   {{- with .Values.adminToken.existingSecret }}
   - name: SSE_SIDECAR_ADMIN__TOKEN
@@ -129,6 +129,24 @@ env:
       secretKeyRef:
         name: {{ . }}
         key: {{ $.Values.adminToken.key }}
+  {{- end }}
+  {{- with .Values.redisUrl.existingSecret }}
+  {{- /* The whole URL, password included, never reaches the ConfigMap. */}}
+  - name: SSE_SIDECAR_BACKEND__URL
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.redisUrl.key }}
+  {{- end }}
+  {{- range .Values.websocketTokens }}
+  {{- if not .mountPath }}
+  {{- /* The config loader names a route by its name, upper-cased in the variable. */}}
+  - name: SSE_SIDECAR_ROUTES__{{ .route | upper }}__WEBSOCKET__TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ .existingSecret }}
+        key: {{ .key | default "token" }}
+  {{- end }}
   {{- end }}
   {{- with .Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
@@ -198,6 +216,13 @@ volumeMounts:
     readOnly: true
   - name: sse-sidecar-tmp
     mountPath: /tmp
+  {{- range .Values.websocketTokens }}
+  {{- if .mountPath }}
+  - name: ws-token-{{ .route | lower }}
+    mountPath: {{ .mountPath }}
+    readOnly: true
+  {{- end }}
+  {{- end }}
   {{- with .Values.extraVolumeMounts }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -215,6 +240,18 @@ under the read-only root filesystem.
 - name: sse-sidecar-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- range .Values.websocketTokens }}
+{{- if .mountPath }}
+{{- /* The route's websocket.token_file is <mountPath>/<key>. */}}
+- name: ws-token-{{ .route | lower }}
+  secret:
+    secretName: {{ .existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .key | default "token" }}
+        path: {{ .key | default "token" }}
+{{- end }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}

@@ -9,6 +9,7 @@ scenario on every run. Each rendered ConfigMap is fed to the real
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from functools import cache
@@ -267,3 +268,37 @@ def test_ci_scenarios_cover_the_features() -> None:
         "websocket-values.yaml",
         "websocket-file-values.yaml",
     }
+
+
+# --- values.schema.json: good values pass, a typo or a wrong type fails, named -------------
+
+
+@pytest.mark.parametrize("values_file", SCENARIOS, ids=scenario_id)
+def test_schema_accepts_the_scenarios(values_file: Path | None) -> None:
+    chart().validate_schema(scenario_values(values_file))
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"replicaCout": 2}, "replicaCout"),
+        ({"image": {"tagg": "1.0"}}, "tagg"),
+        ({"redisUrl": {"existingSecet": "redis"}}, "existingSecet"),
+        (
+            {"websocketTokens": [{"route": "agent", "existingSecret": "gw", "mountpath": "/x"}]},
+            "mountpath",
+        ),
+        ({"metrics": {"serviceMonitor": {"enable": True}}}, "enable"),
+        ({"replicaCount": "two"}, "/replicaCount"),
+        ({"service": {"port": "http"}}, "/service/port"),
+        ({"livenessProbe": {"enabled": "yes"}}, "/livenessProbe/enabled"),
+        ({"mode": "daemon"}, "/mode"),
+        ({"websocketTokens": [{"route": "agent"}]}, "existingSecret"),
+    ],
+)
+def test_schema_rejects_typos_and_wrong_types(values: dict[str, Any], named: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(named)):
+        chart().validate_schema(values)
+    # The render, as at install, refuses them too.
+    with pytest.raises(helm.HelmError, match=re.escape(named)):
+        chart().render(values, name="release", namespace="apps")

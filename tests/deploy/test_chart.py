@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from functools import cache
@@ -302,3 +303,56 @@ def test_schema_rejects_typos_and_wrong_types(values: dict[str, Any], named: str
     # The render, as at install, refuses them too.
     with pytest.raises(helm.HelmError, match=re.escape(named)):
         chart().render(values, name="release", namespace="apps")
+
+
+# --- the README's Kubernetes commands, as a user runs them -----------------------------------
+
+
+def readme_commands() -> list[list[str]]:
+    """The shell commands of the README's "Kubernetes (Helm)" block, split like a shell."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Kubernetes (Helm)", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line) for line in joined.splitlines() if line and not line.startswith("#")]
+
+
+def secret_refs(by_kind: dict[str, list[dict[str, Any]]]) -> set[str]:
+    """Names of the Secrets the rendered pods read (env secretKeyRef and secret volumes)."""
+    names: set[str] = set()
+    for deployment in by_kind.get("Deployment", []):
+        spec = deployment["spec"]["template"]["spec"]
+        for var in sidecar_container(deployment).get("env", []):
+            if "valueFrom" in var:
+                names.add(var["valueFrom"]["secretKeyRef"]["name"])
+        names.update(v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v)
+    return names
+
+
+def test_readme_helm_commands_render_and_validate() -> None:
+    commands = readme_commands()
+    installs = [c for c in commands if c[:2] == ["helm", "install"]]
+    assert len(installs) >= 4
+    created: set[str] = set()
+    for command in commands:
+        if command[:4] == ["kubectl", "create", "secret", "generic"]:
+            created.add(command[4])
+            continue
+        assert command[:2] == ["helm", "install"], command
+        assert (ROOT / command[3]).resolve() == CHART
+        values: dict[str, Any] = {}
+        args = iter(command[4:])
+        for flag in args:
+            if flag == "--set-json":
+                values = {**values, **helm.parse_set_json(next(args))}
+            elif flag == "-f":
+                values = {**values, **yaml.safe_load((ROOT / next(args)).read_text())}
+            else:
+                pytest.fail(f"README: unknown helm flag {flag}")
+        helm.validate_release_name(command[2])
+        chart().validate_schema(values)
+        by_kind = render(values)
+        for doc in (d for kind, docs in by_kind.items() if kind != "ServiceMonitor" for d in docs):
+            kv.validate(doc, KUBE_VERSIONS[-1], strict=True)
+        # Every Secret the pods read is one the README told the user to create.
+        assert secret_refs(by_kind) <= created, (command, secret_refs(by_kind) - created)

@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1 with port 0 and is a real aiohttp server.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,11 +14,37 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from sidecar.app import Sidecar
 from sidecar.config import Config, from_mapping
 
 pytest_plugins = ["tests.fixtures_redis"]
+
+# Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (default: `ci` when the CI
+# variable is set, else `dev`). Property tests take their example count from
+# the profile (scaled with tests.budget where one example is expensive) instead
+# of hard-coding it.
+# - ci: derandomized and without an example database, so a run is repeatable
+#   and scripts/mutation scores are stable; enough examples to find edges.
+# - dev: randomized and quick, for the edit-test loop.
+# - thorough: randomized, ten times ci, for a hunt before a release.
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile(
+    "thorough", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 # A step of a scripted upstream: bytes to send, or a float to sleep, or a
 # callable marker (see Script) for abrupt endings.

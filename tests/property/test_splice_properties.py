@@ -29,6 +29,7 @@ from sidecar.config import Route
 from sidecar.errors import ProtocolError
 from sidecar.normalize import Batch, Normalizer, end_event, error_event
 from sidecar.sse import Decoder, Event, Item
+from tests.budget import examples
 from tests.conftest import Running, Script, ScriptedUpstream, make_config
 
 #: The pause between two pieces. Each piece is an HTTP chunk, which httptools
@@ -329,7 +330,7 @@ def merged(items: Sequence[Item], keepalive: Event) -> list[Item]:
 # --- properties -----------------------------------------------------------------------
 
 
-@settings(SETTINGS, max_examples=150)
+@settings(SETTINGS, max_examples=examples(0.75))
 @given(case=cases)
 @example(case=Case([b"data: 1\n\nid: 2\n", b"data: 2\n\ndata:3\nfoo: x\n\n", b"data: [DONE]\n\n"]))
 @example(
@@ -353,7 +354,7 @@ async def test_any_cuts_give_the_events_of_the_whole_body(converting: Harness, c
     converting.check_ending(got)
 
 
-@settings(SETTINGS, max_examples=50)
+@settings(SETTINGS, max_examples=examples(0.25))
 @given(case=cases)
 @example(case=Case([b": a\n", b"data: 1\n: b\n", b"\n: c\n\n:d\n\n"]))
 async def test_passed_and_dropped_comments_follow_the_route(passing: Harness, case: Case) -> None:
@@ -383,7 +384,7 @@ def paused(draw: st.DrawFn) -> Case:
     return Case(case.pieces, pause_at=draw(st.integers(1, len(case.pieces) - 1)), pause=0.08)
 
 
-@settings(SETTINGS, max_examples=20)
+@settings(SETTINGS, max_examples=examples(0.1))
 @given(case=paused())
 async def test_heartbeats_fall_between_events(beating: Harness, case: Case) -> None:
     expected = reference(case.body, beating.route, beating.normalizer)

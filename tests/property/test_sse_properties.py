@@ -18,8 +18,9 @@ from sidecar.sse import (
     encode_item,
 )
 from sidecar.sse.events import MAX_RETRY_MS
+from tests.budget import examples
 
-SETTINGS = settings(max_examples=250, deadline=None)
+SETTINGS = settings(max_examples=examples(1.25))
 
 texts = st.text(st.characters(codec="utf-8"))
 one_line = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"))

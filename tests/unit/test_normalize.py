@@ -19,6 +19,7 @@ from sidecar.normalize import (
     opening,
 )
 from sidecar.sse import Comment, Decoder, Event, Item
+from tests.budget import examples
 
 KEEPALIVE = b'event: keepalive\ndata: {"type":"keepalive"}\n\n'
 
@@ -385,7 +386,7 @@ _piece = st.one_of(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(1.5))
 @given(
     pieces=st.lists(_piece, min_size=1, max_size=8), comments=st.sampled_from(["convert", "drop"])
 )

@@ -21,7 +21,7 @@ from sidecar.upstream.ws_profile import (
 from sidecar.upstream.ws_tracker import PENDING_EVENTS, RunTracker
 
 SESSION = "agent:main:main"
-SETTINGS = settings(max_examples=200, deadline=None)
+SETTINGS = settings()
 
 
 # --- frames as the agent gateway sends them ---------------------------------------------------

@@ -179,7 +179,7 @@ def test_bad_duration_message_is_exact() -> None:
 
 
 def test_huge_integer_duration_is_a_config_error() -> None:
-    # BUG: float(10**400) raises OverflowError, which escapes as a traceback.
+    # Regression: float(10**400) raises OverflowError, which once escaped as a traceback.
     message = error_of(config(route(limits={"idle_timeout": 10**400})))
     assert message.startswith("routes[0].limits.idle_timeout: ")
 
@@ -374,8 +374,8 @@ def test_validate_names_the_key(data: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     "upstream",
     [
-        "http://[::1",  # BUG: yarl's ValueError escapes instead of a ConfigError
-        "http://127.0.0.1:99999",  # BUG: same ("Port out of range 0-65535")
+        "http://[::1",  # regression: yarl's ValueError once escaped instead of a ConfigError
+        "http://127.0.0.1:99999",  # regression: same ("Port out of range 0-65535")
     ],
 )
 def test_unparsable_upstream_is_a_config_error(upstream: str) -> None:
@@ -395,8 +395,8 @@ def test_unparsable_upstream_is_a_config_error(upstream: str) -> None:
         "header:X Key",
         "X-Session-Key",
         "cookie:a;b",
-        "header:X-Key\n",  # BUG: `$` also matches before a final newline
-        "path:1\n",  # BUG: same
+        "header:X-Key\n",  # regression: `$` also matches before a final newline
+        "path:1\n",  # regression: same
     ],
 )
 def test_bad_session_source(source: str) -> None:
@@ -510,7 +510,7 @@ def test_env_var_below_a_scalar_names_the_variable() -> None:
     assert error_of(data, {"SSE_SIDECAR_LISTEN__PORT__X": "1"}) == (
         "SSE_SIDECAR_LISTEN__PORT__X: does not name a configuration key"
     )
-    # BUG: one level deeper, `node.get` is called on the int 8080: AttributeError.
+    # Regression: one level deeper, `node.get` was once called on the int 8080.
     assert error_of(data, {"SSE_SIDECAR_LISTEN__PORT__X__Y": "1"}) == (
         "SSE_SIDECAR_LISTEN__PORT__X__Y: does not name a configuration key"
     )
@@ -574,7 +574,7 @@ def test_load_invalid_yaml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_load_invalid_utf8_names_the_file(tmp_path: Path) -> None:
-    # BUG: UnicodeDecodeError is not an OSError and escapes as a traceback.
+    # Regression: UnicodeDecodeError is not an OSError and once escaped as a traceback.
     path = tmp_path / "latin1.yaml"
     path.write_bytes(SHIPPED.read_bytes() + b"# caf\xe9\n")
     with pytest.raises(ConfigError) as info:

@@ -12,12 +12,14 @@ from sidecar.config import Keepalive, Terminal
 from sidecar.normalize import (
     ERROR_CODES,
     Batch,
+    IdSource,
     Normalizer,
     end_event,
     error_event,
     heartbeat_due,
     opening,
 )
+from sidecar.replay.base import Entry
 from sidecar.sse import Comment, Decoder, Event, Item
 from tests.budget import examples
 
@@ -348,7 +350,7 @@ def test_rewrite_comments_matches_the_decoder_path(
     assert fast is not None
     assert (fast.forwarded, fast.comments_converted, fast.comments_dropped) == expected
     assert (slow.forwarded, slow.comments_converted, slow.comments_dropped) == expected
-    assert _decoded_events(fast.data) == _decoded_events(slow.data)
+    assert fast.data == slow.data
 
 
 @pytest.mark.parametrize(
@@ -397,6 +399,8 @@ def test_rewrite_comments_is_the_decoder_path_on_bytes(pieces: list[str], commen
     assert fast is not None  # only whole comment events and plain events here
     slow = n.batch(Decoder().feed(block))
     assert _decoded_events(fast.data) == _decoded_events(slow.data)
+    # Byte for byte, too: every field here is written as the encoder writes it.
+    assert fast.data == slow.data
     assert (fast.forwarded, fast.comments_converted, fast.comments_dropped) == (
         slow.forwarded,
         slow.comments_converted,
@@ -412,3 +416,74 @@ def test_raw_events_finds_the_same_in_small_and_large_blocks(repeat: int, bad: b
     good = b"id: 1\ndata: hello\n\n" * repeat
     assert _raw()(good) == repeat
     assert _raw()(good + bad) == -1
+
+
+# --- resume on: ids and log entries ---------------------------------------------------
+
+
+def test_id_source_counts_from_one_under_its_nonce() -> None:
+    ids = IdSource("n0nce")
+    assert (ids.nonce, ids.seq) == ("n0nce", 0)
+    assert [ids.next(), ids.next(), ids.next()] == [(1, "n0nce-1"), (2, "n0nce-2"), (3, "n0nce-3")]
+    assert ids.seq == 3
+
+
+def test_batch_with_ids_numbers_events_and_logs_them() -> None:
+    ids = IdSource("n")
+    items: list[Item] = [
+        Comment("a"),
+        Comment("b"),
+        Event("x"),
+        Event("y", event="tok", id="up-7", retry=5),  # the upstream's own id wins
+        Comment("c"),
+        Event("[DONE]"),
+        Event("after the end"),
+    ]
+    x = b"id: n-2\ndata: x\n\n"
+    y = b"event: tok\nid: up-7\nretry: 5\ndata: y\n\n"
+    done = b"id: n-5\ndata: [DONE]\n\n"
+    assert normalizer("convert").batch(items, ids) == Batch(
+        data=KEEPALIVE + x + y + KEEPALIVE + done,
+        forwarded=3,
+        comments_converted=3,
+        terminal=True,
+        entries=[
+            Entry(1, "", KEEPALIVE),  # one keepalive for two comments: one entry
+            Entry(2, "n-2", x),
+            Entry(3, "up-7", y),
+            Entry(4, "", KEEPALIVE),
+            Entry(5, "n-5", done, terminal=True),
+        ],
+    )
+    assert ids.seq == 5  # nothing after the terminal event took a number
+    assert normalizer().batch([Event("z")], ids).entries == [
+        Entry(6, "n-6", b"id: n-6\ndata: z\n\n")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("comments", "data"),
+    [("pass", b": a\nid: r-1\ndata: x\n\n"), ("drop", b"id: r-1\ndata: x\n\n")],
+)
+def test_batch_with_ids_logs_no_passed_or_dropped_comment(comments: str, data: bytes) -> None:
+    ids = IdSource("r")
+    batch = normalizer(comments).batch([Comment("a"), Event("x")], ids)
+    assert batch.data == data
+    assert batch.entries == [Entry(1, "r-1", b"id: r-1\ndata: x\n\n")]
+    assert not batch.terminal
+
+
+def test_batch_with_ids_and_terminal_by_name() -> None:
+    batch = normalizer().batch([Event("1", event="done")], IdSource("t"))
+    assert batch.terminal
+    assert batch.entries == [Entry(1, "t-1", b"event: done\nid: t-1\ndata: 1\n\n", True)]
+
+
+def test_error_and_end_events_carry_an_id_when_given() -> None:
+    assert error_event("shutdown", "bye", partial=False, retry_ms=100, event_id="n-9") == (
+        b"event: error\nid: n-9\nretry: 100\n"
+        b'data: {"type":"error","code":"shutdown","message":"bye","partial":false}\n\n'
+    )
+    assert end_event(partial=True, event_id="n-3") == (
+        b'event: end\nid: n-3\ndata: {"type":"end","reason":"upstream_closed","partial":true}\n\n'
+    )

@@ -143,3 +143,13 @@ def test_injection_through_every_field_at_once_is_one_event() -> None:
 def test_clamped_retry_round_trips() -> None:
     assert decode(encode_event(None, retry=10**40)) == [Event(None, retry=MAX_RETRY_MS)]
     assert MAX_RETRY_MS == 10**9
+
+
+def test_lone_surrogates_become_question_marks_not_exceptions() -> None:
+    # json.loads('"\\ud800"') makes such a string; it must not stop a stream.
+    lone = "a\ud800b"
+    assert encode_event(lone, event=lone, id=lone) == (
+        b"event: a?b\nid: a?b\ndata: a?b\n\n"
+    )
+    assert encode_comment(lone) == b": a?b\n"
+    assert encode_comment("x\udfff\ny") == b": x?\n: y\n"

@@ -640,3 +640,115 @@ def test_backend_pool_size_is_at_least_two() -> None:
     assert error_of(config(backend={"pool_size": 1})) == (
         "backend.pool_size: must be at least 2 (the replace channel holds one), got 1"
     )
+
+
+# --- validation at the exact edges -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        config(listen={"port": 65535}, admin={"port": 0}),
+        config(listen={"port": 0}, admin={"port": 65535}),
+        config(max_streams=1, workers=1),
+        config(workers=2, backend={"kind": "redis"}),
+        config(backend={"lease": "1s"}),
+        config(route(resume={"enabled": True, "buffer_events": 1})),
+        config(
+            route(
+                resume={"enabled": True, "buffer_bytes": "4KiB"}, limits={"max_event_bytes": "4KiB"}
+            )
+        ),
+        config(route(upstream="ws://127.0.0.1:9000/gw")),
+        config(route(upstream="wss://gw.example/x", websocket={})),
+        config(probe_path="/healthz"),
+        config(probe_path=None),
+        config(route(limits=dict.fromkeys(("idle_timeout", "max_duration"), "1ms"))),
+        config(route(limits={"max_event_bytes": 1, "max_line_bytes": 1})),
+    ],
+)
+def test_validate_accepts_values_at_the_edge(data: dict[str, Any]) -> None:
+    assert from_mapping(data).routes[0].name == "chat"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            config(workers=2),
+            "workers: 2 processes need backend.kind: redis, so that one session has one "
+            "stream across them (the memory backend sees one process only)",
+        ),
+        (config(backend={"lease": 0.5}), "backend.lease: must be at least 1s, got 0.5s"),
+        (
+            config(
+                route(
+                    resume={"enabled": True, "buffer_bytes": 4095},
+                    limits={"max_event_bytes": "4KiB"},
+                )
+            ),
+            "routes[0].resume.buffer_bytes: must hold at least one event "
+            "(limits.max_event_bytes = 4096), got 4095",
+        ),
+        (
+            config(route(upstream="http://127.0.0.1:8000", websocket={})),
+            "routes[0].websocket: only for ws:// or wss:// upstreams",
+        ),
+        (
+            config(route(upstream="ws://127.0.0.1:9000/gw?x=1")),
+            "routes[0].upstream: must not carry a query or fragment",
+        ),
+        (
+            config(probe_path="healthz"),
+            "probe_path: must start with / and differ from every route path, got 'healthz'",
+        ),
+        (
+            config(probe_path="/v1/chat/"),
+            "probe_path: must start with / and differ from every route path, got '/v1/chat/'",
+        ),
+        (
+            config(route(), route(name="other", path="/v1/chat/")),
+            "routes[1].path: must start with / and be unique, got '/v1/chat/'",
+        ),
+        (config(routes=[]), "routes: at least one route is required"),
+        (
+            config(route(methods=["GET", "POST", "DELETE"])),
+            "routes[0].methods: only GET and POST are streamed, got 'DELETE'",
+        ),
+        (
+            config(route(session={"from": "query:"})),
+            "routes[0].session.from: expected header:NAME, cookie:NAME, query:NAME or path:N, "
+            "got 'query:'",
+        ),
+    ],
+)
+def test_validate_rejects_one_past_the_edge(data: dict[str, Any], message: str) -> None:
+    assert error_of(data) == message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "max_event_bytes",
+        "max_line_bytes",
+        "idle_timeout",
+        "max_duration",
+        "connect_timeout",
+        "write_timeout",
+    ],
+)
+def test_each_limit_must_be_positive(name: str) -> None:
+    assert error_of(config(route(limits={name: 0}))) == (
+        f"routes[0].limits.{name}: must be greater than 0"
+    )
+
+
+def test_resume_off_ignores_its_buffer_sizes() -> None:
+    data = config(route(resume={"buffer_bytes": 1}, limits={"max_event_bytes": "4KiB"}))
+    assert from_mapping(data).routes[0].resume.buffer_bytes == 1
+
+
+def test_unparsable_upstream_message_names_the_url() -> None:
+    assert error_of(config(route(upstream="http://127.0.0.1:99999"))).startswith(
+        "routes[0].upstream: not a valid URL 'http://127.0.0.1:99999': "
+    )

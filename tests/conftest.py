@@ -29,6 +29,7 @@ pytest_plugins = ["tests.fixtures_redis"]
 #   and scripts/mutation scores are stable; enough examples to find edges.
 # - dev: randomized and quick, for the edit-test loop.
 # - thorough: randomized, ten times ci, for a hunt before a release.
+# - mutation: see below.
 settings.register_profile(
     "ci",
     max_examples=200,
@@ -39,6 +40,9 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", max_examples=50, deadline=None)
+# scripts/mutation: ci with fewer examples, since every surviving mutant runs
+# the module's whole fast suite; edges are pinned by unit tests, not by luck.
+settings.register_profile("mutation", settings.get_profile("ci"), max_examples=40)
 settings.register_profile(
     "thorough", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -8,12 +8,15 @@ input again followed by an unfinished further event: same items, then
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from sidecar.errors import ProtocolError, TruncatedEvent
+from sidecar.errors import EventTooLarge, LineTooLong, ProtocolError, TruncatedEvent
 from sidecar.sse import Decoder, Item
+from sidecar.sse.decoder import DEFAULT_MAX_EVENT_BYTES as MAX_EVENT
+from sidecar.sse.decoder import DEFAULT_MAX_LINE_BYTES as MAX_LINE
 
 Chunker = Callable[[bytes], Iterator[list[bytes]]]
 
@@ -50,7 +53,7 @@ def _expect(
     decoder = Decoder(**caps)
     assert feed_all(decoder, chunks) == expected, chunks
     if truncated:
-        with pytest.raises(TruncatedEvent):
+        with pytest.raises(TruncatedEvent, match=r"^upstream stream ended inside an event "):
             decoder.close()
     else:
         assert decoder.close() == [], chunks
@@ -85,22 +88,42 @@ def decode_until_error(
     return items, None, ""
 
 
+def expected_message(error: type[ProtocolError], caps: dict[str, int]) -> str | None:
+    """The decoder's message for ``error`` under ``caps``; None where it names a byte offset."""
+    if error is LineTooLong:
+        return f"upstream line longer than {caps.get('max_line_bytes', MAX_LINE)} bytes"
+    if error is EventTooLarge:
+        return f"upstream event larger than {caps.get('max_event_bytes', MAX_EVENT)} bytes"
+    if error is TruncatedEvent:
+        return "upstream stream ended inside an event (no final blank line)"
+    return None
+
+
 def check_raises(
     chunker: Chunker,
     raw: bytes,
     error: type[ProtocolError],
     before: list[Item] | None = None,
+    *,
+    message: str | None = None,
     **caps: int,
 ) -> None:
     """Every chunking of ``raw`` delivers the items ``before`` the bad bytes, then ``error``.
 
     With nothing to deliver first, feed() itself must raise: a cap that waited for
     close() would not bound the buffer. Otherwise the error may come from the call
-    after the feed that found it (decoder.py: "Lose nothing").
+    after the feed that found it (decoder.py: "Lose nothing"). The message is
+    compared too: ``message``, else the one the error type and caps give, else
+    (invalid UTF-8, whose message names an offset) its fixed shape.
     """
     before = before or []
+    message = message or expected_message(error, caps)
     for chunks in chunker(raw):
         items, exc, where = decode_until_error(Decoder(**caps), chunks)
         assert (items, type(exc)) == (before, error), chunks
+        if message is not None:
+            assert str(exc) == message, chunks
+        else:
+            assert re.fullmatch(r"upstream sent invalid UTF-8 at byte \d+ of a line", str(exc))
         if not before:
             assert where == "feed", chunks

@@ -148,8 +148,6 @@ def test_clamped_retry_round_trips() -> None:
 def test_lone_surrogates_become_question_marks_not_exceptions() -> None:
     # json.loads('"\\ud800"') makes such a string; it must not stop a stream.
     lone = "a\ud800b"
-    assert encode_event(lone, event=lone, id=lone) == (
-        b"event: a?b\nid: a?b\ndata: a?b\n\n"
-    )
+    assert encode_event(lone, event=lone, id=lone) == (b"event: a?b\nid: a?b\ndata: a?b\n\n")
     assert encode_comment(lone) == b": a?b\n"
     assert encode_comment("x\udfff\ny") == b": x?\n: y\n"

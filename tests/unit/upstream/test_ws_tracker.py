@@ -187,6 +187,15 @@ def test_acceptance_without_run_id_falls_back_to_the_first_event():
     assert t.run_id == "run-3"
 
 
+def test_a_first_response_with_a_final_status_is_no_acceptance():
+    t = tracker()
+    assert t.feed_frame(res(status="ok")) == []
+    assert (t.accepted, t.final_response, t.run_id) == (False, True, None)
+    assert t.feed_frame(chat("delta", "Hi")) == []  # still held for the acceptance
+    assert t.feed_frame(res()) == [delta("Hi")]
+    assert t.accepted
+
+
 def test_acceptance_without_status_is_the_first_ok_response():
     t = tracker()
     t.feed_frame({"type": "res", "id": "req-1", "ok": True, "payload": {"runId": "run-1"}})
@@ -221,8 +230,11 @@ def test_text_parts_are_joined_and_other_parts_ignored():
         {"type": "image", "url": "x"},
         {"type": "text", "text": " there"},
         {"type": "text", "text": 5},
+        {"type": "thinking", "text": " (hidden)"},  # text, but in a part of another type
+        {"text": "!"},  # a part without a type is text
+        "a bare string",
     ]
-    assert t.feed_frame(chat("delta", parts)) == [delta("Hello there")]
+    assert t.feed_frame(chat("delta", parts)) == [delta("Hello there!")]
 
 
 def test_a_plain_string_at_the_text_path_is_accepted():
@@ -296,7 +308,14 @@ def test_error_state_raises_run_failed_with_the_gateway_message():
     ("extra", "message"),
     [
         pytest.param({"message": "plain message field"}, "^plain message field$", id="fallback"),
-        pytest.param({"errorMessage": "  "}, "failed", id="blank-is-default"),
+        pytest.param(
+            {"errorMessage": "  "},
+            "^the gateway reported that the run failed$",
+            id="blank-is-default",
+        ),
+        pytest.param({"errorMessage": 7, "message": "m"}, "^m$", id="not-a-string-is-skipped"),
+        pytest.param({"errorMessage": "x" * 1001}, "^x{1000}$", id="one-over-the-cap"),
+        pytest.param({"errorMessage": "y" * 1000}, "^y{1000}$", id="at-the-cap"),
         pytest.param({}, "^the gateway reported that the run failed$", id="default"),
         pytest.param({"errorMessage": "x" * 5000}, "^x{1000}$", id="capped"),
     ],
@@ -307,9 +326,15 @@ def test_error_message_paths(extra: dict[str, object], message: str):
 
 
 def test_aborted_state_raises_aborted():
+    t = accepted()
     with pytest.raises(UpstreamAborted, match=r"^stopped by user$") as info:
-        accepted().feed_frame(chat("aborted", errorMessage="stopped by user"))
+        t.feed_frame(chat("aborted", errorMessage="stopped by user"))
     assert info.value.code == "upstream_aborted"
+    assert t.done
+    assert t.feed(json.dumps(chat("delta", "late"))) == []
+    assert t.frames == 1
+    with pytest.raises(UpstreamAborted, match=r"^the gateway aborted the run$"):
+        accepted().feed_frame(chat("aborted"))
 
 
 def test_failed_response_raises_run_failed():
@@ -318,14 +343,19 @@ def test_failed_response_raises_run_failed():
     with pytest.raises(UpstreamRunFailed, match=r"^no such agent$"):
         t.feed_frame(failed)
     assert t.done
+    assert not t.accepted
+    with pytest.raises(UpstreamRunFailed, match=r"^the gateway refused the request$"):
+        tracker().feed_frame({"type": "res", "id": "req-1", "ok": "yes"})  # only true is ok
 
 
 def test_failed_final_response_is_a_disconnect():
     # Issue 6: a failed final res ends the stream like a gateway gone away.
     t = accepted()
     t.feed_frame(chat("delta", "Hel"))
-    with pytest.raises(UpstreamDisconnected, match="final response failed"):
+    with pytest.raises(UpstreamDisconnected, match=r"^the gateway's final response failed$"):
         t.feed_frame({"type": "res", "id": "req-1", "ok": False})
+    assert t.done
+    assert t.feed_frame(chat("delta", "Hello")) == []
 
 
 def test_ok_final_response_does_not_end_the_stream():
@@ -417,13 +447,23 @@ def test_tool_event_without_payload_is_malformed():
         pytest.param("é" * 32, False, id="two-byte-at-limit"),
         pytest.param("é" * 32 + "x", True, id="two-byte-over"),
         pytest.param("🙂" * 16, False, id="four-byte-at-limit"),
+        pytest.param("🙂" * 16 + "x", True, id="four-byte-over"),
+        pytest.param("é" * 64, True, id="as-many-characters-as-bytes-allowed"),
+        pytest.param("\ud800" * 21, False, id="lone-surrogates-under"),  # 3 bytes each
+        pytest.param("\ud800" * 22, True, id="lone-surrogates-over"),
+        pytest.param(b"\x00" * 64, False, id="binary-at-limit"),
         pytest.param(b"\x00" * 65, True, id="binary-over"),
     ],
 )
 def test_frames_over_max_frame_bytes_are_skipped(message: str | bytes, too_large: bool):
     t = accepted(WebSocketProfile(max_frame_bytes=64))
-    t.feed(message)
-    assert (t.malformed["too_large"] == 1) is too_large
+    assert t.feed(message) == []
+    if too_large:
+        assert t.malformed == {"too_large": 1}
+    else:
+        # Under the limit it is looked at, and is malformed for another reason.
+        assert set(t.malformed) == {"binary" if isinstance(message, bytes) else "not_json"}
+    assert t.frames == 1
 
 
 # --- a gateway of another shape fits by configuration -----------------------------------------

@@ -752,3 +752,29 @@ def test_unparsable_upstream_message_names_the_url() -> None:
     assert error_of(config(route(upstream="http://127.0.0.1:99999"))).startswith(
         "routes[0].upstream: not a valid URL 'http://127.0.0.1:99999': "
     )
+
+
+def test_a_websocket_profile_error_names_the_route_key() -> None:
+    data = config(route(upstream="ws://127.0.0.1:9000/gw", websocket={"request_id": "nowhere"}))
+    assert error_of(data) == (
+        "routes[0].websocket.request_id: path 'nowhere' is not in the request template"
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("/v1/chat", "/v1/chat/"), ("/v1/chat/", "/v1/chat"), ("/x//", "/x")]
+)
+def test_paths_equal_but_for_a_trailing_slash_collide(first: str, second: str) -> None:
+    data = config(route(path=first), route(name="other", path=second))
+    assert error_of(data) == (f"routes[1].path: must start with / and be unique, got {second!r}")
+
+
+def test_only_slashes_are_trimmed_when_paths_are_compared() -> None:
+    # Paths that differ in a last character other than "/" are distinct, in either order.
+    for paths in (["/tX", "/t", "/t "], ["/t", "/tX", "/t "]):
+        routes = [route(name=f"r{i}", path=p) for i, p in enumerate(paths)]
+        assert [r.path for r in from_mapping(config(*routes, probe_path="/tXX")).routes] == paths
+    assert from_mapping(config(route(path="/p"), probe_path="/pX")).probe_path == "/pX"
+    assert error_of(config(route(path="/v1/chat/"), probe_path="/v1/chat")) == (
+        "probe_path: must start with / and differ from every route path, got '/v1/chat'"
+    )

@@ -153,6 +153,28 @@ def test_no_session_key_turns_the_session_filter_off():
         assert t.feed_frame(chat("delta", "x", session="anything")) == [delta("x")]
 
 
+def test_for_request_takes_ids_from_the_rendered_frame():
+    profile = WebSocketProfile()
+    frame = render_request(
+        profile.request, body={}, session_key=SESSION, request_id="req-1", idempotency_key="i"
+    )
+    t = RunTracker.for_request(profile, frame)
+    assert (t.request_id, t.session_key, t.terminal_event) == ("req-1", SESSION, "done")
+    assert RunTracker.for_request(profile, frame, "finished").terminal_event == "finished"
+    t.feed_frame(res())
+    assert t.feed_frame(chat("delta", "x", session="other")) == []
+    assert t.dropped == {"other_session": 1}
+    assert t.feed_frame(chat("final", "x")) == [delta("x"), terminal("x")]
+
+
+def test_every_message_is_counted_even_after_the_end():
+    t = accepted()
+    for message in ("not json", b"bin", json.dumps(chat("final", "a")), json.dumps(chat("delta"))):
+        t.feed(message)
+    assert t.frames == 4
+    assert t.done
+
+
 def test_events_before_the_acceptance_are_held_then_replayed():
     t = tracker()
     early = [chat("delta", "Hi", run_id="run-2"), chat("delta", "Hel"), chat("delta", "Hello")]
@@ -258,6 +280,13 @@ def test_shorter_text_is_a_reset_with_the_whole_text():
     events = feed_all(t, [chat("delta", x) for x in ["Hello wor", "Hello", "Hello there"]])
     assert events == [delta("Hello wor"), reset("Hello"), delta(" there")]
     assert t.resets == 1
+
+
+def test_resets_are_counted():
+    t = accepted()
+    events = feed_all(t, [chat("delta", "abc"), chat("delta", "ab"), chat("delta", "xy")])
+    assert events == [delta("abc"), reset("ab"), reset("xy")]
+    assert t.resets == 2
 
 
 def test_rewritten_text_is_a_reset():

@@ -323,6 +323,22 @@ def test_raw_events_leaves_large_blocks_to_the_decoder() -> None:
     assert check(b"data: " + b"x" * 60 + b"\n\n") == -1
 
 
+@pytest.mark.parametrize(
+    "limits", [{"max_event_bytes": 64, "max_line_bytes": 1024}, {"max_line_bytes": 64}]
+)
+def test_raw_events_takes_a_block_of_exactly_the_smaller_cap(limits: dict[str, int]) -> None:
+    check = _raw(**limits)
+    assert check(b"data: " + b"x" * 56 + b"\n\n") == 1  # 64 bytes
+    assert check(b"data: " + b"x" * 57 + b"\n\n") == -1
+
+
+def test_raw_events_counts_data_lines_against_blank_lines() -> None:
+    check = _raw()
+    assert check(b"data: a\n\n") == 1  # a block starting with its data line
+    assert check(b"id: 1\ndata: a\n\ndata: b\n\n") == 2
+    assert check(b"id: 1\n\ndata: a\n\n") == -1  # an event of no data is not dispatched
+
+
 # --- comments rewritten on bytes (the fast path's second try) ---------------------------
 
 

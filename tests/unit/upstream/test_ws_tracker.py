@@ -153,6 +153,16 @@ def test_no_session_key_turns_the_session_filter_off():
         assert t.feed_frame(chat("delta", "x", session="anything")) == [delta("x")]
 
 
+def test_a_new_tracker_has_seen_nothing():
+    t = RunTracker(WebSocketProfile(), request_id="req-1")
+    assert t.terminal_event == "done"
+    assert (t.run_id, t.text, t.frames, t.resets) == (None, "", 0, 0)
+    assert t.done is False
+    assert t.accepted is False
+    assert t.final_response is False
+    assert (t.malformed, t.dropped) == ({}, {})
+
+
 def test_for_request_takes_ids_from_the_rendered_frame():
     profile = WebSocketProfile()
     frame = render_request(
@@ -383,6 +393,10 @@ def test_failed_final_response_is_a_disconnect():
     t.feed_frame(chat("delta", "Hel"))
     with pytest.raises(UpstreamDisconnected, match=r"^the gateway's final response failed$"):
         t.feed_frame({"type": "res", "id": "req-1", "ok": False})
+    with pytest.raises(UpstreamDisconnected, match=r"^gateway restarting$"):
+        accepted().feed_frame(
+            {"type": "res", "id": "req-1", "ok": False, "error": {"message": "gateway restarting"}}
+        )
     assert t.done
     assert t.feed_frame(chat("delta", "Hello")) == []
 

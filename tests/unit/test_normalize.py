@@ -337,6 +337,8 @@ def test_raw_events_counts_data_lines_against_blank_lines() -> None:
     assert check(b"data: a\n\n") == 1  # a block starting with its data line
     assert check(b"id: 1\ndata: a\n\ndata: b\n\n") == 2
     assert check(b"id: 1\n\ndata: a\n\n") == -1  # an event of no data is not dispatched
+    # A run of blank lines is left to the decoder even where the counts agree.
+    assert check(b"data: a\ndata: b\n\n\ndata: c\n\n") == -1
 
 
 # --- comments rewritten on bytes (the fast path's second try) ---------------------------

@@ -242,3 +242,13 @@ def test_only_the_first_bom_is_skipped(chunker: Chunker) -> None:
     check(chunker, b"\xef\xbb\xbfdata: a\n\n", [Event("a")])
     # A second BOM is part of the next line: here a field name nobody knows.
     check(chunker, b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\ndata: b\n\n", [Event("b")])
+
+
+def test_a_truncated_stream_holds_nothing_after_close() -> None:
+    decoder = Decoder()
+    assert decoder.feed(b"data: a\ndata: b") == []
+    assert decoder.pending_bytes > 0
+    with pytest.raises(TruncatedEvent, match=r"^upstream stream ended inside an event "):
+        decoder.close()
+    assert decoder.pending_bytes == 0
+    assert decoder.at_boundary

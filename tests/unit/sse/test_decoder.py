@@ -213,5 +213,5 @@ def test_bom_split_byte_by_byte_is_stripped_once() -> None:
 def test_feed_after_close_is_a_programming_error() -> None:
     decoder = Decoder()
     assert decoder.close() == []
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"^feed\(\) after close\(\)$"):
         decoder.feed(b"data: x\n\n")

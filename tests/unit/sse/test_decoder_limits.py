@@ -252,3 +252,9 @@ def test_a_truncated_stream_holds_nothing_after_close() -> None:
         decoder.close()
     assert decoder.pending_bytes == 0
     assert decoder.at_boundary
+
+
+def test_a_first_line_feed_is_a_blank_line_not_half_a_crlf() -> None:
+    # Only a CR at the end of a chunk makes a leading LF the rest of a CRLF;
+    # taken as such here, the BOM behind it would look like the stream's first.
+    assert Decoder().feed(b"\n\xef\xbb\xbfdata: x\n\n") == []

@@ -78,3 +78,9 @@ def test_heartbeat_due_after_the_interval_without_a_write(
     now: float, last_write: float, heartbeat: float, due: bool
 ) -> None:
     assert Pacing(30.0, 100.0, heartbeat).heartbeat_due(now, last_write) is due
+
+
+def test_a_heartbeat_under_one_second_still_counts() -> None:
+    # Any positive interval is a heartbeat; only 0 turns it off.
+    assert Pacing(30.0, 100.0, 0.5).deadline(started=0.0, last_byte=0.0, last_write=0.0) == 0.5
+    assert Pacing(30.0, 100.0, 0.0).deadline(started=0.0, last_byte=0.0, last_write=0.0) == 30.0

@@ -41,9 +41,11 @@ async def start_response(
     return response
 
 
-def opening_of(route: Route) -> bytes:
+def opening_of(route: Route, keepalive: bytes | None = None) -> bytes:
+    """The opening of a stream; ``keepalive`` (the route's) may carry its ``retry:``."""
     stream = route.stream
-    return opening(ms(stream.retry) if stream.retry is not None else None, stream.open_event)
+    retry = ms(stream.retry) if stream.retry is not None else None
+    return opening(retry, stream.open_event, keepalive)
 
 
 #: asyncio's default write high-water mark: a write that leaves the buffer at

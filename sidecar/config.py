@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from yarl import URL
 
+from sidecar.dialects import DialectName
 from sidecar.errors import ConfigError
 from sidecar.typedconf import Duration, EnvValue, Size, build, parse_duration, parse_size
 from sidecar.upstream.ws_profile import WebSocketProfile, validate_profile
@@ -75,7 +76,9 @@ class Backend:
 @dataclass(frozen=True)
 class Heartbeat:
     #: Write a keepalive after this long without any write; 0 turns heartbeats off.
-    interval: Duration = 15.0
+    #: 3 s: under httpx's default 5 s read timeout (the OpenAI and Anthropic
+    #: SDKs' transport), with room for a loaded event loop.
+    interval: Duration = 3.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,9 @@ class Route:
     upstream: str
     methods: tuple[str, ...] = ("GET", "POST")
     comments: CommentMode = "convert"
+    #: The client family whose forms the sidecar's own writes take:
+    #: generic | openai | anthropic (sidecar/dialects.py).
+    dialect: DialectName = "generic"
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
     keepalive: Keepalive = field(default_factory=Keepalive)
     terminal: Terminal = field(default_factory=Terminal)

@@ -54,6 +54,14 @@ class UpstreamError(SidecarError):
 
 class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
+    #: The HTTP status a client gets when this is known before the stream is committed.
+    status: ClassVar[int] = 502
+
+
+class UpstreamConnectTimeout(UpstreamUnreachable):
+    """``limits.connect_timeout`` passed before a connection was made."""
+
+    status = 504
 
 
 class UpstreamDisconnected(UpstreamError):

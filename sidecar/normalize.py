@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.config import CommentMode, Keepalive, Limits, Terminal
+from sidecar.dialects import Dialect, dialect
 from sidecar.replay.base import Entry
 from sidecar.sse import Comment, Event, Item, encode_comment, encode_event
 
@@ -77,14 +78,24 @@ _NOT_FIRST = frozenset({b":", b"\n", b"\xef"})
 class Normalizer:
     """Per-route rules, shared by every stream of the route (it holds no stream state)."""
 
-    __slots__ = ("_comments", "_terminal_data", "_terminal_events", "keepalive")
+    __slots__ = ("_comments", "_terminal_data", "_terminal_events", "dialect", "keepalive")
 
-    def __init__(self, comments: CommentMode, keepalive: Keepalive, terminal: Terminal) -> None:
+    def __init__(
+        self,
+        comments: CommentMode,
+        keepalive: Keepalive,
+        terminal: Terminal,
+        dialect_: Dialect | None = None,
+    ) -> None:
         self._comments = comments
-        self._terminal_events = frozenset(terminal.events)
-        self._terminal_data = frozenset(terminal.data)
-        #: The keepalive event, encoded once: converted comments and heartbeats.
-        self.keepalive = encode_event(keepalive.data, keepalive.event)
+        #: What the sidecar writes of its own, in the form the route's clients read.
+        self.dialect = dialect_ or dialect("generic", encode_event(keepalive.data, keepalive.event))
+        # The dialect's own terminal markers (message_stop, response.completed)
+        # count as well as the configured ones.
+        self._terminal_events = frozenset(terminal.events) | self.dialect.terminal_events
+        self._terminal_data = frozenset(terminal.data) | self.dialect.terminal_data
+        #: The keepalive, encoded once: converted comments and heartbeats.
+        self.keepalive = self.dialect.keepalive
 
     def is_terminal(self, event: Event) -> bool:
         if event.event is not None and event.event in self._terminal_events:
@@ -254,17 +265,35 @@ def error_event(
     )
 
 
-def end_event(*, partial: bool, event_id: str | None = None) -> bytes:
-    """``event: end``: the upstream closed cleanly without a terminal event."""
-    payload = {"type": "end", "reason": "upstream_closed", "partial": partial}
+def end_event(
+    *, partial: bool = False, event_id: str | None = None, reason: str = "upstream_closed"
+) -> bytes:
+    """``event: end``: the stream ended cleanly without the upstream's terminal event.
+
+    ``partial`` means what it means on ``error``: the client has part of an
+    answer whose rest will not come. An upstream that closed cleanly said
+    all it had (``false``); a stopped run was cut short (``true`` once an
+    event went out).
+    """
+    payload = {"type": "end", "reason": reason, "partial": partial}
     return encode_event(json.dumps(payload, separators=(",", ":")), "end", id=event_id)
 
 
-def opening(retry_ms: int | None, open_event: str | None) -> bytes:
-    """What goes out right after the headers: an optional ``retry:`` and opening event."""
-    out = b""
-    if retry_ms is not None:
-        out += f"retry: {retry_ms}\n\n".encode()
+def opening(retry_ms: int | None, open_event: str | None, keepalive: bytes | None = None) -> bytes:
+    """What goes out right after the headers: ``retry:`` and the opening, as ONE event.
+
+    A block of ``retry:`` alone is dispatched as an empty ``message`` event by
+    httpx-sse, @microsoft/fetch-event-source, the OpenAI SDK and most fetch()
+    parsers (they dispatch on any field, not only on data), so ``retry:`` rides
+    on the opening event, or else on a keepalive event (what clients already
+    ignore). A comment keepalive (the openai dialect) cannot carry it: the
+    ``retry:`` is left out there, and ``--check-config`` says so.
+    """
+    retry = f"retry: {retry_ms}\n".encode() if retry_ms is not None else b""
     if open_event:
-        out += encode_event(json.dumps({"type": open_event}, separators=(",", ":")), open_event)
-    return out
+        return retry + encode_event(
+            json.dumps({"type": open_event}, separators=(",", ":")), open_event
+        )
+    if retry and keepalive and not keepalive.startswith(b":"):
+        return retry + keepalive
+    return b""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from sidecar.config import Route
 from sidecar.context import Context
+from sidecar.dialects import dialect_for
 from sidecar.metrics import RouteMetrics
 from sidecar.normalize import Normalizer
 
@@ -22,7 +23,9 @@ class RouteServices:
     def __init__(self, route: Route, ctx: Context) -> None:
         self.route = route
         self.ctx = ctx
-        self.normalizer = Normalizer(route.comments, route.keepalive, route.terminal)
+        self.normalizer = Normalizer(
+            route.comments, route.keepalive, route.terminal, dialect_for(route)
+        )
         #: The fast path's test (built once: every stream of the route shares it).
         self.raw_events: Callable[[bytes], int] = self.normalizer.raw_events(route.limits)
         self.metrics = RouteMetrics(ctx.metrics, route.name)

@@ -21,8 +21,8 @@ from yarl import URL
 
 from sidecar.client import json_error, start_response
 from sidecar.context import StreamHandle
+from sidecar.dialects import Dialect
 from sidecar.errors import BackendUnavailable, SessionForbidden
-from sidecar.normalize import error_event
 from sidecar.replay.base import FORBIDDEN
 from sidecar.resume.follower import Follower, unavailable
 from sidecar.resume.run import ResumableRun
@@ -102,14 +102,15 @@ class ResumeEntry:
             services.metrics.rejected("backend_unavailable")
             response = await start_response(request, None, request_id)
             with contextlib.suppress(ConnectionResetError):
-                await response.write(unavailable(str(exc)))
+                await response.write(unavailable(str(exc), services.normalizer.dialect))
             return response
         if replay_log is None or entries is None:
             result = "miss" if replay_log is None else "gap"
             ctx.metrics.resume.labels(route, result).inc()
             services.metrics.outcome("resume_gap")
             why = "no resumable stream for this session" if key is not None else "no session key"
-            return await _gap(request, request_id, f"cannot resume after this id: {why}")
+            message = f"cannot resume after this id: {why}"
+            return await _gap(request, request_id, message, services.normalizer.dialect)
         if not entries:
             if last is not None and last.terminal and last.event_id == last_id:
                 # The client has the whole stream. 204 tells EventSource to stop
@@ -138,9 +139,11 @@ class ResumeEntry:
         return json_error(403, SessionForbidden.code, FORBIDDEN)
 
 
-async def _gap(request: web.Request, request_id: str, message: str) -> web.StreamResponse:
+async def _gap(
+    request: web.Request, request_id: str, message: str, dialect: Dialect
+) -> web.StreamResponse:
     response = await start_response(request, None, request_id)
-    data = error_event("resume_gap", message, partial=True)
+    data = dialect.error("resume_gap", message, partial=True)
     with contextlib.suppress(ConnectionResetError):
         await response.write(data)
     return response

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from sidecar.dialects import Dialect
 from sidecar.errors import BackendUnavailable, ClientGone, SlowClient
 from sidecar.headers import Headers
-from sidecar.normalize import error_event
 from sidecar.replay.base import ReplayLog
 from sidecar.services import RouteServices
 from sidecar.stream.pacing import Pacing
@@ -43,9 +43,9 @@ class FollowedRun(Protocol):
     def detach(self, follower: Follower) -> None: ...
 
 
-def unavailable(message: str) -> bytes:
+def unavailable(message: str, dialect: Dialect) -> bytes:
     """The resume state cannot be reached now; a short retry: brings EventSource back."""
-    return error_event("backend_unavailable", message, partial=True, retry_ms=1000)
+    return dialect.error("backend_unavailable", message, partial=True, retry_ms=1000)
 
 
 class Follower:
@@ -78,7 +78,9 @@ class Follower:
             request_id=request_id,
             session_key=None,
         )
-        self.sink = ClientSink(request, self.route, self.state, services.metrics)
+        self.sink = ClientSink(
+            request, self.route, self.state, services.metrics, services.normalizer.keepalive
+        )
         self.pacing = Pacing.of(self.route.limits, self.route.heartbeat.interval)
         self.task: asyncio.Task[Any] | None = None
         self.replaced = False
@@ -109,11 +111,12 @@ class Follower:
             self.outcome = "replaced"
             message = "a newer connection resumed this stream"
             with contextlib.suppress(ClientGone, SlowClient):
-                await self.sink.write(error_event("replaced", message, partial=True))
+                dialect = self.services.normalizer.dialect
+                await self.sink.write(dialect.error("replaced", message, partial=True))
         except BackendUnavailable as exc:
             self.outcome = "backend_unavailable"
             with contextlib.suppress(ClientGone, SlowClient):
-                await self.sink.write(unavailable(str(exc)))
+                await self.sink.write(unavailable(str(exc), self.services.normalizer.dialect))
         except (ClientGone, SlowClient) as exc:
             if isinstance(exc, SlowClient):
                 self.outcome = "slow_client"
@@ -162,10 +165,9 @@ class Follower:
             if entries and entries[0].seq > self.after_seq + 1:
                 # This client fell further behind than the buffer holds.
                 self.services.ctx.metrics.resume.labels(self.route.name, "gap").inc()
-                await self.sink.write(
-                    error_event("resume_gap", "events were lost: the client fell behind the "
-                                "resume buffer", partial=True)
-                )  # fmt: skip
+                message = "events were lost: the client fell behind the resume buffer"
+                dialect = self.services.normalizer.dialect
+                await self.sink.write(dialect.error("resume_gap", message, partial=True))
                 return "completed"
             if entries:
                 last_entry = now
@@ -185,13 +187,12 @@ class Follower:
             if remote and await self.log.abandoned():
                 if await self.log.read(self.after_seq, 0):
                     continue  # what it wrote before it died comes first
-                await self.sink.write(
-                    error_event("upstream_disconnected", "the replica running this stream is "
-                                "gone; the stream cannot go on", partial=True)
-                )  # fmt: skip
+                message = "the replica running this stream is gone; the stream cannot go on"
+                dialect = self.services.normalizer.dialect
+                await self.sink.write(dialect.error("upstream_disconnected", message, partial=True))
                 return "upstream_disconnected"
             if now - last_entry >= idle:
-                data = error_event(
+                data = self.services.normalizer.dialect.error(
                     "upstream_timeout",
                     f"no event for limits.idle_timeout ({idle:g}s) while following the stream",
                     partial=True,

@@ -23,6 +23,7 @@ from sidecar.normalize import Batch, IdSource
 from sidecar.replay.base import Entry, ReplayLog
 from sidecar.services import RouteServices
 from sidecar.stream.run import StreamRun
+from sidecar.stream.state import StreamState
 
 if TYPE_CHECKING:
     from sidecar.stream.sink import ClientSink
@@ -39,7 +40,7 @@ class Stoppable(Protocol):
 class LogSink:
     """The Sink of a resumable run: numbered events into the replay log."""
 
-    __slots__ = ("_route", "_terminal", "headers", "ids", "log", "ready")
+    __slots__ = ("_route", "_terminal", "headers", "ids", "log", "ready", "state")
 
     heartbeats = False  # each follower heartbeats its own client
     response: web.StreamResponse | None = None
@@ -48,6 +49,8 @@ class LogSink:
         self.log = replay_log
         self._route = route
         self.ids: IdSource | None = IdSource(replay_log.run_id)
+        #: The run's state, for its stream_end log (set by ResumableRun).
+        self.state: StreamState | None = None
         #: Set once the run committed (None) or answered otherwise (that answer).
         self.ready: asyncio.Future[web.StreamResponse | None] = (
             asyncio.get_running_loop().create_future()
@@ -62,6 +65,10 @@ class LogSink:
             self.ready.set_result(None)
 
     async def emit(self, batch: Batch) -> None:
+        if self.state is not None:
+            # What the run produced for its clients (each follower logs what it wrote);
+            # not state.wrote(): the route's client bytes are the followers' to count.
+            self.state.bytes_out += len(batch.data)
         if batch.entries:
             try:
                 await self.log.append(batch.entries)
@@ -83,6 +90,8 @@ class LogSink:
     async def end(self, data: bytes) -> bool:
         assert self._terminal is not None
         seq, event_id = self._terminal
+        if self.state is not None:
+            self.state.bytes_out += len(data)
         try:
             await self.log.append([Entry(seq, event_id, data, terminal=True)])
         except BackendUnavailable as exc:
@@ -115,6 +124,7 @@ class ResumableRun:
         self.log = replay_log
         self.sink = LogSink(replay_log, self.route.name)
         self.stream = StreamRun(services, request, handle, url, body, session_key, self.sink)
+        self.sink.state = self.stream.state
         self.request_id = self.stream.request_id
         self.loop = self.stream.loop
         self._registry = registry

@@ -31,9 +31,9 @@ from sidecar.errors import (
     SessionConflict,
     SlowClient,
     UpstreamError,
+    UpstreamUnreachable,
 )
 from sidecar.logs import session_hash
-from sidecar.normalize import end_event, error_event
 from sidecar.services import RouteServices
 from sidecar.sessions.base import Claim
 from sidecar.stream import source as sources
@@ -90,7 +90,9 @@ class StreamRun:
             request_id=self.request_id,
             session_key=session_key,
         )
-        self.sink: Sink = sink or ClientSink(request, self.route, self.state, self.metrics)
+        self.sink: Sink = sink or ClientSink(
+            request, self.route, self.state, self.metrics, services.normalizer.keepalive
+        )
         heartbeat = self.route.heartbeat.interval if self.sink.heartbeats else 0.0
         self.pacing = Pacing.of(self.route.limits, heartbeat)
         self.pacer = Pacer(self.pacing, self.state, self.sink, services.normalizer.keepalive)
@@ -196,6 +198,11 @@ class StreamRun:
             except (UpstreamError, ProtocolError) as exc:
                 if self.upstream is not None:
                     self.upstream.close()
+                if isinstance(exc, UpstreamUnreachable) and not state.committed:
+                    # Known before commit: an HTTP error, so resp.ok is false and
+                    # EventSource stops instead of reconnecting forever.
+                    state.outcome = exc.code
+                    return json_error(exc.status, exc.code, str(exc))
                 if isinstance(exc, ProtocolError):
                     self.services.ctx.metrics.protocol_errors.labels(
                         self.route.name, exc.kind
@@ -272,7 +279,9 @@ class StreamRun:
         if completed:
             self.state.outcome = "completed"
             return
-        event = end_event(partial=self.state.partial, event_id=self.sink.next_id())
+        dialect = self.services.normalizer.dialect
+        # A clean close said all it had: partial false (README, "partial").
+        event = dialect.end("upstream_closed", partial=False, event_id=self.sink.next_id())
         await self._end(event, "upstream_closed")
 
     async def _run_websocket(self) -> None:
@@ -333,7 +342,7 @@ class StreamRun:
         extra: dict[str, object] = {}
         if self.upstream is not None and code == "upstream_status":
             extra["status"] = self.upstream.status
-        data = error_event(
+        data = self.services.normalizer.dialect.error(
             code,
             message,
             partial=self.state.partial,

@@ -74,13 +74,18 @@ class ClientSink:
     heartbeats = True
 
     def __init__(
-        self, request: web.Request, route: Route, state: StreamState, metrics: RouteMetrics
+        self,
+        request: web.Request,
+        route: Route,
+        state: StreamState,
+        metrics: RouteMetrics,
+        keepalive: bytes | None = None,
     ) -> None:
         self._request = request
         self._state = state
         self._metrics = metrics
         self._write_timeout = route.limits.write_timeout
-        self._opening = opening_of(route)
+        self._opening = opening_of(route, keepalive)  # the keepalive may carry retry:
         self._open_event = bool(route.stream.open_event)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None

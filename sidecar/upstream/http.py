@@ -29,7 +29,12 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from sidecar.errors import UpstreamDisconnected, UpstreamError, UpstreamUnreachable
+from sidecar.errors import (
+    UpstreamConnectTimeout,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamUnreachable,
+)
 
 #: Body bytes held before anyone reads them; past this the socket stops reading.
 _HOLD = 64 * 1024
@@ -390,7 +395,7 @@ async def open_stream(
                 lambda: Upstream(loop), host, port, ssl=tls
             )
     except TimeoutError:
-        raise UpstreamUnreachable("timed out connecting to upstream") from None
+        raise UpstreamConnectTimeout("timed out connecting to upstream") from None
     except OSError as exc:
         raise UpstreamUnreachable(f"cannot connect to upstream: {exc}") from None
     transport.write(head + body if body else head)

@@ -204,4 +204,5 @@ async def test_unreachable_gateway(start_sidecar):
         port = s.getsockname()[1]
     sc = await start_sidecar(ws_config(f"ws://127.0.0.1:{port}"))
     got = await run(sc, "hello")
-    assert got.error()["code"] == "upstream_unreachable"
+    assert got.status == 502
+    assert json.loads(got.raw)["error"]["code"] == "upstream_unreachable"

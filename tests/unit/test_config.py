@@ -69,7 +69,7 @@ def test_every_limit_default_is_positive_and_consistent() -> None:
     for f in dataclasses.fields(Limits):
         assert getattr(limits, f.name) > 0, f.name
     # A heartbeat must fit well inside the idle timeout and the stream cap.
-    assert Heartbeat().interval == 15.0
+    assert Heartbeat().interval == 3.0  # under httpx's default 5 s read timeout
     assert Heartbeat().interval < limits.idle_timeout < limits.max_duration
     assert limits.connect_timeout < limits.idle_timeout
 
@@ -466,7 +466,7 @@ def test_env_overrides_route_by_name_and_by_index() -> None:
     assert chat.terminal.events == ("end",)
     assert chat.session.from_ == "query:sid"
     assert (jobs.heartbeat.interval, jobs.session.required) == (5.0, True)
-    assert (chat.heartbeat.interval, chat.session.required) == (15.0, False)
+    assert (chat.heartbeat.interval, chat.session.required) == (3.0, False)
     assert (loaded.workers, loaded.backend.kind) == (4, "redis")
 
 

@@ -265,19 +265,31 @@ def test_end_event(partial: bool, wire: bytes) -> None:
     )
 
 
+KA = b'event: keepalive\ndata: {"type":"keepalive"}\n\n'
+
+
 @pytest.mark.parametrize(
-    ("retry_ms", "open_event", "wire"),
+    ("retry_ms", "open_event", "keepalive", "wire"),
     [
-        (3000, None, b"retry: 3000\n\n"),
-        (None, "open", b'event: open\ndata: {"type":"open"}\n\n'),
-        (3000, "open", b'retry: 3000\n\nevent: open\ndata: {"type":"open"}\n\n'),
-        (0, None, b"retry: 0\n\n"),
-        (None, None, b""),
-        (None, "", b""),
+        # retry: never alone in a block: real parsers dispatch it as an empty message
+        (3000, None, KA, b"retry: 3000\n" + KA),
+        (3000, None, None, b""),
+        (3000, None, b": keepalive\n\n", b""),  # a comment cannot carry it
+        (None, "open", KA, b'event: open\ndata: {"type":"open"}\n\n'),
+        (3000, "open", KA, b'retry: 3000\nevent: open\ndata: {"type":"open"}\n\n'),
+        (0, None, KA, b"retry: 0\n" + KA),
+        (None, None, KA, b""),
+        (None, "", KA, b""),
     ],
 )
-def test_opening(retry_ms: int | None, open_event: str | None, wire: bytes) -> None:
-    assert opening(retry_ms, open_event) == wire
+def test_opening(
+    retry_ms: int | None, open_event: str | None, keepalive: bytes | None, wire: bytes
+) -> None:
+    out = opening(retry_ms, open_event, keepalive)
+    assert out == wire
+    # Every block of it is an event with data: nothing a parser turns into an empty event.
+    for block in out.split(b"\n\n")[:-1]:
+        assert b"\ndata: " in b"\n" + block
 
 
 # --- raw_events: the bytes-only test of the fast path ------------------------------

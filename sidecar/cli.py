@@ -77,8 +77,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         routes = ", ".join(f"{r.path} -> {r.upstream}" for r in config.routes)
         print(f"{path}: ok ({len(config.routes)} route(s): {routes})")
+        _explain_dialects(config)
         return 0
     return run(config)
+
+
+def _explain_dialects(config: Config) -> None:
+    """Which dialect each route speaks, and the warnings about it (stderr)."""
+    from yarl import URL
+
+    from sidecar import dialects
+
+    for i, route in enumerate(config.routes):
+        print(f"  {route.name}: {dialects.describe(route.dialect)}")
+        path = URL(route.upstream).path
+        if dialects.suggested(path) is None:
+            path = route.path  # an upstream base of / : the client's path is the API's
+        for warning in dialects.warnings(
+            f"routes[{i}]",
+            path,
+            route.dialect,
+            retry=route.stream.retry is not None,
+            open_event=bool(route.stream.open_event),
+        ):
+            print(f"sse-sidecar: warning: {warning}", file=sys.stderr)
 
 
 def run(config: Config, *, worker: bool = False) -> int:

@@ -169,3 +169,43 @@ def dialect_for(route: _RouteLike) -> Dialect:
     """A route's dialect (config.Route; a Protocol here, as config imports this module)."""
     keepalive = route.keepalive
     return dialect(route.dialect, encode_event(keepalive.data, keepalive.event))
+
+
+_DESCRIPTIONS: dict[DialectName, str] = {
+    "generic": "keepalive `event: keepalive`, errors `event: error` {type, code, message, partial}",
+    "openai": "keepalive `: keepalive` comment, errors {error: {type, code, message}} "
+    "(the OpenAI SDK raises APIError), terminal [DONE] / response.completed",
+    "anthropic": "keepalive `event: ping`, errors `event: error` {type: error, error: {…}} "
+    "(the Anthropic SDK raises APIStatusError), terminal message_stop",
+}
+
+
+def describe(name: DialectName) -> str:
+    """One line for ``--check-config``: what a route's clients get from the sidecar."""
+    return f"dialect {name}: {_DESCRIPTIONS[name]}"
+
+
+def warnings(
+    key: str, upstream_path: str, name: DialectName, *, retry: bool, open_event: bool
+) -> list[str]:
+    """What ``--check-config`` warns about a route's dialect (``key``: its config path)."""
+    out: list[str] = []
+    wanted = suggested(upstream_path)
+    if wanted is not None and name == "generic":
+        out.append(
+            f"{key}.dialect: the upstream path {upstream_path!r} looks like an {wanted} API, "
+            f"but the route uses dialect generic: the {wanted} SDK turns our keepalive into a "
+            f"chunk and does not raise on our errors; set dialect: {wanted}"
+        )
+    if name == "openai" and retry and not open_event:
+        out.append(
+            f"{key}.stream.retry: not sent on an openai dialect route (a comment keepalive "
+            "cannot carry it, and a retry: alone is an empty event); set stream.open_event "
+            "or drop stream.retry"
+        )
+    if name != "generic" and open_event:
+        out.append(
+            f"{key}.stream.open_event: the {name} SDK hands an unknown event to the caller "
+            "as a chunk; leave open_event unset on this route"
+        )
+    return out

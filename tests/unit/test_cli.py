@@ -16,6 +16,10 @@ from sidecar.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "sidecar.yaml"
 SHIPPED_ROUTES = "1 route(s): /v1/chat -> http://127.0.0.1:8000/v1/chat"
+GENERIC = (
+    "  chat: dialect generic: keepalive `event: keepalive`, "
+    "errors `event: error` {type, code, message, partial}\n"
+)
 
 BAD_INTERVAL = """\
 routes:
@@ -43,7 +47,7 @@ def write(tmp_path: Path, text: str, name: str = "sidecar.yaml") -> Path:
 def test_check_config_of_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--check-config", str(SHIPPED)]) == 0
     out, err = capsys.readouterr()
-    assert out == f"{SHIPPED}: ok ({SHIPPED_ROUTES})\n"
+    assert out == f"{SHIPPED}: ok ({SHIPPED_ROUTES})\n" + GENERIC
     assert err == ""
 
 
@@ -76,7 +80,7 @@ def test_check_config_applies_env_overrides(
     monkeypatch.setenv("SSE_SIDECAR_ROUTES__0__PATH", "/v2/chat")
     assert main(["--check-config", str(SHIPPED)]) == 0
     assert capsys.readouterr().out == (
-        f"{SHIPPED}: ok (1 route(s): /v2/chat -> http://10.0.0.5:8000/v1/chat)\n"
+        f"{SHIPPED}: ok (1 route(s): /v2/chat -> http://10.0.0.5:8000/v1/chat)\n" + GENERIC
     )
 
 
@@ -95,7 +99,7 @@ def test_check_config_wins_over_sse_sidecar_config(
 ) -> None:
     monkeypatch.setenv("SSE_SIDECAR_CONFIG", str(write(tmp_path, BAD_INTERVAL)))
     assert main(["--check-config", str(SHIPPED)]) == 0
-    assert capsys.readouterr().out == f"{SHIPPED}: ok ({SHIPPED_ROUTES})\n"
+    assert capsys.readouterr().out == f"{SHIPPED}: ok ({SHIPPED_ROUTES})\n" + GENERIC
 
 
 def test_bad_config_from_sse_sidecar_config_exits_2_before_serving(
@@ -155,7 +159,7 @@ def test_python_dash_m_check_config() -> None:
         check=False,
     )
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == f"config/sidecar.yaml: ok ({SHIPPED_ROUTES})\n"
+    assert done.stdout == f"config/sidecar.yaml: ok ({SHIPPED_ROUTES})\n" + GENERIC
 
 
 def test_tune_gc_freezes_start_up_objects_and_spaces_out_collections() -> None:
@@ -172,3 +176,42 @@ def test_tune_gc_freezes_start_up_objects_and_spaces_out_collections() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+SDK_ROUTES = """\
+routes:
+  - name: oai
+    path: /v1/chat/completions
+    upstream: http://127.0.0.1:8000/v1/chat/completions
+  - name: claude
+    path: /v1/messages
+    upstream: http://127.0.0.1:8001/v1/messages
+    dialect: anthropic
+  - name: resp
+    path: /v1/responses
+    upstream: http://127.0.0.1:8000/v1/responses
+    dialect: openai
+    stream: {retry: 2s}
+"""
+
+
+def test_check_config_explains_dialects_and_warns_on_sdk_paths_with_generic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--check-config", str(write(tmp_path, SDK_ROUTES))]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[1].startswith("  oai: dialect generic:")
+    assert lines[2].startswith("  claude: dialect anthropic: keepalive `event: ping`")
+    assert lines[3].startswith("  resp: dialect openai: keepalive `: keepalive` comment")
+    warnings = err.splitlines()
+    assert len(warnings) == 2
+    assert warnings[0].startswith("sse-sidecar: warning: routes[0].dialect: the upstream path")
+    assert "set dialect: openai" in warnings[0]
+    assert warnings[1].startswith("sse-sidecar: warning: routes[2].stream.retry: not sent")
+
+
+def test_a_bad_dialect_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = SDK_ROUTES.replace("dialect: anthropic", "dialect: claude")
+    assert main(["--check-config", str(write(tmp_path, bad))]) == 2
+    assert "routes[1].dialect" in capsys.readouterr().err

@@ -46,6 +46,7 @@ OUTCOMES = (
     "passthrough",  # non-SSE or error response passed through unchanged
     "rejected",  # refused before streaming: session conflict, backend down
     "abandoned",  # resume: the client did not come back within the grace period
+    "stopped",  # a stop request (DELETE with the session key) ended the run
 )
 
 

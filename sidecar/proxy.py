@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from yarl import URL
 
+from sidecar import stop
 from sidecar.client import json_error
 from sidecar.config import Route
 from sidecar.context import Context, StreamHandle
@@ -52,6 +53,8 @@ class RouteHandler:
         return url.with_query(query) if query else url
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "DELETE":
+            return await stop.handle(self.services, self.keys, self.resume, request)
         refusal = await self._refuse(request)
         if refusal is not None:
             return refusal

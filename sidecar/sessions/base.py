@@ -61,3 +61,10 @@ class SessionStore(Protocol):
     async def release(self, claim: Claim) -> None:
         """Let go of ``claim``; never raises, a no-op if it was taken over."""
         ...
+
+    async def stop(self, route: str, key: str) -> bool:
+        """Tell the stream that owns ``key`` (wherever it runs) to end with ``stopped``.
+
+        False when no stream owns it; raises BackendUnavailable when unknown.
+        """
+        ...

@@ -55,6 +55,13 @@ class MemorySessionStore:
                 pass  # it is told to stop; the session is ours either way
         return claim
 
+    async def stop(self, route: str, key: str) -> bool:
+        claim = self._held.get((route, key))
+        if claim is None:
+            return False
+        claim.holder.stop("stopped")
+        return True
+
     async def release(self, claim: Claim) -> None:
         slot = (claim.route, claim.key)
         if self._held.get(slot) is claim:

@@ -240,6 +240,31 @@ class RedisSessionStore:
         # The work finishes even if the caller is cancelled meanwhile.
         await asyncio.shield(self._spawn(self._let_go(entry)))
 
+    async def stop(self, route: str, key: str) -> bool:
+        """Stop the owner of ``key``: here at once, elsewhere through the replace channel."""
+        redis = self._redis
+        if redis is None:
+            raise BackendUnavailable("the session backend (redis) is not running")
+        try:
+            async with asyncio.timeout(_BUDGET):
+                value = await redis.get(owner_key(self.prefix, route, key))
+                if value is None:
+                    return False
+                value = _text(value)
+                local = self._held.get(value)
+                if local is not None:
+                    local.stop("stopped")
+                else:
+                    message = {"op": "stop", "route": route, "key": key, "value": value}
+                    await redis.publish(self.channel, json.dumps(message))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc if not isinstance(exc, TimeoutError) else OSError("timed out"))
+            raise BackendUnavailable(
+                "the session backend (redis) cannot be reached; retry shortly"
+            ) from None
+        self._ok()
+        return True
+
     async def _take(self, redis: Redis, entry: _Held, policy: Policy) -> tuple[int, str | None]:
         prefix, route, key = self.prefix, entry.route, entry.key
         token, old = await self._claim_script(
@@ -425,10 +450,10 @@ class RedisSessionStore:
             return  # not a message of ours
         if not isinstance(value, str):
             return
-        if op == "replace":
+        if op in ("replace", "stop"):
             entry = self._held.get(value)
             if entry is not None:
-                entry.stop("replaced")
+                entry.stop("replaced" if op == "replace" else "stopped")
         elif op == "released":
             self._released[value] = None
             if len(self._released) > _RECENT:

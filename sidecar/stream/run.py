@@ -193,6 +193,9 @@ class StreamRun:
                 if code == "abandoned":
                     state.outcome = "abandoned"  # nobody came back within resume.grace
                     return None
+                if code == "stopped":  # a stop request (sidecar/stop.py): not an error
+                    await self._end_stopped()
+                    return self.sink.response
                 retry = ms(self.services.ctx.config.shutdown_retry) if code == "shutdown" else None
                 await self._end_with_error(code, _STOP_MESSAGES[code], retry_ms=retry)
             except (UpstreamError, ProtocolError) as exc:
@@ -335,6 +338,13 @@ class StreamRun:
         self.state.outcome = outcome
         if await self.sink.end(data):
             self.metrics.event("terminal_synthesized")
+
+    async def _end_stopped(self) -> None:
+        if not self.state.committed:
+            await self._commit(None)
+        dialect = self.services.normalizer.dialect
+        event = dialect.end("stopped", partial=self.state.partial, event_id=self.sink.next_id())
+        await self._end(event, "stopped")
 
     async def _end_with_error(self, code: str, message: str, retry_ms: int | None = None) -> None:
         if not self.state.committed:

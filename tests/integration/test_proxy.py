@@ -445,7 +445,7 @@ async def test_global_stream_cap_and_method_answer_in_json(upstream, start_sidec
         async with sc.http.get(sc.url + "/s") as second:
             assert second.status == 503
             assert (await second.json())["error"]["code"] == "overloaded"
-    async with sc.http.delete(sc.url + "/s") as resp:
+    async with sc.http.put(sc.url + "/s") as resp:  # DELETE is the stop request
         assert resp.status == 405
         assert resp.headers["Allow"] == "GET"
     metrics = await sc.metrics()

@@ -77,3 +77,21 @@ async def test_stop_on_one_replica_ends_the_run_on_the_other(redis_server, upstr
     await _stop_and_read(upstream, a, b)
     async with b.http.delete(b.url + "/s", headers=KEY) as resp:
         assert resp.status == 404  # the run is over: its claim is gone
+
+
+async def test_stop_of_a_bound_run_needs_its_credentials(upstream, start_sidecar):
+    upstream.script = Script([b"data: 1\n\n", "hang"])
+    sc = await start_sidecar(
+        make_config(upstream.url, resume={"enabled": True, "bind": ["header:Authorization"]})
+    )
+    owner = {**KEY, "Authorization": "Bearer alice"}
+    reading = asyncio.ensure_future(read_stream(sc.http, "GET", sc.url + "/s", headers=owner))
+    await _started(upstream)
+    other = {**KEY, "Authorization": "Bearer mallory"}
+    async with sc.http.delete(sc.url + "/s", headers=other) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"]["code"] == "session_forbidden"
+    async with sc.http.delete(sc.url + "/s", headers=owner) as resp:
+        assert resp.status == 202
+    got = await asyncio.wait_for(reading, 5)
+    assert got.data("end") == [{"type": "end", "reason": "stopped", "partial": True}]

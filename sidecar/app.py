@@ -87,6 +87,8 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     flusher = asyncio.get_running_loop().create_task(_flush_metrics(ctx.metrics))
     yield
     flusher.cancel()
+    # Runs still on a shared gateway connection get chat.abort before it closes.
+    await ctx.gateways.close()
     ctx.metrics.flush()
     await ctx.replay.close()
     await ctx.sessions.close()

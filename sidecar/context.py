@@ -14,6 +14,7 @@ from sidecar.metrics import Metrics
 from sidecar.replay.base import ReplayStore
 from sidecar.sessions.base import SessionStore
 from sidecar.timers import TimerWheel
+from sidecar.upstream.gateway import GatewayPool
 
 
 class StreamHandle:
@@ -44,6 +45,8 @@ class Context:
     streams: set[StreamHandle] = field(default_factory=set)
     #: Heartbeat and limit deadlines of the streams on the callback path.
     timers: TimerWheel = field(default_factory=TimerWheel)
+    #: Shared gateway connections (``websocket.profile: openclaw``), one per route.
+    gateways: GatewayPool = field(default_factory=GatewayPool)
     draining: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -84,6 +84,20 @@ class UpstreamAborted(UpstreamError):
     code = "upstream_aborted"
 
 
+class GatewayRefused(UpstreamUnreachable):
+    """A WebSocket gateway refused our handshake (wrong token, not paired, protocol).
+
+    ``gateway_code`` is the gateway's own code (``AUTH_TOKEN_MISMATCH``…): the
+    message names it, so the operator sees what to fix.
+    """
+
+    code = "upstream_refused"
+
+    def __init__(self, gateway_code: str, message: str) -> None:
+        super().__init__(message)
+        self.gateway_code = gateway_code
+
+
 class UpstreamAbandoned(UpstreamError):
     """A resumable run lost its replay log (backend down): it can reach no client."""
 

@@ -34,6 +34,7 @@ OUTCOMES = (
     "slow_client",
     "upstream_status",
     "upstream_unreachable",
+    "upstream_refused",  # a gateway refused the handshake (token, pairing, protocol)
     "upstream_disconnected",
     "upstream_timeout",
     "upstream_protocol",

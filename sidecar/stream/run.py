@@ -43,6 +43,8 @@ from sidecar.stream.sink import ClientSink, Sink
 from sidecar.stream.splice import Splice
 from sidecar.stream.state import StreamState
 from sidecar.upstream import http as upstream_http
+from sidecar.upstream import ws_sources
+from sidecar.upstream.gateway import GatewayRunSource
 from sidecar.upstream.http import Upstream
 from sidecar.upstream.websocket import WebSocketSource
 
@@ -79,7 +81,7 @@ class StreamRun:
         self.session_key = session_key
         self.claim: Claim | None = None
         self.opener: asyncio.Task[Upstream] | None = None
-        self.source: WebSocketSource | None = None
+        self.source: WebSocketSource | GatewayRunSource | None = None
         self.upstream: Upstream | None = None
         self.request_id = request.headers.get("X-Request-ID") or handle.id
         self.loop = asyncio.get_running_loop()
@@ -164,8 +166,8 @@ class StreamRun:
                     if refusal is not None:
                         return refusal
                 if self.route.is_websocket:
-                    await self._run_websocket()
-                    return self.sink.response
+                    refused = await self._run_websocket()
+                    return refused if refused is not None else self.sink.response
                 self.opener = asyncio.ensure_future(
                     sources.open_http(
                         self.request, self.url, self.body, self.request_id, self.route
@@ -287,15 +289,31 @@ class StreamRun:
         event = dialect.end("upstream_closed", partial=False, event_id=self.sink.next_id())
         await self._end(event, "upstream_closed")
 
-    async def _run_websocket(self) -> None:
-        """A WebSocket gateway's run: its events instead of an HTTP body's."""
+    async def _run_websocket(self) -> web.Response | None:
+        """A WebSocket gateway's run: its events instead of an HTTP body's.
+
+        Returns the JSON error for a handshake the gateway refused before the
+        commit (None: the stream ran).
+        """
+        metrics = self.services.ctx.metrics
         source = sources.websocket_source(
-            self.route, self.request, self.body, self.session_key, self.request_id
+            self.route,
+            self.request,
+            self.body,
+            self.session_key,
+            self.request_id,
+            gateways=self.services.ctx.gateways,
+            on_malformed=ws_sources.malformed_counter(metrics.protocol_errors, self.route.name),
         )
         self.source = source
         opener = asyncio.ensure_future(source.open())
         try:
             await self._await_upstream(opener)
+        except UpstreamError as exc:
+            if self.state.committed or (refused := ws_sources.refusal_response(exc)) is None:
+                raise
+            self.state.outcome = exc.code
+            return refused
         finally:
             if not opener.done():
                 opener.cancel()
@@ -306,6 +324,7 @@ class StreamRun:
         finally:
             for kind, count in source.malformed.items():
                 self.services.ctx.metrics.protocol_errors.labels(self.route.name, kind).inc(count)
+        return None
 
     async def _passthrough(self, upstream: Upstream) -> web.StreamResponse:
         """Hand a non-stream (or error) response to the client as it is."""

@@ -7,7 +7,7 @@ already yields events. Both look the same to the pump (sidecar/stream/pump.py):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from aiohttp import web
@@ -19,6 +19,8 @@ from sidecar.errors import UpstreamStatus
 from sidecar.metrics import Tally
 from sidecar.sse import Decoder, Item
 from sidecar.upstream import http as upstream_http
+from sidecar.upstream import ws_sources
+from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
 from sidecar.upstream.http import Upstream
 from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
 
@@ -64,7 +66,7 @@ class WebSocketItems:
 
     __slots__ = ("_source",)
 
-    def __init__(self, source: WebSocketSource) -> None:
+    def __init__(self, source: WebSocketSource | GatewayRunSource) -> None:
         self._source = source
 
     async def read(self) -> Sequence[Item] | None:
@@ -94,16 +96,25 @@ def websocket_source(
     body: bytes | None,
     session_key: str | None,
     request_id: str,
-) -> WebSocketSource:
-    """A gateway's source for this request (its body, or its query as the body)."""
+    *,
+    gateways: GatewayPool,
+    on_malformed: Callable[[str], None] | None = None,
+) -> WebSocketSource | GatewayRunSource:
+    """A gateway's source for this request (its body, or its query as the body).
+
+    ``profile: openclaw`` runs on the process's shared gateway connection
+    (``gateways``), whose skipped frames ``on_malformed`` counts.
+    """
     payload: object = body if body else dict(request.query)
-    return WebSocketSource(
+    return ws_sources.websocket_source(
+        gateways,
         route.upstream,
         route.websocket or WebSocketProfile(),
         body=payload,
         session_key=session_key,
         request_id=request_id,
         terminal_event=route.terminal.events[0] if route.terminal.events else "done",
+        on_malformed=on_malformed,
     )
 
 

@@ -4,7 +4,7 @@ Strategy: :class:`WebSocketSource` only moves messages between the socket and
 a :class:`~sidecar.upstream.ws_tracker.RunTracker` (the sans-I/O part: run-id
 latching, session filter, cumulative text to deltas, the reset rule, state
 mapping) and translates every ``websockets`` exception into
-:mod:`sidecar.errors` in one place (:func:`_translated`), like
+:mod:`sidecar.errors` in one place (:func:`translated`), like
 :mod:`sidecar.upstream.http` does for aiohttp.
 
 Gateway gone → :class:`UpstreamDisconnected` from the pending ``read()`` at
@@ -40,7 +40,7 @@ CLOSE_TIMEOUT: Final = 0.25
 
 
 @contextmanager
-def _translated(what: str, *, opening: bool = False) -> Iterator[None]:
+def translated(what: str, *, opening: bool = False) -> Iterator[None]:
     """The one place where ``websockets`` errors become ours."""
     lost = UpstreamUnreachable if opening else UpstreamDisconnected
     try:
@@ -64,7 +64,7 @@ def _close_reason(exc: ConnectionClosed) -> str:
     return f"code {exc.rcvd.code}" + (f": {exc.rcvd.reason}" if exc.rcvd.reason else "")
 
 
-def _json_body(body: object) -> object:
+def json_body(body: object) -> object:
     """The client's body as JSON data; raw bytes are decoded, anything unreadable is None."""
     if isinstance(body, bytes | bytearray | str):
         try:
@@ -98,7 +98,7 @@ class WebSocketSource:
         #: The request frame this source sends (a fresh idempotency key each).
         self.frame = render_request(
             profile.request,
-            body=_json_body(body),
+            body=json_body(body),
             session_key=session_key,
             request_id=request_id,
             idempotency_key=str(uuid4()),
@@ -128,7 +128,7 @@ class WebSocketSource:
         if self._ws is not None or self._closed:
             raise RuntimeError("a WebSocketSource is opened once")
         profile = self.profile
-        with _translated("while connecting", opening=True):
+        with translated("while connecting", opening=True):
             self._ws = await connect(
                 self.url,
                 additional_headers=self.handshake_headers(),
@@ -159,7 +159,7 @@ class WebSocketSource:
             raise RuntimeError("read() before open()")
         tracker = self.tracker
         while not tracker.done:
-            with _translated("mid-run"):
+            with translated("mid-run"):
                 message = await ws.recv()
             items = tracker.feed(message)
             if items:

@@ -19,10 +19,15 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from sidecar.errors import ConfigError
 from sidecar.typedconf import Duration, Size
+from sidecar.upstream.openclaw import Handshake
+
+#: ``generic``: one socket per stream, the request template alone (any gateway);
+#: ``openclaw``: the connect handshake, one shared socket, ``chat.abort``.
+ProfileName = Literal["generic", "openclaw"]
 
 
 class Missing(enum.Enum):
@@ -80,6 +85,9 @@ class Responses:
     run_id: str = "payload.runId"
     #: Path of the status that tells the acceptance from the final response.
     status: str = "payload.status"
+    #: Path of the session key in the acceptance: the gateway's canonical form
+    #: (``mysession`` → ``agent:main:mysession``, lowered), which events carry.
+    session_key: str = "payload.sessionKey"
     #: Status values of an acceptance. A successful response with another
     #: status is the final response; it does not end the stream (the ``final``
     #: event does, and may arrive after it).
@@ -106,6 +114,11 @@ class Events:
     tool_stream: str = "payload.stream"
     #: Values of ``tool_stream`` that are tool calls.
     tool_streams: tuple[str, ...] = ("tool",)
+    #: Values of ``tool_stream`` that report retries (forwarded as ``event:
+    #: status`` when ``forward_status``).
+    status_streams: tuple[str, ...] = ("run_status",)
+    #: Path of what a forwarded ``event: status`` carries as its JSON data.
+    status_payload: str = "payload.data"
     #: Path of what a forwarded ``event: tool`` carries as its JSON data.
     tool_payload: str = "payload"
     #: Path of the session key. Events whose key differs from the one our
@@ -126,9 +139,18 @@ class Events:
 class WebSocketProfile:
     """How to talk to one gateway: the ``websocket:`` block of a ``ws://`` route."""
 
+    #: ``openclaw``: the real OpenClaw gateway (handshake, shared connection,
+    #: chat.abort); ``generic``: the template alone, one socket per stream.
+    profile: ProfileName = "generic"
+    #: The OpenClaw ``connect`` request (``profile: openclaw``).
+    handshake: Handshake = field(default_factory=Handshake)
+    #: A file holding the token (a Kubernetes Secret), read at every connect;
+    #: ``token`` (or its environment override) wins when both are set.
+    token_file: str | None = None
     #: Headers sent with the opening handshake (repr hidden: they may hold secrets).
     headers: dict[str, str] = field(default_factory=dict, repr=False)
-    #: Sent as ``Authorization: Bearer TOKEN`` with the handshake; null: none.
+    #: ``openclaw``: sent as ``params.auth.token`` of connect; ``generic``: as
+    #: ``Authorization: Bearer TOKEN`` with the handshake; null: none. Never logged.
     token: str | None = field(default=None, repr=False)
     #: The request frame sent once connected: JSON whose string values may hold
     #: placeholders ``{body.FIELD}`` (a field of the client's JSON body, dotted
@@ -154,6 +176,8 @@ class WebSocketProfile:
     states: States = field(default_factory=States)
     #: Forward tool-call events of our run as ``event: tool`` (data: their payload).
     forward_tools: bool = False
+    #: Forward retry reports of our run as ``event: status`` (a UI can say "retrying").
+    forward_status: bool = False
     #: TCP connect plus WebSocket handshake must finish within this.
     connect_timeout: Duration = 10.0
     #: Frames over this many bytes are counted (``too_large``) and skipped; frames
@@ -280,6 +304,15 @@ def validate_profile(profile: WebSocketProfile, key: str = "websocket") -> None:
     if profile.response.type == profile.event.type:
         raise ConfigError(f"{key}.event.type: must differ from response.type")
     _validate_states(profile.states, f"{key}.states")
+    hs = profile.handshake
+    if not hs.client_id or not hs.client_mode or not hs.role:
+        raise ConfigError(f"{key}.handshake: client_id, client_mode and role must not be empty")
+    if profile.profile == "openclaw" and "operator.write" not in hs.scopes:
+        raise ConfigError(
+            f"{key}.handshake.scopes: needs operator.write (agent and chat.abort need it)"
+        )
+    if profile.token_file is not None and not profile.token_file:
+        raise ConfigError(f"{key}.token_file: must not be empty")
     for name, value in {**profile.headers, "token": profile.token or ""}.items():
         if "\r" in value or "\n" in value:
             where = "token" if name == "token" else f"headers.{name}"

@@ -161,13 +161,24 @@ class RunTracker:
         status = lookup(frame, spec.status)
         if status in spec.accepted or (status is MISSING and not self.accepted):
             return self._accept(frame)
-        # A final response does not end the stream: the final event does, and
-        # a gateway may send it after this (or carry the text only there).
+        # A final response does not end a generic gateway's stream: the final
+        # event does, and may come after it. OpenClaw sends it after the run's
+        # last chat event, so there it is the fallback terminal (with the
+        # text of result.payloads, if any) when no final event came.
         self.final_response = True
-        return []
+        if self.profile.profile != "openclaw":
+            return []
+        text = _result_text(lookup(frame, "payload.result.payloads"))
+        items = self._advance(text) if text is not None else []
+        items.append(Event(json.dumps({"text": self.text}), self.terminal_event))
+        self.done = True
+        return items
 
     def _accept(self, frame: Mapping[str, object]) -> list[Event]:
         self.accepted = True
+        canonical = lookup(frame, self.profile.response.session_key)
+        if isinstance(canonical, str) and self.session_key not in (MISSING, None):
+            self.session_key = canonical  # the gateway rewrites keys; events carry its form
         run_id = lookup(frame, self.profile.response.run_id)
         if self.run_id is None:
             if isinstance(run_id, str) and run_id:
@@ -254,7 +265,13 @@ class RunTracker:
 
     def _tool(self, frame: Mapping[str, object]) -> list[Event]:
         spec = self.profile.event
-        if spec.tool_stream and lookup(frame, spec.tool_stream) not in spec.tool_streams:
+        stream = lookup(frame, spec.tool_stream) if spec.tool_stream else MISSING
+        if stream in spec.status_streams and spec.tool_stream:
+            if not self.profile.forward_status:
+                return self._drop("status_not_forwarded")
+            data = lookup(frame, spec.status_payload)
+            return [Event(json.dumps(None if data is MISSING else data), "status")]
+        if spec.tool_stream and stream not in spec.tool_streams:
             return self._drop("not_tool")
         if not self.profile.forward_tools:
             return self._drop("tool_not_forwarded")
@@ -296,6 +313,16 @@ def _text(value: object) -> str | Literal[Missing.MISSING] | None:
         and isinstance(part.get("text"), str)
     ]
     return "".join(parts) if parts else None
+
+
+def _result_text(payloads: object) -> str | None:
+    """The text of a final response's ``result.payloads[].text``, joined (None: none)."""
+    if not isinstance(payloads, list):
+        return None
+    texts = [
+        p["text"] for p in payloads if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+    ]
+    return "".join(texts) if texts else None
 
 
 def _message(frame: Mapping[str, object], paths: tuple[str, ...], default: str) -> str:

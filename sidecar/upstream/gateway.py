@@ -295,11 +295,13 @@ class GatewayConnection:
                 run.abort_on_accept = True  # sent once the acceptance names the run
             return
         self.forget(run)
+        self.send_later(openclaw.abort_frame(self.next_id("abort"), run.session_key, run.run_id))
+
+    def send_later(self, frame: Mapping[str, Any]) -> None:
+        """Send ``frame`` from a task of its own; dropped when there is no socket."""
         ws = self._ws
-        if ws is None:
-            return  # the socket is gone; so is the gateway's reason to go on... or it queues
-        frame = openclaw.abort_frame(self.next_id("abort"), run.session_key, run.run_id)
-        self._spawn(self._send_quietly(ws, frame))
+        if ws is not None:
+            self._spawn(self._send_quietly(ws, frame))
 
     async def _send_quietly(self, ws: ClientConnection, frame: Mapping[str, Any]) -> None:
         with contextlib.suppress(ConnectionClosed, OSError):

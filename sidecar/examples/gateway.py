@@ -1,11 +1,22 @@
-"""An example WebSocket agent gateway that speaks the protocol of issue 6.
+"""An example WebSocket agent gateway that speaks OpenClaw's protocol (2026.9).
 
-Put the sidecar in front of it (a ``ws://`` route with the default
-``websocket:`` profile), or talk to it directly::
+Put the sidecar in front of it (a ``ws://`` route with ``websocket: {profile:
+openclaw}``), or talk to it directly::
 
-    python -m sidecar.examples.gateway --port 8765
-    # send: {"type":"req","id":"1","method":"agent","params":{"message":"hi",
-    #        "sessionKey":"agent:main:main","idempotencyKey":"k1"}}
+    python -m sidecar.examples.gateway --port 8765 --token s3cret
+    # send: {"type":"req","id":"c","method":"connect","params":{"minProtocol":4,
+    #        "maxProtocol":4,"client":{...},"auth":{"token":"s3cret"}}}
+    # then: {"type":"req","id":"1","method":"agent","params":{"message":"hi",
+    #        "sessionKey":"main","idempotencyKey":"k1"}}
+
+Like the real gateway (shared/openclaw-gateway.md) it sends
+``connect.challenge``, requires ``connect`` first (else INVALID_REQUEST and
+close 1008), checks the token (AUTH_TOKEN_MISMATCH, NOT_PAIRED), rewrites
+session keys (``main`` → ``agent:main:main``, lowered), sends ``deltaText``,
+reports a rewritten text as a ``replace: true`` retry, stops a run on
+``chat.abort``, ticks, and says ``shutdown`` when stopped. ``handshake=False``
+gives the bare protocol of issue 6 (no connect, keys kept) for the generic
+profile.
 
 A request gets an accepted ``res`` with a run id, then ``chat`` events whose
 text is CUMULATIVE, then ``final`` and a final ``res``. Like a real gateway it
@@ -53,6 +64,12 @@ DEFAULT_SESSION = "agent:main:main"
 RECORDS_KEPT = 1000
 ERROR_MESSAGE = "the model backend failed ([error] requested)"
 ABORT_MESSAGE = "the run was aborted ([abort] requested)"
+#: The protocol version of OpenClaw 2026.9 (connect must offer it).
+PROTOCOL = 4
+#: Seconds between tick events (OpenClaw: 30).
+TICK_INTERVAL = 30
+#: The cancel message of a run stopped by chat.abort.
+ABORTED_BY_RPC = "chat.abort"
 MARKERS = ("[reset]", "[error]", "[abort]", "[die]", "[slow]", "[tool]")
 
 _ANSWER = (
@@ -129,15 +146,26 @@ class RunRecord:
     message: str
     connection_id: int
     state: str = "running"
+    #: The cumulative text sent so far.
+    text: str = ""
 
 
 class Gateway:
     """The example gateway; ``speed`` divides every delay (10 = ten times faster)."""
 
-    def __init__(self, *, speed: float = 1.0) -> None:
+    def __init__(
+        self, *, speed: float = 1.0, handshake: bool = True, token: str | None = None
+    ) -> None:
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a positive number, got {speed!r}")
         self.speed = speed
+        #: Speak OpenClaw's protocol (connect first, key rewriting, chat.abort);
+        #: False: the bare protocol of issue 6, for the generic profile.
+        self.handshake = handshake
+        #: The shared token connect must carry (None: any token, or none).
+        self.token = token
+        self._operators: set[ServerConnection] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
         #: The latest connections and runs (older ones are forgotten).
         self.connections: deque[ConnectionRecord] = deque(maxlen=RECORDS_KEPT)
         self.runs: deque[RunRecord] = deque(maxlen=RECORDS_KEPT)
@@ -179,7 +207,16 @@ class Gateway:
         return f"ws://{f'[{host}]' if ':' in host else host}:{port}/"
 
     async def stop(self) -> None:
-        """Stop runs, close every connection with 1001 and stop listening."""
+        """Stop runs, close every connection with 1001 and stop listening.
+
+        In handshake mode, like OpenClaw on SIGTERM: a ``shutdown`` event first.
+        """
+        if self.handshake and self._operators:
+            reason = {"reason": "gateway stopping"}
+            broadcast(
+                self._operators,
+                json.dumps({"type": "event", "event": "shutdown", "payload": reason}),
+            )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -205,11 +242,19 @@ class Gateway:
         self.opened += 1
         self._notify()
         try:
+            if self.handshake:
+                challenge = {"nonce": f"n-{record.id}", "ts": 0}
+                await _send(
+                    ws, {"type": "event", "event": "connect.challenge", "payload": challenge}
+                )
+            else:
+                self._operators.add(ws)
             async for message in ws:
                 await self._on_message(ws, record, message)
         except ConnectionClosed:
             pass  # cut without a close frame: recorded below like any close
         finally:
+            self._operators.discard(ws)
             record.close_code = ws.close_code
             record.closed.set()
             self.closed += 1
@@ -228,6 +273,12 @@ class Gateway:
             return
         request_id = frame.get("id")
         params = frame.get("params")
+        if self.handshake and ws not in self._operators:
+            await self._connect(ws, request_id, frame)
+            return
+        if frame.get("method") == "chat.abort" and self.handshake:
+            await _send(ws, self._abort(request_id, params))
+            return
         if frame.get("method") != "agent":
             await _send(ws, _failed(request_id, "UNKNOWN_METHOD", "only agent is served"))
             return
@@ -243,6 +294,8 @@ class Gateway:
         session_key = params.get("sessionKey")
         if not isinstance(session_key, str):
             session_key = DEFAULT_SESSION if agent == "main" else f"agent:{agent}:main"
+        elif self.handshake:
+            session_key = canonical_key(session_key, agent if isinstance(agent, str) else "main")
         run = RunRecord(f"run-{next(self._run_ids)}", session_key, params["message"], record.id)
         if isinstance(key, str):
             self._idempotency[key] = run.run_id
@@ -250,10 +303,59 @@ class Gateway:
                 del self._idempotency[next(iter(self._idempotency))]
         self.runs.append(run)
         self._notify()
-        await _send(ws, _accepted(request_id, run.run_id))
+        await _send(ws, _accepted(request_id, run.run_id, session_key))
         task = asyncio.create_task(self._play(ws, request_id, run))
         self._tasks.add(task)
+        self._running[run.run_id] = task
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._running.pop(run.run_id, None))
+
+    async def _connect(self, ws: ServerConnection, request_id: object, frame: Any) -> None:
+        """The first request must be connect, with protocol 4 and the right token."""
+        params = frame.get("params")
+        if frame.get("method") != "connect" or not isinstance(params, dict):
+            message = "invalid handshake: first request must be connect"
+            await _send(ws, _failed(request_id, "INVALID_REQUEST", message))
+            await ws.close(1008, "invalid handshake")
+            return
+        if params.get("minProtocol", 0) > PROTOCOL or params.get("maxProtocol", 0) < PROTOCOL:
+            await _send(ws, _failed(request_id, "INVALID_REQUEST", "protocol mismatch"))
+            await ws.close(1002, "protocol mismatch")
+            return
+        auth = params.get("auth")
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if not isinstance(token, str):
+            await _send(ws, _failed(request_id, "NOT_PAIRED", "device identity required"))
+            await ws.close(1008, "device identity required")
+            return
+        if self.token is not None and token != self.token:
+            failed = _failed(request_id, "INVALID_REQUEST", "unauthorized: gateway token mismatch")
+            failed["error"]["details"] = {"code": "AUTH_TOKEN_MISMATCH"}  # type: ignore[index]
+            await _send(ws, failed)
+            await ws.close(1008, "unauthorized")
+            return
+        self._operators.add(ws)
+        ticker = asyncio.create_task(self._tick(ws))
+        self._tasks.add(ticker)
+        ticker.add_done_callback(self._tasks.discard)
+        policy = {"maxPayload": 25 * 1024 * 1024, "tickIntervalMs": TICK_INTERVAL * 1000}
+        hello = {"type": "hello-ok", "protocol": PROTOCOL, "policy": policy}
+        await _send(ws, {"type": "res", "id": request_id, "ok": True, "payload": hello})
+
+    async def _tick(self, ws: ServerConnection) -> None:
+        while ws in self._operators:
+            await self._sleep(TICK_INTERVAL)
+            await _send(ws, {"type": "event", "event": "tick", "payload": {"ts": 0}})
+
+    def _abort(self, request_id: object, params: object) -> dict[str, object]:
+        run_id = params.get("runId") if isinstance(params, dict) else None
+        task = self._running.get(run_id) if isinstance(run_id, str) else None
+        if task is None:
+            payload: dict[str, object] = {"ok": True, "aborted": False, "runIds": []}
+        else:
+            task.cancel(ABORTED_BY_RPC)
+            payload = {"ok": True, "aborted": True, "runIds": [run_id]}
+        return {"type": "res", "id": request_id, "ok": True, "payload": payload}
 
     async def _play(self, ws: ServerConnection, request_id: object, run: RunRecord) -> None:
         message = run.message
@@ -270,15 +372,22 @@ class Gateway:
                         if outcome:  # {} when the connection was cut
                             await _send(ws, outcome)
                         return
-                self._chat(run, "delta", message={"role": "assistant", "content": _parts(text)})
+                self._delta(run, text)
                 await self._sleep(TOKEN_INTERVAL * slow)
             self._agent(run, "lifecycle", {"phase": "end"})
             self._chat(run, "final", message={"role": "assistant", "content": _parts(texts[-1])})
             run.state = "final"
             await _send(ws, _finished(request_id, run.run_id, "ok"))
-        except asyncio.CancelledError:
-            run.state = "stopped"
-            raise
+        except asyncio.CancelledError as exc:
+            if exc.args != (ABORTED_BY_RPC,):
+                run.state = "stopped"
+                raise
+            # chat.abort: like the real gateway, an aborted event whose message
+            # is an object with the partial text, then the final response.
+            run.state = "aborted"
+            partial = {"role": "assistant", "content": _parts(run.text)}
+            self._chat(run, "aborted", stopReason="rpc", message=partial)
+            await _send(ws, _finished(request_id, run.run_id, "timeout"))
         finally:
             self._notify()
 
@@ -308,6 +417,17 @@ class Gateway:
             return _finished(request_id, run.run_id, "aborted")
         return None
 
+    def _delta(self, run: RunRecord, text: str) -> None:
+        if self.handshake and not text.startswith(run.text):
+            # A provider retry, as OpenClaw reports it: empty text, replace: true.
+            empty = {"role": "assistant", "content": _parts("")}
+            self._chat(run, "delta", deltaText="", replace=True, message=empty)
+            run.text = ""
+        delta = text[len(run.text) :] if text.startswith(run.text) else text
+        run.text = text
+        message = {"role": "assistant", "content": _parts(text)}
+        self._chat(run, "delta", deltaText=delta, message=message)
+
     def _chat(self, run: RunRecord, state: str, **extra: object) -> None:
         payload = {"runId": run.run_id, "sessionKey": run.session_key, "state": state, **extra}
         self._broadcast({"type": "event", "event": "chat", "payload": payload})
@@ -319,7 +439,7 @@ class Gateway:
     def _broadcast(self, frame: dict[str, object]) -> None:
         assert self._server is not None
         frame["seq"] = next(self._seq)
-        broadcast(self._server.connections, json.dumps(frame, ensure_ascii=False))
+        broadcast(self._operators, json.dumps(frame, ensure_ascii=False))
 
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds / self.speed)
@@ -329,8 +449,17 @@ def _parts(text: str) -> list[dict[str, str]]:
     return [{"type": "text", "text": text}]
 
 
-def _accepted(request_id: object, run_id: str) -> dict[str, object]:
+def canonical_key(key: str, agent: str = "main") -> str:
+    """OpenClaw's form of a session key: ``x`` → ``agent:main:x``, lowered."""
+    if not key.startswith("agent:"):
+        key = f"agent:{agent}:{key}"
+    return key.lower()
+
+
+def _accepted(request_id: object, run_id: str, session_key: str | None = None) -> dict[str, object]:
     payload = {"runId": run_id, "status": "accepted"}
+    if session_key is not None:
+        payload["sessionKey"] = session_key
     return {"type": "res", "id": request_id, "ok": True, "payload": payload}
 
 
@@ -358,8 +487,8 @@ def _health(connection: ServerConnection, request: Request) -> Response | None:
 # --- command line --------------------------------------------------------------------
 
 
-async def _serve(host: str, port: int, speed: float) -> int:
-    gateway = Gateway(speed=speed)
+async def _serve(host: str, port: int, speed: float, token: str | None) -> int:
+    gateway = Gateway(speed=speed, token=token)
     try:
         url = await gateway.start(host, port)
     except OSError as exc:
@@ -375,12 +504,14 @@ async def _serve(host: str, port: int, speed: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the example gateway until SIGINT/SIGTERM; return the exit status."""
-    args = arg_parser(
+    parser = arg_parser(
         "sse-sidecar example-gateway",
-        "Serve an example WebSocket agent gateway (cumulative chat events).",
+        "Serve an example WebSocket agent gateway speaking OpenClaw's protocol.",
         8765,
-    ).parse_args(argv)
-    return run(lambda: _serve(args.host, args.port, args.speed))
+    )
+    parser.add_argument("--token", help="the shared token connect must carry (default: any)")
+    args = parser.parse_args(argv)
+    return run(lambda: _serve(args.host, args.port, args.speed, args.token))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ SESSION = "agent:main:main"
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
-    gw = Gateway(speed=SPEED)
+    gw = Gateway(speed=SPEED, handshake=False)  # the generic profile: no connect
     await gw.start("127.0.0.1", 0)
     yield gw
     await gw.stop()

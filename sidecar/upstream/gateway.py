@@ -71,10 +71,15 @@ def read_token(profile: WebSocketProfile) -> str | None:
 class _Run:
     """What the connection knows of one run: where its frames go."""
 
-    __slots__ = ("abort_on_accept", "queue", "request_id", "run_id", "session_key")
+    __slots__ = ("abort_on_accept", "queue", "request_id", "run_id", "session_key", "socket")
 
-    def __init__(self, request_id: str, session_key: str | None) -> None:
+    def __init__(
+        self, request_id: str, session_key: str | None, socket: object | None = None
+    ) -> None:
         self.request_id = request_id
+        #: The socket the run was started on: only its frames count (after a
+        #: gateway's ``shutdown`` a second socket may carry the same broadcasts).
+        self.socket = socket
         self.session_key = session_key
         self.run_id: str | None = None
         self.abort_on_accept = False
@@ -192,7 +197,7 @@ class GatewayConnection:
         error: SidecarError = UpstreamDisconnected("the gateway connection closed")
         try:
             async for message in ws:
-                self._route(message)
+                self._route(message, ws)
         except ConnectionClosed as exc:
             error = UpstreamDisconnected(f"the gateway connection closed mid-run ({exc})")
         except Exception as exc:  # a bug here must not leave runs hanging
@@ -206,14 +211,13 @@ class GatewayConnection:
             self._ws = None
             self.disconnects += 1
             log.warning("gateway_disconnected", url=self.url)
-        runs = list(self._by_request.values())
-        self._by_request.clear()
-        self._by_run.clear()
-        self._unclaimed.clear()
+        runs = [r for r in self._by_request.values() if r.socket is ws]
         for run in runs:
+            self.forget(run)
             run.queue.put_nowait(error)
+        self._unclaimed.clear()
 
-    def _route(self, message: str | bytes) -> None:
+    def _route(self, message: str | bytes, ws: object = None) -> None:
         if isinstance(message, bytes):
             self.malformed["binary"] += 1
             return
@@ -232,7 +236,7 @@ class GatewayConnection:
         kind = lookup(frame, profile.type)
         if kind == profile.response.type:
             run = self._by_request.get(str(lookup(frame, profile.response.id)))
-            if run is not None:
+            if run is not None and run.socket is ws:
                 self._response(run, frame)
             return
         if kind != profile.event.type:
@@ -246,7 +250,8 @@ class GatewayConnection:
             return  # tick, presence, health…: no run of ours
         run = self._by_run.get(run_id)
         if run is not None:
-            run.queue.put_nowait(frame)
+            if run.socket is ws:
+                run.queue.put_nowait(frame)
         elif self._by_request and any(r.run_id is None for r in self._by_request.values()):
             # Events may overtake an acceptance: keep them for it (bounded).
             self._unclaimed.append((run_id, frame))
@@ -273,7 +278,7 @@ class GatewayConnection:
         """Send ``frame`` (an ``agent`` request with id ``request_id``) on the socket."""
         ws = await self.connected()
         session_key = lookup(frame, self.profile.request_session_key)
-        run = _Run(request_id, session_key if isinstance(session_key, str) else None)
+        run = _Run(request_id, session_key if isinstance(session_key, str) else None, ws)
         self._by_request[request_id] = run
         try:
             with translated("while sending the request"):
@@ -295,13 +300,14 @@ class GatewayConnection:
                 run.abort_on_accept = True  # sent once the acceptance names the run
             return
         self.forget(run)
-        self.send_later(openclaw.abort_frame(self.next_id("abort"), run.session_key, run.run_id))
+        frame = openclaw.abort_frame(self.next_id("abort"), run.session_key, run.run_id)
+        self.send_later(frame, run.socket)
 
-    def send_later(self, frame: Mapping[str, Any]) -> None:
-        """Send ``frame`` from a task of its own; dropped when there is no socket."""
-        ws = self._ws
-        if ws is not None:
-            self._spawn(self._send_quietly(ws, frame))
+    def send_later(self, frame: Mapping[str, Any], ws: object = None) -> None:
+        """Send ``frame`` on ``ws`` (default: the current socket) from a task of its own."""
+        socket = ws if isinstance(ws, ClientConnection) else self._ws
+        if socket is not None:
+            self._spawn(self._send_quietly(socket, frame))
 
     async def _send_quietly(self, ws: ClientConnection, frame: Mapping[str, Any]) -> None:
         with contextlib.suppress(ConnectionClosed, OSError):

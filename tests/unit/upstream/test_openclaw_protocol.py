@@ -228,7 +228,7 @@ async def test_aborted_with_an_object_message_ends_with_upstream_aborted():
 async def test_a_lost_connection_fails_every_run_on_it():
     c = conn()
     (_a, run_a), (_b, run_b) = source_on(c, "a"), source_on(c, "b")
-    c._lost(None, UpstreamDisconnected("gone"))  # type: ignore[arg-type]
+    c._lost(None, UpstreamDisconnected("gone"))  # type: ignore[arg-type]  # their socket
     for run in (run_a, run_b):
         assert isinstance(run.queue.get_nowait(), UpstreamDisconnected)
     assert c._by_request == {}
@@ -238,7 +238,7 @@ async def test_leaving_before_the_acceptance_aborts_once_it_arrives():
     c = conn()
     src, run = source_on(c)
     sent: list[object] = []
-    c.send_later = sent.append  # type: ignore[method-assign]
+    c.send_later = lambda frame, ws=None: sent.append(frame)  # type: ignore[method-assign]
     src.abort()
     assert run.abort_on_accept
     assert sent == []
@@ -246,3 +246,21 @@ async def test_leaving_before_the_acceptance_aborts_once_it_arrives():
     assert sent == [abort_frame("abort-2", "agent:main:mysess", "k1")]
     assert c._by_run == {}
     assert c._by_request == {}
+
+
+async def test_after_shutdown_only_the_runs_own_socket_counts():
+    c = conn()
+    src, run = source_on(c)
+    old, new = object(), object()
+    run.socket = old
+    c._route(json.dumps(ACCEPTED), old)
+    c._route(json.dumps({"type": "event", "event": "shutdown", "payload": {}}), old)
+    assert c.draining
+    # A second socket gets the same broadcast, out of step with the first.
+    c._route(json.dumps(chat("k1", "delta", "Answer")), new)
+    c._route(json.dumps(chat("k1", "delta", "Ans")), old)
+    c._lost(new, UpstreamDisconnected("gone"))  # type: ignore[arg-type]
+    assert drain(src, run) == [("delta", {"text": "Ans"})]
+    c._lost(old, UpstreamDisconnected("gone"))  # type: ignore[arg-type]
+    with pytest.raises(UpstreamDisconnected):
+        drain(src, run)

@@ -37,6 +37,15 @@ async def gateway() -> AsyncIterator[Gateway]:
     await gw.stop()
 
 
+@pytest.fixture
+async def slow_gateway() -> AsyncIterator[Gateway]:
+    """At speed 1 a "[slow]" run takes over ten seconds: it is still going when we check."""
+    gw = Gateway(speed=1.0, token=TOKEN)
+    await gw.start("127.0.0.1", 0)
+    yield gw
+    await gw.stop()
+
+
 def profile(**kwargs: object) -> WebSocketProfile:
     return WebSocketProfile(profile="openclaw", token=TOKEN, **kwargs)  # type: ignore[arg-type]
 
@@ -146,3 +155,36 @@ async def test_gateway_process_killed_mid_run():
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+async def _leave_after_first_delta(sc, session: str, message: str) -> None:
+    async with sc.http.post(
+        sc.url + "/s", json={"message": message}, headers={"X-Session-Key": session}
+    ) as resp:
+        async for line in resp.content:
+            if line.startswith(b"event: delta"):
+                return  # leaving the block closes the connection
+
+
+async def test_a_client_that_leaves_gets_its_run_aborted(slow_gateway: Gateway, start_sidecar):
+    ws = {"profile": "openclaw", "token": TOKEN}
+    sc = await start_sidecar(make_config(slow_gateway.url, websocket=ws))
+    await _leave_after_first_delta(sc, "leaver", "a long answer [slow]")
+    async with asyncio.timeout(1):
+        await slow_gateway.wait_until(lambda g: g.runs[-1].state == "aborted")
+    assert slow_gateway.runs[-1].session_key == "agent:main:leaver"
+
+
+async def test_with_resume_the_run_is_aborted_only_when_the_grace_ends(
+    slow_gateway: Gateway, start_sidecar
+):
+    ws = {"profile": "openclaw", "token": TOKEN}
+    resume = {"enabled": True, "grace": "0.5s"}
+    sc = await start_sidecar(make_config(slow_gateway.url, websocket=ws, resume=resume))
+    await _leave_after_first_delta(sc, "held", "a long answer [slow]")
+    left = time.monotonic()
+    await asyncio.sleep(0.3)
+    assert slow_gateway.runs[-1].state == "running"  # resume holds it for the grace period
+    async with asyncio.timeout(2):
+        await slow_gateway.wait_until(lambda g: g.runs[-1].state == "aborted")
+    assert time.monotonic() - left >= 0.5

@@ -188,3 +188,37 @@ async def test_with_resume_the_run_is_aborted_only_when_the_grace_ends(
     async with asyncio.timeout(2):
         await slow_gateway.wait_until(lambda g: g.runs[-1].state == "aborted")
     assert time.monotonic() - left >= 0.5
+
+
+async def test_a_limit_that_ends_the_stream_aborts_the_run(slow_gateway: Gateway, start_sidecar):
+    ws = {"profile": "openclaw", "token": TOKEN}
+    config = make_config(slow_gateway.url, websocket=ws, limits={"max_duration": "1s"})
+    sc = await start_sidecar(config)
+    got = await read_stream(
+        sc.http, "POST", sc.url + "/s", json={"message": "long [slow]"},
+        headers={"X-Session-Key": "limited"},
+    )  # fmt: skip
+    assert got.error()["code"] == "upstream_timeout"
+    async with asyncio.timeout(1):
+        await slow_gateway.wait_until(lambda g: g.runs[-1].state == "aborted")
+
+
+async def test_sidecar_shutdown_aborts_running_runs(slow_gateway: Gateway, start_sidecar):
+    ws = {"profile": "openclaw", "token": TOKEN}
+    sc = await start_sidecar(
+        make_config(slow_gateway.url, websocket=ws, top={"drain_timeout": "0.2s"})
+    )
+    reader = asyncio.ensure_future(
+        read_stream(
+            sc.http, "POST", sc.url + "/s", json={"message": "long [slow]"},
+            headers={"X-Session-Key": "draining"},
+        )
+    )  # fmt: skip
+    async with asyncio.timeout(5):
+        await slow_gateway.wait_until(lambda g: bool(g.runs))
+    await asyncio.sleep(0.6)  # past the first delta (0.3 s): the stream is committed
+    await sc.sidecar.drain()
+    got = await reader
+    assert got.error()["code"] == "shutdown"
+    async with asyncio.timeout(1):
+        await slow_gateway.wait_until(lambda g: g.runs[-1].state == "aborted")

@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import json
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -90,9 +90,16 @@ class _Run:
 class GatewayConnection:
     """The shared connection to one gateway; see the module docstring."""
 
-    def __init__(self, url: str, profile: WebSocketProfile) -> None:
+    def __init__(
+        self,
+        url: str,
+        profile: WebSocketProfile,
+        on_malformed: Callable[[str], None] | None = None,
+    ) -> None:
         self.url = url
         self.profile = profile
+        #: Told the kind of every frame skipped as malformed (the route's metric).
+        self.on_malformed = on_malformed
         self._ws: ClientConnection | None = None
         self._connecting: asyncio.Task[ClientConnection] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -217,20 +224,25 @@ class GatewayConnection:
             run.queue.put_nowait(error)
         self._unclaimed.clear()
 
+    def _skip(self, kind: str) -> None:
+        self.malformed[kind] += 1
+        if self.on_malformed is not None:
+            self.on_malformed(kind)
+
     def _route(self, message: str | bytes, ws: object = None) -> None:
         if isinstance(message, bytes):
-            self.malformed["binary"] += 1
+            self._skip("binary")
             return
         if len(message) > self.profile.max_frame_bytes:
-            self.malformed["too_large"] += 1
+            self._skip("too_large")
             return
         try:
             frame = json.loads(message)
         except (ValueError, RecursionError):
-            self.malformed["not_json"] += 1
+            self._skip("not_json")
             return
         if not isinstance(frame, dict):
-            self.malformed["not_object"] += 1
+            self._skip("not_object")
             return
         profile = self.profile
         kind = lookup(frame, profile.type)
@@ -435,11 +447,16 @@ class GatewayPool:
         # the app, and profiles hold dicts, so they are not hashable.
         self._connections: dict[tuple[str, int], GatewayConnection] = {}
 
-    def connection(self, url: str, profile: WebSocketProfile) -> GatewayConnection:
+    def connection(
+        self,
+        url: str,
+        profile: WebSocketProfile,
+        on_malformed: Callable[[str], None] | None = None,
+    ) -> GatewayConnection:
         key = (url, id(profile))
         conn = self._connections.get(key)
         if conn is None:
-            conn = self._connections[key] = GatewayConnection(url, profile)
+            conn = self._connections[key] = GatewayConnection(url, profile, on_malformed)
         return conn
 
     async def close(self) -> None:

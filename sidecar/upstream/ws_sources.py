@@ -8,9 +8,11 @@ abort shape, so the stream pumps either without knowing which.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from uuid import uuid4
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from sidecar.errors import GatewayRefused, SidecarError
 from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
@@ -27,10 +29,12 @@ def websocket_source(
     session_key: str | None,
     request_id: str,
     terminal_event: str,
+    on_malformed: Callable[[str], None] | None = None,
 ) -> WebSocketSource | GatewayRunSource:
+    """``on_malformed``: told the kind of each frame the shared connection skips."""
     if profile.profile == "openclaw":
         return GatewayRunSource(
-            pool.connection(url, profile),
+            pool.connection(url, profile, on_malformed),
             body=body,
             session_key=session_key,
             request_id=request_id,
@@ -53,3 +57,15 @@ def refusal_response(exc: SidecarError) -> web.Response | None:
         return None
     body = {"error": {"code": exc.code, "message": str(exc), "gateway_code": exc.gateway_code}}
     return web.json_response(body, status=502)
+
+
+def malformed_counter(protocol_errors: Counter, route: str) -> Callable[[str], None]:
+    """Counts a shared connection's skipped frames for the route that opened it.
+
+    Holds the metric and the route name only: the connection outlives the stream.
+    """
+
+    def count(kind: str) -> None:
+        protocol_errors.labels(route, kind).inc()
+
+    return count

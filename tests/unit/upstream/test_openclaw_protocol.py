@@ -264,3 +264,13 @@ async def test_after_shutdown_only_the_runs_own_socket_counts():
     c._lost(old, UpstreamDisconnected("gone"))  # type: ignore[arg-type]
     with pytest.raises(UpstreamDisconnected):
         drain(src, run)
+
+
+def test_skipped_frames_are_counted_for_the_route():
+    seen: list[str] = []
+    c = GatewayConnection("ws://x", WebSocketProfile(profile="openclaw"), seen.append)
+    c._route(b"\x00")
+    c._route("not json")
+    c._route("[1]")
+    c._route(json.dumps({"type": "event", "event": "tick", "payload": {}}))
+    assert seen == ["binary", "not_json", "not_object"]

@@ -22,6 +22,7 @@ ERROR_CODES = frozenset(
     {
         "upstream_status",
         "upstream_unreachable",
+        "upstream_refused",
         "upstream_disconnected",
         "upstream_timeout",
         "upstream_protocol",

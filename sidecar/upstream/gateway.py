@@ -144,10 +144,23 @@ class GatewayConnection:
             task.exception()  # retrieved: its waiters (if any) raised it already
 
     async def _connect(self) -> ClientConnection:
+        """Attempts spaced by the backoff until one succeeds, the gateway refuses us,
+        or ``connect_timeout`` is over (the waiting streams give up then too)."""
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, self._next_attempt - loop.time()))
-        self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
-        self._next_attempt = loop.time() + self._backoff
+        give_up = loop.time() + self.profile.connect_timeout
+        while True:
+            await asyncio.sleep(max(0.0, self._next_attempt - loop.time()))
+            self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
+            self._next_attempt = loop.time() + self._backoff
+            try:
+                return await self._attempt()
+            except GatewayRefused:
+                raise  # retrying will not change the gateway's mind
+            except UpstreamUnreachable:
+                if self._closed or self._next_attempt >= give_up:
+                    raise
+
+    async def _attempt(self) -> ClientConnection:
         profile = self.profile
         token = read_token(profile)
         with translated("while connecting", opening=True):

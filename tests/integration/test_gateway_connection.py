@@ -23,6 +23,7 @@ from sidecar.upstream.gateway import GatewayConnection, GatewayRunSource
 from sidecar.upstream.openclaw import Handshake
 from sidecar.upstream.ws_profile import WebSocketProfile
 from tests.conftest import make_config
+from tests.integration.processes import free_port
 from tests.integration.streams import read_stream
 
 SPEED = 10.0
@@ -222,3 +223,36 @@ async def test_sidecar_shutdown_aborts_running_runs(slow_gateway: Gateway, start
     assert got.error()["code"] == "shutdown"
     async with asyncio.timeout(1):
         await slow_gateway.wait_until(lambda g: g.runs[-1].state == "aborted")
+
+
+async def test_a_refusal_after_the_commit_is_an_error_event(gateway: Gateway, start_sidecar):
+    ws = {"profile": "openclaw", "token": "wrong"}
+    sc = await start_sidecar(make_config(gateway.url, websocket=ws, stream={"commit_after": 0}))
+    got = await read_stream(sc.http, "POST", sc.url + "/s", json={"message": "hi"})
+    assert got.status == 200
+    error = got.error()
+    assert error["code"] == "upstream_refused"
+    assert "AUTH_TOKEN_MISMATCH" in error["message"]
+
+
+async def test_new_streams_wait_for_the_reconnect(start_sidecar):
+    port = free_port()
+    first = Gateway(speed=SPEED, token=TOKEN)
+    await first.start("127.0.0.1", port)
+    ws = {"profile": "openclaw", "token": TOKEN, "connect_timeout": "5s"}
+    sc = await start_sidecar(make_config(first.url, websocket=ws))
+    body = {"json": {"message": "one"}, "headers": {"X-Session-Key": "a"}}
+    assert (await read_stream(sc.http, "POST", sc.url + "/s", **body)).kinds()[-1] == "done"
+    first.kill()
+    second = Gateway(speed=SPEED, token=TOKEN)
+    # The gateway comes back a moment after the next stream started.
+    later = asyncio.get_running_loop().call_later(
+        0.5, lambda: asyncio.ensure_future(second.start("127.0.0.1", port))
+    )
+    try:
+        got = await read_stream(sc.http, "POST", sc.url + "/s", json={"message": "two"})
+        assert got.kinds()[-1] == "done", got.kinds()
+        assert json.loads(got.events[-1].data or "")["text"] == final_text("two")
+    finally:
+        later.cancel()
+        await second.stop()

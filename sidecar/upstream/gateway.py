@@ -105,6 +105,8 @@ class GatewayConnection:
         self._reader: asyncio.Task[None] | None = None
         self._by_request: dict[str, _Run] = {}
         self._by_run: dict[str, _Run] = {}
+        #: Request ids of runs whose acceptance has not come yet.
+        self._awaiting: set[str] = set()
         self._unclaimed: deque[tuple[str, Mapping[str, Any]]] = deque(maxlen=UNCLAIMED_FRAMES)
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -277,7 +279,7 @@ class GatewayConnection:
         if run is not None:
             if run.socket is ws:
                 run.queue.put_nowait(frame)
-        elif self._by_request and any(r.run_id is None for r in self._by_request.values()):
+        elif self._awaiting:
             # Events may overtake an acceptance: keep them for it (bounded).
             self._unclaimed.append((run_id, frame))
 
@@ -285,6 +287,7 @@ class GatewayConnection:
         run_id = lookup(frame, self.profile.response.run_id)
         if run.run_id is None and isinstance(run_id, str) and run_id:
             run.run_id = run_id
+            self._awaiting.discard(run.request_id)
             canonical = lookup(frame, self.profile.response.session_key)
             if isinstance(canonical, str):
                 run.session_key = canonical
@@ -305,16 +308,18 @@ class GatewayConnection:
         session_key = lookup(frame, self.profile.request_session_key)
         run = _Run(request_id, session_key if isinstance(session_key, str) else None, ws)
         self._by_request[request_id] = run
+        self._awaiting.add(request_id)
         try:
             with translated("while sending the request"):
                 await ws.send(json.dumps(frame))
         except BaseException:
-            self._by_request.pop(request_id, None)
+            self.forget(run)
             raise
         return run
 
     def forget(self, run: _Run) -> None:
         self._by_request.pop(run.request_id, None)
+        self._awaiting.discard(run.request_id)
         if run.run_id is not None:
             self._by_run.pop(run.run_id, None)
 

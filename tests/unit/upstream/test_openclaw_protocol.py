@@ -133,6 +133,7 @@ def source_on(conn: GatewayConnection, request_id: str = "r") -> tuple[GatewayRu
     )  # fmt: skip
     run = _Run(src.request_id, "MySess")
     conn._by_request[src.request_id] = run
+    conn._awaiting.add(src.request_id)
     src._run = run
     return src, run
 

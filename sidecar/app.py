@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from sidecar.admission import add_cors_headers
 from sidecar.config import Config
 from sidecar.context import CONTEXT, Context
 from sidecar.metrics import Metrics, admin_app
@@ -18,6 +19,7 @@ from sidecar.probe import add_probe_route
 from sidecar.proxy import RouteHandler
 from sidecar.replay.base import ReplayStore
 from sidecar.replay.memory import MemoryReplayStore
+from sidecar.server import Guard, GuardedRunner, head_guard
 from sidecar.sessions.base import SessionStore
 from sidecar.sessions.memory import MemorySessionStore
 
@@ -57,17 +59,21 @@ def replay_store(config: Config, metrics: Metrics) -> ReplayStore:
     return MemoryReplayStore(config.replay_max_bytes, on_evict=evicted)
 
 
-def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    config: Config, metrics: Metrics | None = None, guard: Guard | None = None
+) -> web.Application:
     """The stream server: one handler per configured route, nothing else is proxied."""
     metrics = metrics or Metrics()
+    guard = guard or Guard(config.limits, metrics)
     ctx = Context(
         config=config,
         metrics=metrics,
         sessions=session_store(config, metrics),
         replay=replay_store(config, metrics),
     )
-    app = web.Application()
+    app = web.Application(middlewares=[head_guard(config.limits, guard)])
     app[CONTEXT] = ctx
+    app.on_response_prepare.append(add_cors_headers)
     if config.probe_path is not None:
         # Before the routes: aiohttp takes the first match, and a route at /
         # would hide the probe.
@@ -109,10 +115,14 @@ class Sidecar:
         the supervisor, not the worker, then serves the admin port."""
         self.config = config
         self.worker = worker
-        self.app = create_app(config)
+        metrics = Metrics()
+        #: Connection limits of the stream port (sidecar/server.py).
+        self.guard = Guard(config.limits, metrics)
+        self.app = create_app(config, metrics, self.guard)
         self.ctx = self.app[CONTEXT]
-        self._runner = web.AppRunner(
+        self._runner = GuardedRunner(
             self.app,
+            self.guard,
             # Cancel a stream's handler the moment its client disconnects, so
             # the upstream request is closed at once (DESIGN.md, "Upstreams").
             handler_cancellation=True,

@@ -12,6 +12,7 @@ number of seconds; sizes accept ``B``, ``KiB``, ``MiB``, ``GiB``, ``KB``, ``MB``
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ import yaml
 from yarl import URL
 
 from sidecar.dialects import DialectName
+from sidecar.cors import CorsPolicy, validate_cors
 from sidecar.errors import ConfigError
 from sidecar.typedconf import Duration, EnvValue, Size, build, parse_duration, parse_size
 from sidecar.upstream.ws_profile import WebSocketProfile, validate_profile
@@ -135,6 +137,14 @@ class Limits:
     max_duration: Duration = 3600.0
     #: A client that takes longer than this to accept one write is cut off.
     write_timeout: Duration = 30.0
+    #: The upstream's response head (status line, headers, and every 1xx
+    #: before it) together; past it: 502 before the stream, else upstream_protocol.
+    max_upstream_head_bytes: Size = 32 * 1024
+    max_upstream_headers: int = 100
+    #: 1xx interim responses before the real one.
+    max_upstream_interim: int = 8
+    #: Bytes held for a client that is behind (the upstream is paused meanwhile).
+    max_pending_bytes: Size = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -171,10 +181,30 @@ class Route:
     #: For ws:// and wss:// upstreams: the gateway's protocol (default: the
     #: agent-gateway profile, see sidecar/upstream/ws_profile.py).
     websocket: WebSocketProfile | None = None
+    #: Cross-origin browsers (sidecar/cors.py); None: the upstream's own CORS
+    #: headers pass through, and cookie-keyed sessions refuse other origins.
+    cors: CorsPolicy | None = None
 
     @property
     def is_websocket(self) -> bool:
         return self.upstream.startswith(("ws://", "wss://"))
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """The stream port's connections and request heads (sidecar/server.py)."""
+
+    #: A connection must deliver a complete request head within this long
+    #: (from its first byte, or from the connection for the first request).
+    request_head_timeout: Duration = 10.0
+    #: Request line and headers together; past it: 431.
+    max_request_head_bytes: Size = 32 * 1024
+    max_request_headers: int = 100
+    #: Client connections open at once; the next gets 503. Lowered at start to
+    #: what the open-file limit allows (each stream also holds an upstream socket).
+    max_connections: int = 10000
+    #: Malformed requests logged per second at most (the rest are counted).
+    bad_request_logs_per_s: int = 5
 
 
 @dataclass(frozen=True)
@@ -203,6 +233,10 @@ class Config:
     #: port (null: no probe). It sends a few events, then stays silent to
     #: measure what the chain in front tolerates.
     probe_path: str | None = "/_sse-sidecar/probe"
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    #: Peers (CIDRs, e.g. the nginx in front) whose X-Forwarded-*/Forwarded
+    #: headers are kept; everyone else's are replaced from the connection.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 # --- environment overrides -------------------------------------------------------
@@ -303,6 +337,16 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"backend.lease: must be at least 1s, got {config.backend.lease:g}s")
     if config.max_streams < 1:
         raise ConfigError(f"max_streams: must be at least 1, got {config.max_streams}")
+    for i, cidr in enumerate(config.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"trusted_proxies[{i}]: not a CIDR or address: {cidr!r}") from None
+    server = config.limits
+    for name in ("request_head_timeout", "max_request_head_bytes", "max_request_headers",
+                 "max_connections"):  # fmt: skip
+        if not getattr(server, name) > 0:
+            raise ConfigError(f"limits.{name}: must be greater than 0")
     return config
 
 
@@ -351,6 +395,11 @@ def _validate_route(route: Route, key: str) -> None:
             raise ConfigError(
                 f"{key}.resume.bind[{i}]: expected header:NAME or cookie:NAME, got {source!r}"
             )
+    for name in ("max_upstream_head_bytes", "max_upstream_headers", "max_pending_bytes"):
+        if not getattr(limits, name) > 0:
+            raise ConfigError(f"{key}.limits.{name}: must be greater than 0")
+    if route.cors is not None:
+        validate_cors(route.cors, f"{key}.cors")
     if route.resume.enabled and route.resume.buffer_events < 1:
         raise ConfigError(f"{key}.resume.buffer_events: must be at least 1 when resume is on")
     if route.resume.enabled and route.resume.buffer_bytes < limits.max_event_bytes:

@@ -104,6 +104,27 @@ class UpstreamAbandoned(UpstreamError):
     code = "backend_unavailable"
 
 
+class UpstreamBadHead(UpstreamError, ProtocolError):
+    """The upstream's response head is invalid or over a limit: 502 before the
+    stream is committed, ``error/upstream_protocol`` after (as nginx's "upstream
+    sent too big header")."""
+
+    code = "upstream_protocol"
+    kind = "invalid_head"
+
+
+class UpstreamHeadTooLarge(UpstreamBadHead):
+    kind = "head_too_large"
+
+
+class UpstreamTooManyHeaders(UpstreamBadHead):
+    kind = "too_many_headers"
+
+
+class UpstreamInterimFlood(UpstreamBadHead):
+    kind = "too_many_interim"
+
+
 class UpstreamStatus(UpstreamError):
     """The upstream answered with an error status after the stream had begun."""
 

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from sidecar.forwarding import FORWARDING, forwarding_headers
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -64,20 +66,29 @@ def strip(headers: Headers, also: Iterable[str] = ()) -> CIMultiDict[str]:
 
 
 def upstream_request(
-    headers: Headers, *, peer: str | None, scheme: str, host: str | None, request_id: str
+    headers: Headers,
+    *,
+    peer: str | None,
+    scheme: str,
+    host: str | None,
+    request_id: str,
+    local: str | None = None,
+    trusted: bool = False,
 ) -> CIMultiDict[str]:
-    """Headers for the upstream request made on behalf of a client request."""
-    out = strip(headers, _REQUEST_OWN)
+    """Headers for the upstream request made on behalf of a client request.
+
+    The client's forwarding headers are dropped and set again from the
+    connection, unless ``trusted`` (the peer is a trusted proxy, sidecar/forwarding.py).
+    """
+    out = strip(headers, _REQUEST_OWN | {n.lower() for n in FORWARDING} | {"x-request-id"})
     # The stream must come uncompressed: a compressed stream is buffered by
     # the compressor and arrives as one late blob (DESIGN.md failure 7).
     out["Accept-Encoding"] = "identity"
-    if peer:
-        prior = ", ".join(headers.getall("X-Forwarded-For", ()))
-        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    # Behind nginx these already name the original client side; keep them.
-    out.setdefault("X-Forwarded-Proto", scheme)
-    if host:
-        out.setdefault("X-Forwarded-Host", host)
+    out.extend(
+        forwarding_headers(
+            headers, peer=peer, scheme=scheme, local=local, host=host, trusted=trusted
+        )
+    )
     out["X-Request-ID"] = request_id
     return out
 

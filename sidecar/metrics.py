@@ -187,6 +187,38 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.open_connections = Gauge(
+            p + "open_connections",
+            "Client connections open on the stream port",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.refused_connections = Counter(
+            p + "refused_connections",
+            "Client connections refused or closed before a request, by reason "
+            "(max_connections, head_timeout)",
+            ["reason"],
+            registry=r,
+        )
+        self.bad_requests = Counter(
+            p + "bad_requests",
+            "Requests answered with 400/431 before routing, by reason (malformed, head_too_large)",
+            ["reason"],
+            registry=r,
+        )
+        self.client_headers_dropped = Counter(
+            p + "client_headers_dropped",
+            "Client headers not believed, by kind (forwarding: from an untrusted peer; "
+            "request_id: too long or odd characters, replaced)",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.cors_preflights = Counter(
+            p + "cors_preflights",
+            "CORS preflights answered, by result (allowed, refused)",
+            ["route", "result"],
+            registry=r,
+        )
         # A gauge rather than an Info: Info does not work across worker processes.
         Gauge(
             p + "build_info",
@@ -314,8 +346,10 @@ def admin_app(
     async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Probes need no secret: /healthz and /readyz say nothing sensitive.
         if token is not None and request.path not in ("/healthz", "/readyz"):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            # Header values arrive decoded with surrogateescape; encoding them
+            # back the same way gives the bytes sent, whatever they are.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
                 return web.json_response(
                     {"error": {"code": "unauthorized", "message": "bearer token required"}},
                     status=401,

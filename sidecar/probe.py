@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import json
 import math
-import secrets
 import time
 
 from aiohttp import web
 
+from sidecar import forwarding
 from sidecar.client import client_write, json_error, start_response
 from sidecar.context import CONTEXT
 from sidecar.errors import ClientGone
@@ -132,7 +132,7 @@ def add_probe_route(
             params = parse_params(dict(request.query))
         except BadParam as exc:
             return json_error(400, "bad_probe_parameter", str(exc))
-        request_id = request.headers.get("X-Request-ID") or secrets.token_hex(8)
+        request_id = forwarding.request_id(request.headers.get("X-Request-ID"))
         try:
             # The proxy's own header code, so the doctor sees exactly what a stream gets.
             response = await start_response(request, None, request_id)

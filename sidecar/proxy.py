@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from urllib.parse import unquote
 
 from aiohttp import web
 from yarl import URL
@@ -19,6 +18,7 @@ from sidecar.client import json_error
 from sidecar.config import Route
 from sidecar.context import Context, StreamHandle
 from sidecar.errors import BackendUnavailable, BadSessionKey
+from sidecar.paths import BadPath
 from sidecar.resume.entry import ResumeEntry
 from sidecar.services import RouteServices
 from sidecar.sessions.keys import SessionKeySource
@@ -42,26 +42,24 @@ class RouteHandler:
         """The aiohttp route pattern: the prefix and anything below it, not ``/v1/chatter``."""
         return self.prefix + "{tail:(?s:/.*)?}" if self.prefix else "/{tail:(?s:.*)}"
 
-    def upstream_url(self, request: web.Request) -> URL | None:
-        """The upstream URL for this request, or None if its path tries to climb out."""
-        raw_tail = request.rel_url.raw_path[len(self.prefix) :]
-        if any(unquote(seg) in (".", "..") for seg in raw_tail.split("/")):
-            return None
-        path = self.base.raw_path.rstrip("/") + raw_tail or "/"
-        url = self.base.with_path(path, encoded=True)
-        query = request.rel_url.raw_query_string
-        return url.with_query(query) if query else url
+    def upstream_url(self, request: web.Request) -> URL:
+        """The upstream URL for this request; BadPath if its path tries to climb out."""
+        return self.services.admission.upstream_url(request)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        admission = self.services.admission
+        refusal = admission.check_origin(request)
+        if refusal is not None:
+            return refusal
         if request.method == "DELETE":
             return await stop.handle(self.services, self.keys, self.resume, request)
         refusal = await self._refuse(request)
         if refusal is not None:
             return refusal
-        url = self.upstream_url(request)
-        if url is None:
-            self.metrics.rejected("bad_path")
-            return json_error(400, "bad_path", "path segments . and .. are not allowed")
+        try:
+            url = self.upstream_url(request)
+        except BadPath as exc:
+            return admission.bad_path(exc)
         try:
             key = self.keys.read(
                 request.headers, request.cookies, request.query, request.match_info["tail"]

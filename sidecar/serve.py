@@ -44,9 +44,14 @@ async def _serve(config: Config, worker: bool) -> int:
     import structlog
 
     from sidecar.app import Sidecar
+    from sidecar.server import raise_fd_limit
 
     log = structlog.get_logger("sse_sidecar")
+    # Every stream holds two sockets; the usual soft limit of 1024 would cap
+    # the process far below max_streams.
+    soft, hard = raise_fd_limit()
     sidecar = Sidecar(config, worker=worker)
+    log.info("fd_limit", soft=soft, hard=hard, max_connections=sidecar.guard.max_connections)
     await sidecar.start()
     tune_gc()
     log.info(

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sidecar.admission import Admission
 from sidecar.config import Route
 from sidecar.context import Context
 from sidecar.dialects import dialect_for
+from sidecar.forwarding import TrustedProxies
 from sidecar.metrics import RouteMetrics
 from sidecar.normalize import Normalizer
 
@@ -18,7 +20,7 @@ from sidecar.normalize import Normalizer
 class RouteServices:
     """The per-route parts a stream needs (config, context, normaliser, metrics)."""
 
-    __slots__ = ("ctx", "metrics", "normalizer", "raw_events", "route")
+    __slots__ = ("admission", "ctx", "metrics", "normalizer", "raw_events", "route")
 
     def __init__(self, route: Route, ctx: Context) -> None:
         self.route = route
@@ -29,3 +31,7 @@ class RouteServices:
         #: The fast path's test (built once: every stream of the route shares it).
         self.raw_events: Callable[[bytes], int] = self.normalizer.raw_events(route.limits)
         self.metrics = RouteMetrics(ctx.metrics, route.name)
+        #: Path, origin and header checks (sidecar/admission.py).
+        self.admission = Admission(
+            route, TrustedProxies.parse(ctx.config.trusted_proxies), self.metrics
+        )

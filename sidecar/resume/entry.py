@@ -81,7 +81,7 @@ class ResumeEntry:
         services = self.services
         ctx = services.ctx
         route = services.route.name
-        request_id = request.headers.get("X-Request-ID") or secrets.token_hex(8)
+        request_id = services.admission.request_id(request)
         run = self.runs.get(key) if key is not None else None
         replay_log = run.log if run is not None else None
         try:

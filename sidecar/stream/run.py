@@ -30,6 +30,7 @@ from sidecar.errors import (
     ProtocolError,
     SessionConflict,
     SlowClient,
+    UpstreamBadHead,
     UpstreamError,
     UpstreamUnreachable,
 )
@@ -83,7 +84,7 @@ class StreamRun:
         self.opener: asyncio.Task[Upstream] | None = None
         self.source: WebSocketSource | GatewayRunSource | None = None
         self.upstream: Upstream | None = None
-        self.request_id = request.headers.get("X-Request-ID") or handle.id
+        self.request_id = services.admission.request_id(request, handle.id)
         self.loop = asyncio.get_running_loop()
         self.state = StreamState(
             self.metrics,
@@ -168,11 +169,7 @@ class StreamRun:
                 if self.route.is_websocket:
                     refused = await self._run_websocket()
                     return refused if refused is not None else self.sink.response
-                self.opener = asyncio.ensure_future(
-                    sources.open_http(
-                        self.request, self.url, self.body, self.request_id, self.route
-                    )
-                )
+                self.opener = asyncio.ensure_future(self._open())
                 self.upstream = await self._await_upstream(self.opener)
                 self.opener = None  # done: no need to hold the task for the stream's life
                 self.state.upstream_seen = True
@@ -212,6 +209,9 @@ class StreamRun:
                     self.services.ctx.metrics.protocol_errors.labels(
                         self.route.name, exc.kind
                     ).inc()
+                if isinstance(exc, UpstreamBadHead) and not state.committed:
+                    state.outcome = exc.code  # as nginx: 502 while the client can still get one
+                    return json_error(502, exc.code, str(exc))
                 await self._end_with_error(exc.code, str(exc))
         except SlowClient:
             # Cut it off: returning alone would leave aiohttp waiting, without a
@@ -229,7 +229,8 @@ class StreamRun:
     # --- upstream --------------------------------------------------------------
 
     def _open(self) -> Awaitable[Upstream]:
-        return sources.open_http(self.request, self.url, self.body, self.request_id, self.route)
+        headers = self.services.admission.upstream_headers(self.request, self.request_id)
+        return sources.open_http(self.request, self.url, self.body, headers, self.route)
 
     async def _await_upstream(self, opener: asyncio.Future[T]) -> T:
         """Wait for the upstream's headers; commit to a stream if they take too long.

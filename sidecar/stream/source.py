@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar import headers as hdrs
 from sidecar.config import Route
 from sidecar.errors import UpstreamStatus
 from sidecar.metrics import Tally
@@ -21,7 +21,7 @@ from sidecar.sse import Decoder, Item
 from sidecar.upstream import http as upstream_http
 from sidecar.upstream import ws_sources
 from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
-from sidecar.upstream.http import Upstream
+from sidecar.upstream.http import HeadLimits, Upstream
 from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
 
 
@@ -75,18 +75,19 @@ class WebSocketItems:
 
 
 async def open_http(
-    request: web.Request, url: URL, body: bytes | None, request_id: str, route: Route
+    request: web.Request,
+    url: URL,
+    body: bytes | None,
+    headers: CIMultiDict[str],
+    route: Route,
 ) -> Upstream:
-    """Send the request upstream; the connection once its headers are in."""
-    headers = hdrs.upstream_request(
-        request.headers,
-        peer=request.remote,
-        scheme=request.scheme,
-        host=request.host,
-        request_id=request_id,
+    """Send the request upstream with ``headers``; the connection once its headers are in."""
+    limits = route.limits
+    head = HeadLimits(
+        limits.max_upstream_head_bytes, limits.max_upstream_headers, limits.max_upstream_interim
     )
     return await upstream_http.open_stream(
-        request.method, url, headers, body, route.limits.connect_timeout
+        request.method, url, headers, body, limits.connect_timeout, head
     )
 
 

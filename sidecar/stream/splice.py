@@ -30,7 +30,7 @@ import asyncio
 from collections.abc import Callable
 
 from sidecar.config import Limits
-from sidecar.errors import ClientGone, UpstreamError
+from sidecar.errors import ClientGone, SlowClient, UpstreamError
 from sidecar.normalize import Normalizer
 from sidecar.sse import Decoder
 from sidecar.stream.pacing import Pacing
@@ -52,10 +52,12 @@ class Splice:
         "_congested",
         "_decoder",
         "_end",
+        "_max_pending",
         "_normalizer",
         "_on_timer",
         "_pacing",
         "_pending",
+        "_pending_size",
         "_raw_events",
         "_sink",
         "_slot",
@@ -88,6 +90,8 @@ class Splice:
         self._decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
         self._raw_events = raw_events
         self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._max_pending = limits.max_pending_bytes
         self._congested = False
         #: The decoder holds nothing: a read may go out as it is.
         self._boundary = False  # until the decoder has seen (and dropped) any BOM
@@ -110,7 +114,7 @@ class Splice:
         self._arm()
         try:
             while True:
-                if self._congested:
+                if self._congested and not isinstance(self._end, SlowClient):
                     await self._relieve()  # also after the end: held bytes go out first
                     continue
                 if self._end is not None:
@@ -222,7 +226,12 @@ class Splice:
             self._sink.write_nowait(data)
 
     def _hold(self, data: bytes) -> None:
-        if self._congested:
+        self._pending_size += len(data)
+        if self._pending_size > self._max_pending:
+            # The upstream is paused, but one read (decompressed: one piece)
+            # may still come; past the cap the client is too far behind.
+            self._stop(SlowClient("client fell over limits.max_pending_bytes behind"))
+        elif self._congested:
             self._pending.append(data)
         elif self._sink.closing:
             self._stop(ClientGone("client connection closed"))
@@ -237,9 +246,13 @@ class Splice:
         await self._sink.drained()
         data = b"".join(self._pending)
         self._pending.clear()
+        self._pending_size = 0
         self._congested = False
         self._sink.write_nowait(data)
         if self._end is None:
+            # The silence while paused was ours, not the upstream's: the idle
+            # limit counts from now (else a slow client ends as upstream_timeout).
+            self._state.reading_from(self.loop.time())
             self.upstream.resume()
             self._disarm()
             self._arm()  # it was pacing itself for a congested client

@@ -23,6 +23,7 @@ import asyncio
 import functools
 import ssl
 import zlib
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 import httptools
@@ -30,9 +31,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sidecar.errors import (
+    UpstreamBadHead,
     UpstreamConnectTimeout,
     UpstreamDisconnected,
     UpstreamError,
+    UpstreamHeadTooLarge,
+    UpstreamInterimFlood,
+    UpstreamTooManyHeaders,
     UpstreamUnreachable,
 )
 
@@ -43,6 +48,20 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 #: Methods whose empty body is still announced (what browsers and aiohttp send).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """Bounds on the response head (route ``limits.max_upstream_*``)."""
+
+    #: Status lines and headers of the response and of every 1xx before it.
+    max_bytes: int = 32 * 1024
+    max_headers: int = 100
+    max_interim: int = 8
+
+
+#: Control characters no reason phrase or header value may carry (tab is allowed).
+_CONTROL = frozenset(range(0x20)) - {0x09} | {0x7F}
 
 
 class Sink(Protocol):
@@ -59,17 +78,24 @@ class Upstream(asyncio.Protocol):
     """One upstream connection and its response (the head, then the body)."""
 
     __slots__ = (
+        "_bad_head",
         "_decoder",
         "_early",
         "_early_size",
         "_end",
         "_framed",
+        "_head_bytes",
+        "_header_count",
         "_interim",
+        "_interim_count",
+        "_limits",
         "_notified",
+        "_parsed_bytes",
         "_raw_headers",
         "_reader",
         "_reason",
         "_sink",
+        "_stash",
         "head",
         "headers",
         "loop",
@@ -79,8 +105,19 @@ class Upstream(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: HeadLimits | None = None) -> None:
         self.loop = loop
+        self._limits = limits or HeadLimits()
+        #: Bytes fed while the head was not complete, and the count of headers and 1xx.
+        self._head_bytes = 0
+        self._header_count = 0
+        self._interim_count = 0
+        #: Header bytes parsed (a head that came in one read is never counted per read).
+        self._parsed_bytes = 0
+        #: Set by a callback that found the head over a limit (parsing stops).
+        self._bad_head: UpstreamBadHead | None = None
+        #: Compressed bytes not yet decoded: decoding waits while the reader is behind.
+        self._stash = b""
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         #: Resolved when the status line and headers are in.
@@ -154,6 +191,8 @@ class Upstream(asyncio.Protocol):
             if self.transport is not None:
                 reader.set_transport(self.transport)  # its flow control pauses the socket
             self._take_early()
+        if self._stash:
+            self._take(b"")  # the reader drained: decode what waited for it
         chunk = await reader.read(_HOLD)
         if not chunk and isinstance(self._end, UpstreamError):
             raise self._end
@@ -177,6 +216,8 @@ class Upstream(asyncio.Protocol):
     def resume(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+        if self._stash:
+            self._take(b"")  # what waited for the reader, before anything new
 
     def close(self) -> None:
         """Drop the connection now (it is never reused)."""
@@ -196,18 +237,34 @@ class Upstream(asyncio.Protocol):
         parser = self.parser
         if parser is None:
             return  # the response is over; anything more is not ours to read
+        in_head = not self.head.done()
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail("upstream switched protocols instead of answering")
+            return
         except httptools.HttpParserError as exc:
-            self._fail(f"upstream sent an invalid response: {exc}")
+            if self._bad_head is not None:
+                self._fail(str(self._bad_head), self._bad_head)
+            elif in_head and not self.head.done():
+                self._fail("", UpstreamBadHead(f"upstream sent an invalid response head: {exc}"))
+            else:
+                self._fail(f"upstream sent an invalid response: {exc}")
+            return
+        if in_head and not self.head.done():
+            # Counted per read, so one endless header line is bounded too
+            # (httptools holds a header until it is complete).
+            self._head_bytes += len(data)
+            if self._head_bytes > self._limits.max_bytes:
+                self._fail("", _too_large(self._limits.max_bytes))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._end is not None:
             return
         if not self._framed and self.head.done() and exc is None:
             self.on_message_complete()  # a body without length ends with the connection
+        elif not self.head.done() and (self._head_bytes or self._reason or self._raw_headers):
+            self._fail("", UpstreamBadHead("upstream closed the connection inside its head"))
         else:
             self._fail("upstream closed the connection" + (f": {exc}" if exc else ""))
 
@@ -217,12 +274,33 @@ class Upstream(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._parsed_bytes += len(name) + len(value) + 4
+        if self._parsed_bytes > self._limits.max_bytes:
+            self._stop_head(_too_large(self._limits.max_bytes))
+        if self._header_count > self._limits.max_headers:
+            self._stop_head(
+                UpstreamTooManyHeaders(
+                    f"upstream sent too many headers (over {self._limits.max_headers})"
+                )
+            )
+        if not _CONTROL.isdisjoint(value):
+            self._stop_head(UpstreamBadHead("upstream sent a control character in a header"))
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
         status = self.parser.get_status_code()
+        if not _CONTROL.isdisjoint(self._reason):
+            self._stop_head(UpstreamBadHead("upstream sent a control character in its reason"))
         if status < 200:
+            self._interim_count += 1
+            if self._interim_count > self._limits.max_interim:
+                self._stop_head(
+                    UpstreamInterimFlood(
+                        f"upstream sent over {self._limits.max_interim} 1xx responses"
+                    )
+                )
             self._interim = True
             self._raw_headers.clear()  # 1xx: the real answer follows
             self._reason = b""
@@ -268,6 +346,11 @@ class Upstream(asyncio.Protocol):
 
     # --- internals -------------------------------------------------------------
 
+    def _stop_head(self, error: UpstreamBadHead) -> None:
+        """Stop parsing: raised in a callback, httptools ends feed_data with an error."""
+        self._bad_head = error
+        raise error
+
     def _take_early(self) -> None:
         early, self._early = self._early, []
         self._early_size = 0
@@ -287,8 +370,14 @@ class Upstream(asyncio.Protocol):
         if decoder is None:
             self._hand(raw)
             return
-        data = raw
+        data = self._stash + raw if self._stash else raw
+        self._stash = b""
         while data and (self._sink is not None or self._reader is not None):
+            if self._reader_behind():
+                # Decode no more than the reader takes: the rest waits,
+                # compressed (bounded by one read), until it drains.
+                self._stash = data
+                return
             try:
                 piece = decoder.decompress(data, _HOLD)
             except zlib.error as exc:
@@ -297,6 +386,13 @@ class Upstream(asyncio.Protocol):
             data = decoder.unconsumed_tail
             if piece:
                 self._hand(piece)
+        if self._end is not None:
+            self._notify_end()  # an end that waited for the stash
+
+    def _reader_behind(self) -> bool:
+        """The socket is paused for the reader (by us, or the StreamReader's flow control)."""
+        transport = self.transport
+        return transport is not None and not transport.is_closing() and not transport.is_reading()
 
     def _hand(self, data: bytes) -> None:
         if self._sink is not None:
@@ -320,11 +416,15 @@ class Upstream(asyncio.Protocol):
                 "upstream's compressed body ended before its end mid-stream"
             )
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, error: UpstreamError | None = None) -> None:
         if self._end is not None:
             return
         self.parser = None
-        if not self.head.done():
+        if error is not None:
+            self._end = error
+            if not self.head.done():
+                self.head.set_exception(error)
+        elif not self.head.done():
             # Nothing of an answer arrived: for the client that is "unreachable".
             self._end = UpstreamUnreachable(message)
             self.head.set_exception(self._end)
@@ -336,7 +436,7 @@ class Upstream(asyncio.Protocol):
 
     def _notify_end(self) -> None:
         """Tell the reader, once, how the body ended (once there is one to tell)."""
-        if self._end is None or self._notified:
+        if self._end is None or self._notified or self._stash:
             return
         if self._sink is None and self._reader is None:
             return
@@ -352,6 +452,10 @@ class Upstream(asyncio.Protocol):
             # An error too ends the reader's buffer; read_chunk raises it after
             # the bytes that came before it (StreamReader would raise first).
             self._reader.feed_eof()
+
+
+def _too_large(limit: int) -> UpstreamHeadTooLarge:
+    return UpstreamHeadTooLarge(f"upstream sent too big header (over {limit} bytes)")
 
 
 @functools.cache
@@ -381,6 +485,7 @@ async def open_stream(
     headers: CIMultiDict[str],
     body: bytes | None,
     connect_timeout: float,
+    limits: HeadLimits | None = None,
 ) -> Upstream:
     """Send the request and return once the upstream's status line and headers are in."""
     loop = asyncio.get_running_loop()
@@ -392,7 +497,7 @@ async def open_stream(
     try:
         async with asyncio.timeout(connect_timeout):
             transport, upstream = await loop.create_connection(
-                lambda: Upstream(loop), host, port, ssl=tls
+                lambda: Upstream(loop, limits), host, port, ssl=tls
             )
     except TimeoutError:
         raise UpstreamConnectTimeout("timed out connecting to upstream") from None

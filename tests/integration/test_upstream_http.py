@@ -18,7 +18,12 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.errors import UpstreamDisconnected, UpstreamError, UpstreamUnreachable
+from sidecar.errors import (
+    UpstreamBadHead,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamUnreachable,
+)
 from sidecar.upstream.http import Upstream, cancel_pending, open_stream, request_head
 
 # A step of a raw server: bytes to write, seconds to sleep, an Event to wait
@@ -537,22 +542,30 @@ async def test_a_url_that_is_not_http_is_unreachable():
         b"HTTP/1.1 200 OK\r\nBad Header Line\r\n\r\n",
     ],
 )
-async def test_garbage_instead_of_a_response_is_unreachable(serve, answer):
+async def test_garbage_instead_of_a_response_is_a_protocol_error(serve, answer):
+    # A connection that answered is no "unreachable" upstream: nginx says 502 too.
     server = await serve([answer, "hang"])
-    with pytest.raises(UpstreamUnreachable, match="invalid response"):
+    with pytest.raises(UpstreamBadHead, match="invalid response head"):
         async with asyncio.timeout(2):  # refused at once, not when the server closes
             await open_stream("GET", server.url, CIMultiDict(), None, 2.0)
     await asyncio.wait_for(server.client_closed.wait(), 1)  # and the connection is dropped
 
 
+async def test_closed_before_any_byte_is_unreachable(serve):
+    server = await serve([])
+    with pytest.raises(UpstreamUnreachable, match="closed the connection"):
+        async with asyncio.timeout(2):
+            await open_stream("GET", server.url, CIMultiDict(), None, 2.0)
+
+
 @pytest.mark.parametrize(
     "steps",
-    [[], [b"HTTP/1.1 200 OK\r\nContent-Ty"], [b"HTTP/1.1 200 OK\r\n", "abort"]],
-    ids=["nothing", "half-a-head", "reset"],
+    [[b"HTTP/1.1 200 OK\r\nContent-Ty"], [b"HTTP/1.1 200 OK\r\n", "abort"]],
+    ids=["half-a-head", "reset"],
 )
-async def test_closed_before_the_head_is_unreachable(serve, steps):
+async def test_closed_inside_the_head_is_a_protocol_error(serve, steps):
     server = await serve(steps)
-    with pytest.raises(UpstreamUnreachable, match="closed the connection"):
+    with pytest.raises(UpstreamBadHead, match="closed the connection inside its head"):
         async with asyncio.timeout(2):
             await open_stream("GET", server.url, CIMultiDict(), None, 2.0)
 

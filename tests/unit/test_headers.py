@@ -18,10 +18,19 @@ def md(*pairs: tuple[str, str]) -> CIMultiDict[str]:
 
 
 def request(
-    peer: str | None = "10.0.0.9", host: str | None = "api.example", **headers: str
+    peer: str | None = "10.0.0.9",
+    host: str | None = "api.example",
+    trusted: bool = True,
+    **headers: str,
 ) -> CIMultiDict[str]:
     return hdrs.upstream_request(
-        md(*headers.items()), peer=peer, scheme="https", host=host, request_id="req-1"
+        md(*headers.items()),
+        peer=peer,
+        scheme="https",
+        host=host,
+        request_id="req-1",
+        local="10.0.0.1:8080",
+        trusted=trusted,
     )
 
 
@@ -99,22 +108,29 @@ def test_upstream_request_exact() -> None:
         ("X-Request-ID", "client-chosen"),
     )
     out = hdrs.upstream_request(
-        given, peer="10.0.0.9", scheme="http", host="sidecar.local", request_id="req-1"
+        given,
+        peer="10.0.0.9",
+        scheme="http",
+        host="sidecar.local",
+        request_id="req-1",
+        trusted=True,
     )
     assert list(out.items()) == [
         ("Authorization", "Bearer t"),
         ("Accept", "text/event-stream"),
-        ("X-Request-ID", "req-1"),
         ("Accept-Encoding", "identity"),
         ("X-Forwarded-For", "10.0.0.9"),
         ("X-Forwarded-Proto", "http"),
         ("X-Forwarded-Host", "sidecar.local"),
+        ("X-Request-ID", "req-1"),
     ]
 
 
 def test_upstream_request_appends_to_existing_forwarded_for() -> None:
     given = md(("X-Forwarded-For", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2, 3.3.3.3"))
-    out = hdrs.upstream_request(given, peer="10.0.0.9", scheme="https", host=None, request_id="r")
+    out = hdrs.upstream_request(
+        given, peer="10.0.0.9", scheme="https", host=None, request_id="r", trusted=True
+    )
     assert out.getall("X-Forwarded-For") == ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"]
 
 
@@ -134,6 +150,25 @@ def test_upstream_request_sets_forwarded_proto_and_host_otherwise() -> None:
     assert out.getall("X-Forwarded-Proto") == ["https"]
     assert out.getall("X-Forwarded-Host") == ["api.example"]
     assert "X-Forwarded-Host" not in request(host=None)
+
+
+def test_upstream_request_from_an_untrusted_peer_drops_the_clients_claims() -> None:
+    out = request(
+        trusted=False,
+        host="evil.example",
+        **{
+            "X-Forwarded-For": "1.1.1.1",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil.example",
+            "Forwarded": "for=1.1.1.1;host=evil.example",
+            "X-Real-IP": "1.1.1.1",
+        },
+    )
+    assert out.getall("X-Forwarded-For") == ["10.0.0.9"]
+    assert out.getall("X-Forwarded-Proto") == ["https"]  # the connection's own scheme
+    assert out.getall("X-Forwarded-Host") == ["10.0.0.1:8080"]  # where it came in
+    assert "Forwarded" not in out
+    assert "X-Real-IP" not in out
 
 
 def test_upstream_request_removes_own_headers_in_any_case() -> None:

@@ -44,6 +44,8 @@ class RawUpstream:
                 await self.handler(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server is closing: a hanging handler ends here, quietly
         finally:
             writer.close()
 

@@ -18,7 +18,6 @@ pytestmark = pytest.mark.adversarial
         None,
         "Bearer wrong",
         "bearer s3cret",
-        "Bearer s3cret ",
         "Bearer  s3cret",
         "Basic czNjcmV0",
         "Bearer",

@@ -96,7 +96,11 @@ class RawResponse:
 
 
 async def raw_request(
-    port: int, data: bytes, *, timeout: float = 5.0, until: bytes | None = None
+    port: int,
+    data: bytes,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109 - a bound on the whole exchange, per call
+    until: bytes | None = None,
 ) -> RawResponse:
     """Send ``data`` on a fresh connection; read until EOF, ``until`` or ``timeout`` (raises)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

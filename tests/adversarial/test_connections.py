@@ -16,7 +16,9 @@ pytestmark = pytest.mark.adversarial
 
 
 def fast_limits(**limits):
-    return make_config("http://127.0.0.1:9", top={"limits": {"request_head_timeout": "500ms", **limits}})
+    return make_config(
+        "http://127.0.0.1:9", top={"limits": {"request_head_timeout": "500ms", **limits}}
+    )
 
 
 async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
@@ -138,7 +140,9 @@ SMUGGLING = [
 
 
 @pytest.mark.parametrize("data", SMUGGLING)
-async def test_smuggling_forms_are_refused_and_nothing_is_smuggled(raw_upstream, start_sidecar, data):
+async def test_smuggling_forms_are_refused_and_nothing_is_smuggled(
+    raw_upstream, start_sidecar, data
+):
     raw_upstream.handler = done
     sc = await start_sidecar(make_config(raw_upstream.url))
     resp = await raw_request(sc.sidecar.port, data, timeout=3)

@@ -60,7 +60,7 @@ async def test_a_trusted_proxys_forwarding_headers_are_kept(raw_upstream, start_
 
 
 @pytest.mark.parametrize(
-    "given", ["x" * 8000, "a b", "id<script>", "a\"b"], ids=["8k", "space", "html", "quote"]
+    "given", ["x" * 8000, "a b", "id<script>", 'a"b'], ids=["8k", "space", "html", "quote"]
 )
 async def test_an_odd_request_id_is_replaced_by_a_fresh_one(raw_upstream, start_sidecar, given):
     raw_upstream.handler = done

@@ -95,7 +95,9 @@ async def test_paths_that_climb_or_hide_the_prefix_are_refused(raw_upstream, sta
 
 
 @pytest.mark.parametrize("sent", ["/raw%2Fx", "/raw%2F..%2Fadmin"])
-async def test_an_encoded_slash_after_the_prefix_matches_no_route(raw_upstream, start_sidecar, sent):
+async def test_an_encoded_slash_after_the_prefix_matches_no_route(
+    raw_upstream, start_sidecar, sent
+):
     sc = await start(start_sidecar, raw_upstream, path="/raw", base="/api")
     resp = await raw_request(sc.sidecar.port, get(sent))
     assert resp.status in (400, 404)

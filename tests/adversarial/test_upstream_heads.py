@@ -169,7 +169,9 @@ async def test_a_silent_upstream_still_commits_and_times_out(raw_upstream, start
     # The head limits do not touch an upstream that merely takes its time.
     raw_upstream.handler = hang
     sc = await start_sidecar(
-        make_config(raw_upstream.url, stream={"commit_after": "100ms"}, limits={"idle_timeout": "300ms"})
+        make_config(
+            raw_upstream.url, stream={"commit_after": "100ms"}, limits={"idle_timeout": "300ms"}
+        )
     )
     resp = await raw_request(sc.sidecar.port, get("/s"), timeout=5)
     assert resp.status == 200

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import pytest
+
+from sidecar.forwarding import TrustedProxies, request_id
+
+
+def test_trusted_proxies_match_by_network() -> None:
+    trusted = TrustedProxies.parse(["10.0.0.0/8", "::1"])
+    assert trusted.trusts("10.1.2.3")
+    assert trusted.trusts("::1")
+    assert not trusted.trusts("11.0.0.1")
+    assert not trusted.trusts(None)
+    assert not trusted.trusts("not-an-ip")
+    assert not TrustedProxies().trusts("127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "good", ["abc", "0f8fad5b-d9cb-469f-a165-70867728950e", "a" * 128, "b64+/="]
+)
+def test_plain_request_ids_are_kept(good) -> None:
+    assert request_id(good, "fresh") == good
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 129, "a b", "a\nb", "<x>", "é"])
+def test_odd_request_ids_are_replaced(bad) -> None:
+    assert request_id(bad, "fresh") == "fresh"
+    assert len(request_id(bad)) == 16

@@ -189,7 +189,11 @@ class GuardedHandler(RequestHandler):
     ) -> web.StreamResponse:
         """Answer a request aiohttp could not parse (or a handler's crash) in JSON; log one line."""
         status, reason, text = _classify(exc, status)
-        self.guard.bad_request(reason, str(exc) if exc is not None else text, request.remote)
+        if status >= 500:
+            # Our own failure, not the client's: keep the traceback (in one JSON line).
+            log.error("handler_error", error=repr(exc), exc_info=exc)
+        else:
+            self.guard.bad_request(reason, str(exc) if exc is not None else text, request.remote)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error response")
         code = {431: "request_head_too_large", 400: "bad_request"}.get(status, "internal")

@@ -196,7 +196,7 @@ class Metrics:
         self.refused_connections = Counter(
             p + "refused_connections",
             "Client connections refused or closed before a request, by reason "
-            "(max_connections, head_timeout)",
+            "(max_connections, evicted, head_timeout)",
             ["reason"],
             registry=r,
         )

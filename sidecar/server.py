@@ -4,9 +4,10 @@ Strategy: aiohttp's server gives a connection that sends nothing (or trickles
 a head) its whole keep-alive timeout, takes heads of any total size, and logs
 a multi-line traceback for every malformed request. :class:`GuardedRunner`
 serves the same application with a :class:`GuardedHandler` per connection
-that refuses connections past ``limits.max_connections`` (503 at once),
-closes a connection whose request head is not complete within
-``limits.request_head_timeout`` (408), answers malformed requests and heads
+that, past ``limits.max_connections``, closes the oldest idle connection to
+make room (503 at once when every connection is busy), closes a connection
+whose request head is not complete within ``limits.request_head_timeout``
+(408), answers malformed requests and heads
 over ``limits.max_request_head_bytes`` with a JSON error (400/431), and logs
 them as one JSON line each, at most ``limits.bad_request_logs_per_s`` a second.
 
@@ -73,12 +74,28 @@ class Guard:
         self.metrics = metrics
         self.max_connections = connection_cap(limits.max_connections)
         self.open = 0
+        #: Open connections, oldest first (a dict keeps insertion order).
+        self.handlers: dict[GuardedHandler, None] = {}
         self._log_second = 0
         self._logged = 0
         self._suppressed = 0
 
     def refused(self, reason: str) -> None:
         self.metrics.refused_connections.labels(reason).inc()
+
+    def make_room(self) -> bool:
+        """At the cap: close the oldest connection that has no request in progress.
+
+        Idle connections (none sent yet, or kept alive between requests) are
+        what a flood of empty connections consists of; a new client is worth
+        more than any of them. False if every connection is serving a request.
+        """
+        for handler in self.handlers:
+            if handler.waiting_for_request():
+                self.refused("evicted")
+                handler.evict()
+                return True
+        return False
 
     def bad_request(self, reason: str, message: str, peer: str | None) -> None:
         """Count a malformed request; log it as one line, within the per-second budget."""
@@ -118,7 +135,7 @@ class GuardedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self.guard
-        if guard.open >= guard.max_connections:
+        if guard.open >= guard.max_connections and not guard.make_room():
             self._refused = True
             guard.refused("max_connections")
             assert isinstance(transport, asyncio.WriteTransport)
@@ -133,6 +150,7 @@ class GuardedHandler(RequestHandler):
             transport.close()
             return
         guard.open += 1
+        guard.handlers[self] = None
         guard.metrics.open_connections.set(guard.open)
         super().connection_made(transport)
         self._arm_head_timer()
@@ -142,6 +160,7 @@ class GuardedHandler(RequestHandler):
             return
         self._disarm_head_timer()
         self.guard.open -= 1
+        self.guard.handlers.pop(self, None)
         self.guard.metrics.open_connections.set(self.guard.open)
         super().connection_lost(exc)
 
@@ -153,6 +172,15 @@ class GuardedHandler(RequestHandler):
         if self._request_count != self._heads_seen:
             self._heads_seen = self._request_count
             self._disarm_head_timer()
+
+    def waiting_for_request(self) -> bool:
+        """No request in progress: idle, or its head still coming."""
+        return self._waiter is not None and not self._waiter.done() and self.transport is not None
+
+    def evict(self) -> None:
+        """Close to make room for a new connection (counted by the guard)."""
+        self.guard.handlers.pop(self, None)
+        self.force_close()
 
     def _arm_head_timer(self) -> None:
         self._head_timer = self._loop.call_later(

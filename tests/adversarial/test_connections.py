@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.adversarial.conftest import get, metric, raw_request
+from tests.adversarial.conftest import get, hang, metric, raw_request
 from tests.adversarial.test_paths_and_query import done
 from tests.conftest import make_config
 
@@ -78,24 +78,58 @@ async def test_the_head_timeout_spares_a_request_that_is_being_served(raw_upstre
     assert b"event: done" in resp.body
 
 
-async def test_connections_past_the_cap_get_a_clear_503(raw_upstream, start_sidecar):
+async def test_idle_connections_make_room_for_a_real_request(raw_upstream, start_sidecar):
+    # Before: 1,100 empty connections at ulimit -n 1024 made a real request fail.
     raw_upstream.handler = done
     config = make_config(
         raw_upstream.url, top={"limits": {"max_connections": 20, "request_head_timeout": "30s"}}
     )
     sc = await start_sidecar(config)
-    idle = [await asyncio.open_connection("127.0.0.1", sc.sidecar.port) for _ in range(20)]
+    idle = [await asyncio.open_connection("127.0.0.1", sc.sidecar.port) for _ in range(30)]
     try:
+        resp = await raw_request(sc.sidecar.port, get("/s"), timeout=3)
+        assert resp.status == 200
+        text = await sc.metrics()
+        assert metric(text, "sse_sidecar_refused_connections_total", reason="evicted") >= 10
+        assert metric(text, "sse_sidecar_open_connections") <= 21
+    finally:
+        for _, writer in idle:
+            writer.close()
+
+
+async def test_connections_past_the_cap_get_a_clear_503_when_all_are_busy(
+    raw_upstream, start_sidecar
+):
+    raw_upstream.handler = hang  # every stream stays open, waiting on its upstream
+    config = make_config(
+        raw_upstream.url,
+        top={"limits": {"max_connections": 5}},
+        limits={"idle_timeout": "30s"},
+        heartbeat={"interval": "0s"},
+    )
+    sc = await start_sidecar(config)
+    busy = []
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.sidecar.port)
+        writer.write(get("/s"))
+        busy.append((reader, writer))
+    try:
+        async with asyncio.timeout(5):
+            while len(raw_upstream.heads) < 5:
+                await asyncio.sleep(0.02)
         refused = await raw_request(sc.sidecar.port, get("/s"), timeout=3)
         assert refused.status == 503
         assert json.loads(refused.body)["error"]["code"] == "too_many_connections"
         text = await sc.metrics()
-        assert metric(text, "sse_sidecar_refused_connections_total", reason="max_connections") >= 1
-        assert metric(text, "sse_sidecar_open_connections") == 20
+        assert metric(text, "sse_sidecar_refused_connections_total", reason="max_connections") == 1
+        assert metric(text, "sse_sidecar_open_connections") == 5
     finally:
-        for _, writer in idle:
+        for _, writer in busy:
             writer.close()
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(5):
+        while (await sc.metrics()).count("sse_sidecar_open_connections 0.0") == 0:
+            await asyncio.sleep(0.05)
+    raw_upstream.handler = done
     resp = await raw_request(sc.sidecar.port, get("/s"), timeout=3)
     assert resp.status == 200  # the slots are free again
 

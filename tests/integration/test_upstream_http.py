@@ -665,3 +665,54 @@ async def test_cancel_pending_ignores_no_task_and_a_failed_one():
     await asyncio.wait({task})
     cancel_pending(task)  # does not raise the task's error
     assert isinstance(task.exception(), UpstreamUnreachable)
+
+
+# --- compressed bodies are decoded only as fast as they are read ---------------------
+
+
+def _big_gzip(total: int) -> tuple[bytes, bytes]:
+    event = b"data: " + b"q" * 500 + b"\n\n"
+    plain = event * (total // len(event))
+    return plain, zlib.compress(plain, wbits=31)
+
+
+@pytest.mark.parametrize("ending", ["length", "close"])
+async def test_a_slow_reader_gets_every_decoded_byte_and_the_end(serve, opened, ending):
+    # Highly compressible: a few KiB on the wire are MiBs once decoded. The
+    # reader is behind most of the time; what waits is kept compressed, and
+    # the end comes after the last decoded byte, whether the body is framed
+    # or ends with the connection.
+    plain, packed = _big_gzip(4 * 1024 * 1024)
+    framing = b"Content-Length: %d\r\n" % len(packed) if ending == "length" else b""
+    server = await serve([SSE_HEAD + b"Content-Encoding: gzip\r\n" + framing + b"\r\n" + packed])
+    upstream = await connect(server, opened)
+    upstream.decode_content()
+    got = []
+    async with asyncio.timeout(10):
+        while piece := await upstream.read_chunk():
+            assert len(piece) <= 64 * 1024
+            got.append(piece)
+            if len(got) % 8 == 0:
+                await asyncio.sleep(0.001)  # behind, now and then
+    assert b"".join(got) == plain
+
+
+async def test_a_paused_sink_stops_the_decoding(serve, opened):
+    plain, packed = _big_gzip(8 * 1024 * 1024)  # ~25 KiB on the wire
+    server = await serve([SSE_HEAD + b"Content-Encoding: gzip\r\n\r\n" + packed, "hang"])
+    upstream = await connect(server, opened)
+    upstream.decode_content()
+
+    class Pausing(Recorder):
+        def data(self, chunk: bytes) -> None:
+            super().data(chunk)
+            upstream.pause()  # as the splice does when its client is behind
+
+    sink = Pausing()
+    upstream.attach(sink)
+    await asyncio.sleep(0.2)
+    assert len(sink.body) <= 2 * 64 * 1024  # a piece or two, not 8 MiB
+    while len(sink.body) < len(plain):
+        upstream.resume()
+        await asyncio.sleep(0)
+    assert sink.body == plain

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import yaml
 from yarl import URL
 
-from sidecar.dialects import DialectName
 from sidecar.cors import CorsPolicy, validate_cors
+from sidecar.dialects import DialectName
 from sidecar.errors import ConfigError
 from sidecar.typedconf import Duration, EnvValue, Size, build, parse_duration, parse_size
 from sidecar.upstream.ws_profile import WebSocketProfile, validate_profile

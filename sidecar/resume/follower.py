@@ -138,6 +138,23 @@ class Follower:
             )
         return response
 
+    @property
+    def dialect(self) -> Dialect:
+        return self.services.normalizer.dialect
+
+    async def _gone(self) -> str:
+        """End the stream of a run that ended without a terminal event on another process."""
+        if await self.log.last() is None:
+            # Dropped, not lost: its process abandoned it (nobody followed it
+            # within resume.grace) just before this reconnect found it; the
+            # answer is the one a reconnect a moment later gets.
+            message = "cannot resume: the stream was abandoned"
+            await self.sink.write(self.dialect.error("resume_gap", message, partial=True))
+            return "resume_gap"
+        message = "the replica running this stream is gone; the stream cannot go on"
+        await self.sink.write(self.dialect.error("upstream_disconnected", message, partial=True))
+        return "upstream_disconnected"
+
     async def _follow(self) -> str:
         """Write the log out until its end; the outcome of this client's stream."""
         m = self.services.metrics
@@ -187,10 +204,7 @@ class Follower:
             if remote and await self.log.abandoned():
                 if await self.log.read(self.after_seq, 0):
                     continue  # what it wrote before it died comes first
-                message = "the replica running this stream is gone; the stream cannot go on"
-                dialect = self.services.normalizer.dialect
-                await self.sink.write(dialect.error("upstream_disconnected", message, partial=True))
-                return "upstream_disconnected"
+                return await self._gone()
             if now - last_entry >= idle:
                 data = self.services.normalizer.dialect.error(
                     "upstream_timeout",

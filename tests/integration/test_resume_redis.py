@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import signal
 
 import aiohttp
 import pytest
 
-from tests.conftest import Script
+from tests.conftest import Script, make_config
 from tests.integration.processes import SidecarProcess
 from tests.integration.streams import read_stream
 from tests.integration.test_resume import data_events, numbered, read_until
@@ -277,3 +278,58 @@ async def test_a_reconnect_after_the_runs_replica_died_ends_within_lease_plus_a_
     assert got.kinds()[-1] == "error"
     assert got.error()["code"] == "upstream_disconnected"
     assert ended - died < 1.0 + 1.0 + 0.5  # lease + 1 s (and the time to connect)
+
+
+async def test_a_live_follower_of_a_run_whose_replica_died_gets_upstream_disconnected(
+    short_lease_pair, upstream
+):
+    """SIGKILL the run's replica while B streams it live: B ends within the lease, not idle."""
+    pair = short_lease_pair
+    upstream.script = numbered(300, gap=0.1)  # 30 s: it never ends by itself here
+    loop = asyncio.get_running_loop()
+    async with pair.http.get(pair.a.url + "/s?s=erin") as resp:
+        first = await read_until(resp, 3)
+        resp.connection.transport.abort()
+    headers = {"Last-Event-ID": first[-1][0]}
+    async with pair.http.get(pair.b.url + "/s?s=erin", headers=headers) as resp:
+        live = await read_until(resp, 3)  # B follows the run A goes on with
+        pair.a.kill()  # SIGKILL: A cannot finish its log nor say goodbye
+        killed = loop.time()
+        async with asyncio.timeout(12):
+            rest = await resp.content.read()
+        ended = loop.time()
+    assert [d for _, d in live] == ["4", "5", "6"]
+    tail = rest.decode().strip().split("\n\n")[-1]
+    assert "event: error" in tail
+    assert '"code":"upstream_disconnected"' in tail.replace(" ", "")
+    # The liveness key lapses within the 1 s lease; B asks once a second.
+    # (A margin for a loaded machine; without the check it is limits.idle_timeout.)
+    assert ended - killed < 1.0 + 1.0 + 2.0
+
+
+async def test_a_redis_stall_mid_stream_leaves_the_runs_own_client_streaming(
+    redis_server, upstream, start_sidecar
+):
+    """SIGSTOP Redis mid-stream: the run's own client still gets every event and its end."""
+    upstream.script = numbered(30, gap=0.05)
+    config = make_config(
+        upstream.url,
+        session={"from": "query:s"},
+        resume={"enabled": True, "grace": "2s"},
+        top={"backend": {"kind": "redis", "url": redis_server.url, "lease": "10s"}},
+    )
+    sc = await start_sidecar(config)
+    assert redis_server.process is not None
+    try:
+        async with sc.http.get(sc.url + "/s?s=stall") as resp:
+            first = await read_until(resp, 3)
+            redis_server.process.send_signal(signal.SIGSTOP)
+            async with asyncio.timeout(15):
+                rest = (await resp.content.read()).decode()
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert [d for _, d in first] == ["1", "2", "3"]
+    blocks = [b for b in rest.strip().split("\n\n") if b]
+    data = [line[6:] for b in blocks for line in b.split("\n") if line.startswith("data: ")]
+    assert [d for d in data if d.isdigit()] == [str(i) for i in range(4, 31)]
+    assert "event: done" in blocks[-1]  # the upstream's own terminal event

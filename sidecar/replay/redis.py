@@ -434,9 +434,11 @@ class RedisReplayStore:
                 return None
             run_id = text(run)
             keys = self._keys(route, key, run_id)
-            # A log without a binding (its index expired) matches no credentials but none.
             binding = await redis.hget(keys.index, "bind")
-        return RedisReplayLog(self, keys, run_id, None, "" if binding is None else text(binding))
+        if binding is None:
+            # Its index is gone (dropped or expired between the two reads): no log.
+            return None
+        return RedisReplayLog(self, keys, run_id, None, text(binding))
 
     async def drop(self, log: object) -> None:
         if not isinstance(log, RedisReplayLog):

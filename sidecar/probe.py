@@ -4,7 +4,7 @@ Strategy: send the normalised stream headers, a ``probe`` event, a burst of
 timestamped ``tick`` events, then nothing at all (not even a heartbeat) for up
 to ``silence`` seconds, then ``probe_end``. What the client sees of that
 (arrival spacing, encoding, when the silent stream is cut) describes the chain
-in front of the sidecar; sidecar/doctor.py draws the conclusions.
+in front of the sidecar; sidecar/doctor/ draws the conclusions.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def parse_params(query: dict[str, str]) -> dict[str, float]:
             raise BadParam(f"{name} must be at least {spec.low:g}, not {raw!r}")
         out[name] = min(value, spec.high)
     return out
+
+
+#: Sent right after the probe event; doctor checks that it arrives.
+COMMENT = b": sse-sidecar probe comment\n\n"
 
 
 def _event(kind: str, payload: dict[str, object]) -> bytes:
@@ -171,8 +175,11 @@ async def _serve(
                 "events": events,
                 "interval": interval,
                 "silence": silence,
+                # The comment line below: a chain that strips comments shows.
+                "comment": True,
             },
         )
+        + COMMENT
     )
     # Ticks keep to a fixed schedule (no drift from write times), the first at once.
     start = loop.time()

@@ -8,16 +8,16 @@ open, and whether the heartbeat interval is short enough for it. Only
 :func:`observe` does I/O.
 """
 
-from sidecar.doctor.analysis import (
+from sidecar.doctor.analysis import analyse
+from sidecar.doctor.cli import main
+from sidecar.doctor.model import (
     PROBE_PATH,
     DoctorError,
     Finding,
     Observation,
     Report,
     Tick,
-    analyse,
 )
-from sidecar.doctor.cli import main
 from sidecar.doctor.observe import Options, observe, probe_url
 
 __all__ = [

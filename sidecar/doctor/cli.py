@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import sys
 
+from yarl import URL
+
 from sidecar.config import parse_duration
-from sidecar.doctor.analysis import PROBE_PATH, DoctorError, analyse
-from sidecar.doctor.observe import Options, observe, probe_url
+from sidecar.doctor.analysis import PROBE_PATH, DoctorError, Observation, analyse
+from sidecar.doctor.cut import needs_second_run, second_burst
+from sidecar.doctor.observe import Options, http2_offered, observe, probe_url
 from sidecar.errors import ConfigError
 
 # --- command line ------------------------------------------------------------------------------
@@ -67,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give up after this long (default: the test's length + 15s)",
     )
+    parser.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="trust this CA bundle (PEM) for an https front with a private CA",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="do not check the front's TLS certificate"
+    )
     return parser
 
 
@@ -81,6 +94,8 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optio
         parser.error("--size must be between 0 and 65536")
     if args.timeout is not None and args.timeout <= 0:
         parser.error("--timeout must be above 0")
+    if args.cacert is not None and not os.path.isfile(args.cacert):
+        parser.error(f"--cacert {args.cacert}: no such file")
     return Options(
         events=args.events,
         interval=args.interval,
@@ -88,6 +103,8 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optio
         size=args.size,
         heartbeat=args.heartbeat,
         timeout=args.timeout,
+        cacert=args.cacert,
+        insecure=args.insecure,
     )
 
 
@@ -101,14 +118,39 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         url = probe_url(args.url, opts)
+        if opts.timeout is not None and opts.timeout < opts.test_length:
+            print(
+                f"sse-sidecar doctor: --timeout {opts.timeout:g}s is shorter than the test "
+                f"({opts.test_length:g} s): the silence cannot be tested in full",
+                file=sys.stderr,
+            )
         print(f"reading {url} (up to {opts.total_timeout:g} s)...", file=sys.stderr)
-        observation = asyncio.run(observe(url, opts))
+        observation, again = asyncio.run(_run(url, opts))
     except DoctorError as exc:
         print(f"sse-sidecar doctor: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sse-sidecar doctor: interrupted", file=sys.stderr)
         return 2
-    report = analyse(observation)
+    report = analyse(observation, again)
     print(report.render(str(url)))
     return report.exit_code
+
+
+async def _run(url: URL, opts: Options) -> tuple[Observation, list[Observation]]:
+    """The probe (with the HTTP/2 check beside it) and, when a cut needs it, a second probe."""
+    first, http2 = await asyncio.gather(observe(url, opts), http2_offered(url, opts))
+    first = dataclasses.replace(first, http2=http2)
+    if not needs_second_run(first):
+        return first, []
+    # Closed in the silence: an idle cut or an age cap. A burst of another
+    # length tells them apart, and needs no more silence than the cut took.
+    events, interval = second_burst(first.events, first.interval)
+    silence = min(opts.max_silence, first.ended_at + 5.0)
+    retry = dataclasses.replace(opts, events=events, interval=interval, max_silence=silence)
+    print("closed in the silence: a second probe with another burst tells why...", file=sys.stderr)
+    try:
+        return first, [await observe(probe_url(str(url.with_query(None)), retry), retry)]
+    except DoctorError as exc:
+        print(f"sse-sidecar doctor: the second probe failed: {exc}", file=sys.stderr)
+        return first, []

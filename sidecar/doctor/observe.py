@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,9 +14,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sidecar.doctor.analysis import PROBE_PATH, DoctorError, End, Observation, Tick
+from sidecar.doctor.model import PROBE_PATH, DoctorError, End, Http2, Observation, Tick
 from sidecar.errors import ProtocolError
-from sidecar.sse import Decoder, Event
+from sidecar.sse import Comment, Decoder, Event
 
 # --- reading the probe (I/O) -------------------------------------------------------------------
 
@@ -28,10 +30,28 @@ class Options:
     heartbeat: float | None = None
     timeout: float | None = None
     connect_timeout: float = 10.0
+    #: A CA bundle for a front with a private CA; or no certificate check at all.
+    cacert: str | None = None
+    insecure: bool = False
+
+    @property
+    def test_length(self) -> float:
+        return (self.events - 1) * self.interval + self.max_silence
 
     @property
     def total_timeout(self) -> float:
-        return self.timeout or self.events * self.interval + self.max_silence + 15.0
+        return self.timeout or self.test_length + 15.0
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self.insecure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        try:
+            return ssl.create_default_context(cafile=self.cacert)
+        except (OSError, ssl.SSLError) as exc:
+            raise DoctorError(f"cannot read --cacert {self.cacert}: {exc}") from None
 
 
 REQUEST_HEADERS = {
@@ -72,6 +92,8 @@ class _Collector:
         self.info: dict[str, Any] = {}
         self.others = 0
         self.done = False
+        self.comment = False
+        self.info_at: float | None = None
 
     def feed(self, chunk: bytes, now: float) -> None:
         if not self.decided:
@@ -95,6 +117,8 @@ class _Collector:
         for item in items:
             if isinstance(item, Event):
                 self._event(item, now)
+            elif isinstance(item, Comment):
+                self.comment = True
 
     def _decide(self, head: bytes) -> None:
         self.decided = True
@@ -115,6 +139,7 @@ class _Collector:
             return
         if event.event == "probe":
             self.info = payload
+            self.info_at = now
         elif event.event == "tick" and _num(payload.get("n")) and _num(payload.get("sent")):
             self.ticks.append(Tick(int(payload["n"]), float(payload["sent"]), now))
         elif event.event == "probe_end":
@@ -131,9 +156,11 @@ async def observe(url: URL, opts: Options) -> Observation:
     """Read the probe stream at ``url`` once; raise :class:`DoctorError` if that is impossible."""
     loop = asyncio.get_running_loop()
     origin = [loop.time()]
+    wall = [time.time()]
 
     async def headers_sent(*_: object) -> None:
         origin.append(loop.time())  # after connect and TLS: time zero of the observation
+        wall.append(time.time())
 
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(headers_sent)
@@ -143,17 +170,20 @@ async def observe(url: URL, opts: Options) -> Observation:
 
     collector: _Collector | None = None
     end: End = "closed"
-    ended_at = 0.0
+    ended_at = head_at = 0.0
     response_headers: dict[str, str] = {}
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout)
+    tls = url.scheme == "https"
+    connector = aiohttp.TCPConnector(ssl=opts.ssl_context() if tls else False)
     try:
         async with (
             asyncio.timeout(opts.total_timeout),
             aiohttp.ClientSession(
-                auto_decompress=False, timeout=timeout, trace_configs=[trace]
+                auto_decompress=False, timeout=timeout, trace_configs=[trace], connector=connector
             ) as http,
             http.get(url, headers=REQUEST_HEADERS) as resp,
         ):
+            head_at = now()
             await _check(resp, url)
             response_headers = dict(resp.headers)
             collector = _Collector(resp.headers.get("Content-Encoding"))
@@ -170,6 +200,11 @@ async def observe(url: URL, opts: Options) -> Observation:
         if collector is None:
             raise DoctorError(f"no answer from {url} within {opts.total_timeout:g} s") from None
         end, ended_at = "timeout", now()
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise DoctorError(
+            f"the certificate of {url.host} is not trusted ({exc.certificate_error}); "
+            "for a private CA pass --cacert FILE (or --insecure to skip the check)"
+        ) from None
     except aiohttp.ClientConnectorError as exc:
         raise DoctorError(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}") from None
     except aiohttp.ClientError as exc:
@@ -195,6 +230,12 @@ async def observe(url: URL, opts: Options) -> Observation:
         server_start=_opt(info, "server_time"),
         gzip_magic=collector.gzip_magic,
         decodable=collector.decodable,
+        request_wall=wall[-1],
+        head_at=head_at,
+        info_at=collector.info_at,
+        comment_sent=info.get("comment") is True,
+        comment_seen=collector.comment,
+        tls=tls,
     )
 
 
@@ -217,6 +258,44 @@ async def _check(resp: aiohttp.ClientResponse, url: URL) -> None:
         body = await resp.content.read(300)
         snippet = " ".join(body.decode("utf-8", "replace").split())[:120]
         detail = f" ({snippet})" if snippet and resp.content_type != "text/html" else ""
+        if resp.status == 503 and "probe_busy" in snippet:
+            hint = "the sidecar is already running its most probes at once: try again shortly"
+        elif resp.status == 503 and "draining" in snippet:
+            hint = "the sidecar is shutting down: try again once it is back"
         raise DoctorError(f"{url} answered {resp.status} {resp.reason}{detail}; {hint}")
     if resp.content_type != "text/event-stream":
         raise DoctorError(f"{url} answered {resp.content_type}, not text/event-stream; {hint}")
+
+
+# --- HTTP/2: does the front offer it? ---------------------------------------------------------
+
+#: An empty SETTINGS payload, base64url: all the h2c upgrade needs.
+_H2C_UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    "Upgrade: h2c\r\nHTTP2-Settings: \r\nAccept: text/event-stream\r\n\r\n"
+)
+
+
+async def http2_offered(url: URL, opts: Options) -> Http2:
+    """ALPN's answer over TLS, the h2c upgrade's on plain http; None when the check failed."""
+    host, port = url.raw_host or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(opts.connect_timeout):
+            if url.scheme == "https":
+                context = opts.ssl_context()
+                context.set_alpn_protocols(["h2", "http/1.1"])
+                _, writer = await asyncio.open_connection(
+                    host, port, ssl=context, server_hostname=host
+                )
+                chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+                writer.close()
+                return "h2" if chosen == "h2" else "http/1.1"
+            reader, writer = await asyncio.open_connection(host, port)
+            # A probe that ends at once: nothing is held, and the answer is all we read.
+            path = url.with_query(events=0, silence=0).raw_path_qs
+            writer.write(_H2C_UPGRADE.format(path=path, host=url.raw_authority).encode())
+            status = await reader.readline()
+            writer.close()
+            return "h2c" if status.split(b" ")[1:2] == [b"101"] else "http/1.1"
+    except (OSError, TimeoutError, ssl.SSLError, DoctorError):
+        return None

@@ -207,6 +207,7 @@ async def test_two_proxies_the_smaller_cut_and_its_hop(sidecar: Sidecars, front:
 async def test_a_clean_chain_over_tls_with_http2(sidecar: Sidecars, front: Fronts) -> None:
     running = await sidecar(0.5)
     caddy = await front("caddy", f"127.0.0.1:{running.port}", tls=True)
+    assert isinstance(caddy, Proxy)
     args = ("--events", "5", "--max-silence", "1.5")
     untrusted = await doctor(caddy.url, *args)
     assert untrusted.code == 2

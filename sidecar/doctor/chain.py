@@ -29,9 +29,16 @@ def headers(obs: Observation) -> Finding:
         if value is not None:
             parts.append(f"{name}: {value}")
     named = hops(obs.headers)
-    parts.append(
-        "front: " + ", ".join(p for p, _ in named) if named else "front: does not name itself"
-    )
+    if named:
+        parts.append("front: " + ", ".join(p for p, _ in named))
+    elif "aiohttp" in (header(obs.headers, "Server") or "").lower():
+        # The sidecar's own Server header came through unchanged.
+        parts.append(
+            "front: does not name itself, and passed the sidecar's Server header on "
+            "(HAProxy does; nginx and Caddy put their own)"
+        )
+    else:
+        parts.append("front: does not name itself")
     return Finding("headers", "note", "; ".join(parts))
 
 

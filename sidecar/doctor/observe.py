@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -288,14 +289,20 @@ async def http2_offered(url: URL, opts: Options) -> Http2:
                     host, port, ssl=context, server_hostname=host
                 )
                 chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
-                writer.close()
+                await _close(writer)
                 return "h2" if chosen == "h2" else "http/1.1"
             reader, writer = await asyncio.open_connection(host, port)
             # A probe that ends at once: nothing is held, and the answer is all we read.
             path = url.with_query(events=0, silence=0).raw_path_qs
             writer.write(_H2C_UPGRADE.format(path=path, host=url.raw_authority).encode())
             status = await reader.readline()
-            writer.close()
+            await _close(writer)
             return "h2c" if status.split(b" ")[1:2] == [b"101"] else "http/1.1"
     except (OSError, TimeoutError, ssl.SSLError, DoctorError):
         return None
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()

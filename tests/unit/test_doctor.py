@@ -544,3 +544,9 @@ def test_findings_name_the_hop_and_its_setting(headers: dict[str, str], words: s
     late = ticks([n * 0.25 + 0.2 for n in range(20)])
     obs = agreeing(observe(late, headers={**STREAM_HEADERS, **headers}))
     assert words in finding(analyse(obs), "delay")[1]
+
+
+def test_the_sidecars_own_server_header_says_the_front_passed_it_on() -> None:
+    headers = {**STREAM_HEADERS, "Server": "Python/3.11 aiohttp/3.9"}
+    text = finding(analyse(observe(flowing(), headers=headers)), "headers")[1]
+    assert "passed the sidecar's Server header on (HAProxy does" in text

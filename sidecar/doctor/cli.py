@@ -150,7 +150,7 @@ async def _run(url: URL, opts: Options) -> tuple[Observation, list[Observation]]
     retry = dataclasses.replace(opts, events=events, interval=interval, max_silence=silence)
     print("closed in the silence: a second probe with another burst tells why...", file=sys.stderr)
     try:
-        return first, [await observe(probe_url(str(url.with_query(None)), retry), retry)]
+        return first, [await observe(probe_url(str(url), retry), retry)]
     except DoctorError as exc:
         print(f"sse-sidecar doctor: the second probe failed: {exc}", file=sys.stderr)
         return first, []

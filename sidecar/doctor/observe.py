@@ -293,7 +293,7 @@ async def http2_offered(url: URL, opts: Options) -> Http2:
                 return "h2" if chosen == "h2" else "http/1.1"
             reader, writer = await asyncio.open_connection(host, port)
             # A probe that ends at once: nothing is held, and the answer is all we read.
-            path = url.with_query(events=0, silence=0).raw_path_qs
+            path = url.update_query(events=0, silence=0).raw_path_qs
             writer.write(_H2C_UPGRADE.format(path=path, host=url.raw_authority).encode())
             status = await reader.readline()
             await _close(writer)

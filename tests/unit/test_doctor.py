@@ -23,6 +23,7 @@ from sidecar.doctor import (
     main,
     probe_url,
 )
+from sidecar.doctor.cut import needs_second_run, second_burst
 
 T0 = 1_795_000_000.0
 STREAM_HEADERS = {
@@ -550,3 +551,20 @@ def test_the_sidecars_own_server_header_says_the_front_passed_it_on() -> None:
     headers = {**STREAM_HEADERS, "Server": "Python/3.11 aiohttp/3.9"}
     text = finding(analyse(observe(flowing(), headers=headers)), "headers")[1]
     assert "passed the sidecar's Server header on (HAProxy does" in text
+
+
+@pytest.mark.parametrize(
+    ("events", "interval", "again"),
+    [(20, 0.25, (10, 0.25)), (5, 0.25, (9, 0.25)), (4, 0.5, (2, 0.5)), (2, 0.01, (102, 0.01))],
+)
+def test_the_second_burst_differs_by_about_a_second(
+    events: int, interval: float, again: tuple[int, float]
+) -> None:
+    assert second_burst(events, interval) == again
+    assert abs(again[0] - events) * interval >= 1.0 - 1e-9
+
+
+def test_only_a_cut_in_the_silence_needs_a_second_probe() -> None:
+    assert needs_second_run(closed(flowing(count=20), 4.75 + 2.0))
+    assert not needs_second_run(closed(flowing(count=10), 2.0, events=20))
+    assert not needs_second_run(observe(flowing()))

@@ -72,12 +72,19 @@ def haproxy_conf(port: int, upstream: str, server_timeout: str = "30s", extra: s
     )
 
 
-def caddy_conf(port: int, upstream: str, site: str = "", tls: bool = False) -> str:
-    """A Caddyfile: a reverse_proxy to ``upstream``; over TLS with Caddy's internal CA."""
+def caddy_conf(
+    port: int, upstream: str, site: str = "", tls: bool = False, server: str = ""
+) -> str:
+    """A Caddyfile: a reverse_proxy to ``upstream``; over TLS with Caddy's internal CA.
+
+    ``site``: more directives in the site block; ``server``: in the global ``servers`` block.
+    """
+    servers = f"  servers {{\n{server}  }}\n" if server else ""
     address = f"https://127.0.0.1:{port}" if tls else f"http://127.0.0.1:{port}"
     tls_line = "  tls internal\n" if tls else ""
     return (
-        "{\n  admin off\n  auto_https disable_redirects\n  skip_install_trust\n}\n"
+        "{\n  admin off\n  auto_https disable_redirects\n  skip_install_trust\n"
+        f"{servers}}}\n"
         f"{address} {{\n{tls_line}{site}  reverse_proxy {upstream}\n}}\n"
     )
 
@@ -93,12 +100,14 @@ async def start_haproxy(tmp: Path, upstream: str, **conf: str) -> Proxy:
     return await _start(tmp, "haproxy", argv)
 
 
-async def start_caddy(tmp: Path, upstream: str, site: str = "", tls: bool = False) -> Proxy:
+async def start_caddy(
+    tmp: Path, upstream: str, site: str = "", tls: bool = False, server: str = ""
+) -> Proxy:
     exe = binary(CADDY, "caddy")
 
     def argv(directory: Path, port: int) -> list[str]:
         path = directory / "Caddyfile"
-        path.write_text(caddy_conf(port, upstream, site, tls))
+        path.write_text(caddy_conf(port, upstream, site, tls, server))
         return [exe, "run", "--adapter", "caddyfile", "--config", str(path)]
 
     proxy = await _start(tmp, "caddy", argv)

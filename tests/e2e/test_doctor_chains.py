@@ -183,6 +183,21 @@ async def test_an_age_cap_in_the_silence_needs_a_second_burst(sidecar: Sidecars)
     assert run.code == 1
 
 
+@pytest.mark.caddy
+async def test_caddy_write_timeout_is_an_age_cap_of_caddy(sidecar: Sidecars, front: Fronts) -> None:
+    # Go's write timeout runs from the request: it caps the whole response.
+    running = await sidecar(0.5)
+    write_2s = "    timeouts {\n      write 2s\n    }\n"
+    caddy = await front("caddy", f"127.0.0.1:{running.port}", server=write_2s)
+    run = await doctor(caddy.url, "--events", "20", "--max-silence", "2")
+    verdict, text = run.finding("silence")
+    assert verdict == "PROBLEM", run.out
+    assert re.match(r"age cap: the chain closes a stream about (1\.[89]|2\.[0-4]) s after", text)
+    assert "Caddy (Server: Caddy): servers { timeouts { write } }" in text
+    assert run.finding("heartbeat")[1].startswith("cannot help")
+    assert run.code == 1
+
+
 @pytest.mark.nginx
 @pytest.mark.haproxy
 async def test_two_proxies_the_smaller_cut_and_its_hop(sidecar: Sidecars, front: Fronts) -> None:

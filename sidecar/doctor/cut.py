@@ -153,7 +153,8 @@ def heartbeat(obs: Observation, cut: Cut | None) -> tuple[bool | None, Finding]:
     if cut is None or cut.kind in ("age", "early"):
         return _uncut(obs, cut)
     # The stream survived gaps of `interval`: that much is proven safe, whatever the maths says.
-    advised = max(_round_down(SAFETY * cut.seconds + SLACK), round(obs.interval, 2))
+    half = _round_down(SAFETY * cut.seconds + SLACK)
+    advised = max(half, round(obs.interval, 2))
     limit = max(SAFETY * cut.seconds + SLACK, obs.interval)
     if beat is None:
         text = f"interval unknown (pass --heartbeat); it must be {advised:g} s or less here"
@@ -165,9 +166,10 @@ def heartbeat(obs: Observation, cut: Cut | None) -> tuple[bool | None, Finding]:
         )
         return True, Finding("heartbeat", "ok", text)
     said = "off" if beat == 0 else f"{beat:g} s is too long"
+    why = "half the cut-off" if advised == half else "the gap between events it already kept"
     text = (
         f"{said}: this chain cuts silent streams after {cut.seconds:.1f} s, so quiet streams "
-        f"die; set heartbeat.interval to {advised:g}s or less (half the cut-off), or raise the "
+        f"die; set heartbeat.interval to {advised:g}s or less ({why}), or raise the "
         f"chain's idle timeout: {advice(obs.headers, 'idle_cut')}"
     )
     return False, Finding("heartbeat", "problem", text)

@@ -201,7 +201,9 @@ async def test_doctor_through_the_shipped_snippet_finds_the_cut_off(
 
     verdict, text = probe_said.finding("buffering")
     assert verdict == "ok"
-    assert re.match(r"not buffered: events arrived 50\d ms apart as sent", text), text
+    gap = re.match(r"not buffered: events arrived (\d+) ms apart as sent", text)
+    assert gap is not None, text
+    assert abs(int(gap[1]) - 500) <= 30, text  # timers on a busy machine fire a little off
     assert probe_said.finding("compression") == ("ok", "not compressed")
     verdict, text = probe_said.finding("silence")
     cut = re.search(r"closed the stream after ([\d.]+) s without data", text)

@@ -1,7 +1,9 @@
 """The probe route: a diagnostic event stream the sidecar serves itself, for ``doctor``.
 
-Strategy: send the normalised stream headers, a ``probe`` event, a burst of
-timestamped ``tick`` events, then nothing at all (not even a heartbeat) for up
+Strategy: send the normalised stream headers, a ``probe`` event (with the
+server's clock, so doctor can use the send stamps when the clocks agree), a
+comment line (a chain that strips comments shows), a burst of timestamped
+``tick`` events, then nothing at all (not even a heartbeat) for up
 to ``silence`` seconds, then ``probe_end``. What the client sees of that
 (arrival spacing, encoding, when the silent stream is cut) describes the chain
 in front of the sidecar; sidecar/doctor/ draws the conclusions.

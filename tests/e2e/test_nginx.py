@@ -248,10 +248,14 @@ async def test_probe_sends_stream_headers_a_burst_then_silence(sidecar: StartSid
         assert resp.headers["Cache-Control"] == "no-cache, no-transform"
         assert resp.headers["X-Accel-Buffering"] == "no"
         assert "Content-Length" not in resp.headers
+        body = await resp.content.read()
+    # The comment line comes right after the probe event, so doctor can tell it was stripped.
+    assert body.split(b"\n\n")[1] == b": sse-sidecar probe comment"
     got = await read_events(url)
     assert got.kinds() == ["probe", "tick", "tick", "tick", "probe_end"]
     probe = json.loads(got.events[0].data or "")
     assert probe["heartbeat_interval"] == 2.5
+    assert probe["comment"] is True
     assert (probe["events"], probe["interval"], probe["silence"]) == (3, 0.1, 0.5)
     ticks = [json.loads(e.data or "") for e in got.events[1:4]]
     assert [t["n"] for t in ticks] == [0, 1, 2]

@@ -30,7 +30,11 @@ def session_store(config: Config, metrics: Metrics) -> SessionStore:
 
         backend = config.backend
         store = RedisSessionStore(
-            backend.url, prefix=backend.prefix, lease=backend.lease, pool_size=backend.pool_size
+            backend.url,
+            prefix=backend.prefix,
+            lease=backend.lease,
+            pool_size=backend.pool_size,
+            cluster=backend.cluster,
         )
         metrics.samplers.append(lambda: _sample_pool(metrics, "sessions", store.connections()))
         return store
@@ -51,7 +55,11 @@ def replay_store(config: Config, metrics: Metrics) -> ReplayStore:
 
         backend = config.backend
         store = RedisReplayStore(
-            backend.url, prefix=backend.prefix, pool_size=backend.pool_size, lease=backend.lease
+            backend.url,
+            prefix=backend.prefix,
+            pool_size=backend.pool_size,
+            lease=backend.lease,
+            cluster=backend.cluster,
         )
 
         metrics.samplers.append(lambda: _sample_pool(metrics, "replay", store.connections()))

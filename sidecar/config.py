@@ -73,6 +73,8 @@ class Backend:
     #: While Redis is unreachable, new streams on routes with a session key are
     #: refused with 503 (reject) or served without exclusivity (allow).
     on_outage: OutagePolicy = "reject"
+    #: ``url`` names one node of a Redis Cluster (as does a ``redis+cluster://`` URL).
+    cluster: bool = False
 
 
 @dataclass(frozen=True)

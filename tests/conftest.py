@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from sidecar.app import Sidecar
 from sidecar.config import Config, from_mapping
 
-pytest_plugins = ["tests.fixtures_redis"]
+pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_redis_cluster"]
 
 # Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (default: `ci` when the CI
 # variable is set, else `dev`). Property tests take their example count from

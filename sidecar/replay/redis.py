@@ -37,22 +37,17 @@ import contextlib
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionForbidden
+from sidecar.redisconn import OP_TIMEOUT, Client, Connection, connect, queue_script
 from sidecar.replay import redis_scripts as lua
 from sidecar.replay.base import FORBIDDEN, Entry
 from sidecar.replay.redis_append import Appends
 from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms, text
 from sidecar.replay.redis_scripts import Keys, pointer_key, run_prefixes
 
-#: Socket connect/read timeout of one operation: an outage shows within about this.
-OP_TIMEOUT = 1.0
 _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, its one retry included
 #: A live run's keys expire this long after its last append (a crashed replica's
 #: runs go away). Must exceed the routes' ``limits.idle_timeout``.
@@ -159,9 +154,8 @@ class RedisReplayLog:
         for e in entries:
             args += [e.seq, e.event_id, e.data, int(e.terminal)]
         # On a pipeline this only queues the call (the await returns at once).
-        await self._store.scripts["append"](
-            keys=[k.stream, k.index, k.pointer], args=args, client=pipe
-        )
+        keys = [k.stream, k.index, k.pointer]
+        await queue_script(self._store.scripts["append"], pipe, keys, args)
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""
@@ -282,16 +276,18 @@ class RedisReplayStore:
         live_ttl: float = LIVE_TTL,
         pool_size: int = POOL_SIZE,
         lease: float = 10.0,
+        cluster: bool = False,
     ) -> None:
         self.url = url
+        self.cluster = cluster
         self.prefix = prefix
         self.live_ttl = live_ttl
         #: A run's liveness key lasts this long unless its process renews it,
         #: so a follower elsewhere learns within it that the run died.
         self.lease = lease
         self.pool_size = pool_size
-        self._redis: Redis | None = None
-        self._pool: BlockingConnectionPool | None = None
+        self._redis: Client | None = None
+        self._conn: Connection | None = None
         self.scripts: dict[str, AsyncScript] = {}
         self.wakeups = Wakeups(self)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -299,20 +295,12 @@ class RedisReplayStore:
         #: The logs this process's runs append to, by session.
         self._owned: dict[str, RedisReplayLog] = {}  # by pointer key
 
-    def _options(self) -> dict[str, Any]:
-        # One immediate retry on a dropped connection (a pooled socket from
-        # before a Redis restart), none on timeouts.
-        return {
-            "socket_connect_timeout": OP_TIMEOUT,
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        }
-
-    def client(self, *, single_connection: bool = False) -> Redis:
+    def client(self, *, single_connection: bool = False) -> Client:
         """A client of its own without a socket timeout (blocking reads; bounded around)."""
-        return Redis.from_url(
-            self.url, socket_timeout=None, single_connection_client=single_connection,
-            **self._options(),
-        )  # fmt: skip
+        return connect(
+            self.url, cluster=self.cluster, pool_size=self.pool_size, socket_timeout=None,
+            single_connection=single_connection,
+        ).client  # fmt: skip
 
     async def start(self) -> None:
         """Make the clients; they connect on first use, so a Redis that is down is no error."""
@@ -320,11 +308,8 @@ class RedisReplayStore:
             return
         # Waits for a free connection (within the call's budget) instead of
         # failing: a burst queues, the connection count stays what is configured.
-        self._pool = BlockingConnectionPool.from_url(
-            self.url, max_connections=self.pool_size, timeout=OP_TIMEOUT,
-            socket_timeout=OP_TIMEOUT, **self._options(),
-        )  # fmt: skip
-        self._redis = redis = Redis(connection_pool=self._pool)
+        self._conn = connect(self.url, cluster=self.cluster, pool_size=self.pool_size)
+        self._redis = redis = self._conn.client
         sources = {
             "append": lua.APPEND,
             "after": lua.AFTER,
@@ -340,23 +325,19 @@ class RedisReplayStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        redis, pool = self._redis, self._pool
-        self._redis = self._pool = None
-        if redis is not None and pool is not None:
+        conn, self._conn, self._redis = self._conn, None, None
+        if conn is not None:
             with contextlib.suppress(RedisError, OSError):
-                await redis.aclose()
-                await pool.aclose()  # a pool passed in is not closed with its client
+                await conn.aclose()
 
     def connections(self) -> dict[str, int]:
         """Open and busy connections of the shared pool, and the shared reader's (metrics)."""
-        pool = self._pool
-        in_use = len(pool._in_use_connections) if pool is not None else 0
-        idle = len(pool._available_connections) if pool is not None else 0
+        counts = self._conn.counts() if self._conn is not None else {"open": 0, "in_use": 0}
         reader = int(self.wakeups.connected)
         return {
-            "open": in_use + idle + reader,
-            "in_use": in_use + reader,
-            "max": self.pool_size + 1,
+            "open": counts["open"] + reader,
+            "in_use": counts["in_use"] + reader,
+            "max": counts.get("max", self.pool_size) + 1,
         }
 
     async def _keep_alive(self) -> None:
@@ -381,8 +362,8 @@ class RedisReplayStore:
 
     @contextlib.asynccontextmanager
     async def backend(
-        self, budget: float = _BUDGET, *, client: Redis | None = None
-    ) -> AsyncIterator[Redis]:
+        self, budget: float = _BUDGET, *, client: Client | None = None
+    ) -> AsyncIterator[Client]:
         """The client, with Redis errors and slowness turned into BackendUnavailable."""
         redis = client or self._redis
         if redis is None:

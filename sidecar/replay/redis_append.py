@@ -14,9 +14,8 @@ from collections.abc import Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-
 from sidecar.errors import BackendUnavailable
+from sidecar.redisconn import Client
 from sidecar.replay.base import Entry
 from sidecar.replay.redis_follow import RETRY
 
@@ -40,8 +39,8 @@ class Store(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
     def backend(
-        self, budget: float = ..., *, client: Redis | None = None
-    ) -> AbstractAsyncContextManager[Redis]: ...
+        self, budget: float = ..., *, client: Client | None = None
+    ) -> AbstractAsyncContextManager[Client]: ...
 
 
 class Appends:

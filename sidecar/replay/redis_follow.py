@@ -3,7 +3,9 @@ process, on one shared blocking connection everywhere else.
 
 :class:`LocalTail` holds a run's entries in the process that appends them, so
 its local followers never wait for Redis. :class:`Wakeups` is the one
-``XREAD`` per process that every follower of a run elsewhere waits in.
+``XREAD`` per process that every follower of a run elsewhere waits in; on a
+Redis Cluster, where one ``XREAD`` cannot span slots (each session has its
+own), each such follower blocks in an ``XREAD`` of its own instead.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from collections.abc import Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable
+from sidecar.redisconn import Client
 from sidecar.replay.base import Entry
 
 #: The longest single ``XREAD BLOCK`` of the shared reader; a follower that
@@ -40,14 +42,15 @@ class Store(Protocol):
     """What the shared reader needs of the replay store."""
 
     budget: float
+    cluster: bool
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
-    def client(self, *, single_connection: bool = False) -> Redis: ...
+    def client(self, *, single_connection: bool = False) -> Client: ...
 
     def backend(
-        self, budget: float = ..., *, client: Redis | None = None
-    ) -> AbstractAsyncContextManager[Redis]: ...
+        self, budget: float = ..., *, client: Client | None = None
+    ) -> AbstractAsyncContextManager[Client]: ...
 
 
 class LocalTail:
@@ -128,13 +131,15 @@ class Wakeups:
         self._waiting: dict[str, dict[asyncio.Future[bool], int]] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._reader: Redis | None = None
+        self._reader: Client | None = None
         self._reader_id: int | None = None
         #: The (stream, seq) pairs of the XREAD now blocked, if one is.
         self._covered: dict[str, int] | None = None
 
     async def wait(self, stream: str, after_seq: int, limit: float) -> bool:
         """True when ``stream`` may have entries after ``after_seq``; False on timeout."""
+        if self._store.cluster:
+            return await self._wait_alone(stream, after_seq, limit)
         loop = asyncio.get_running_loop()
         woken: asyncio.Future[bool] = loop.create_future()
         self._waiting.setdefault(stream, {})[woken] = after_seq
@@ -155,6 +160,17 @@ class Wakeups:
                 waiters.pop(woken, None)
                 if not waiters:
                     del self._waiting[stream]
+
+    async def _wait_alone(self, stream: str, after_seq: int, limit: float) -> bool:
+        # One client without a socket timeout for every such wait; its
+        # connections per node are the pool size, past which a wait fails
+        # (BackendUnavailable) rather than queueing.
+        if self._reader is None:
+            self._reader = self._store.client()
+        block = min(limit, MAX_BLOCK)
+        async with self._store.backend(block + self._store.budget, client=self._reader) as reader:
+            got: Any = await reader.xread({stream: f"0-{after_seq}"}, count=1, block=ms(block))
+        return bool(got) or block < limit
 
     @property
     def connected(self) -> bool:
@@ -201,7 +217,7 @@ class Wakeups:
             self._covered = None
         return list(got or [])  # RESP2: [[stream, entries], …]
 
-    async def _connect(self) -> Redis:
+    async def _connect(self) -> Client:
         if self._reader is None:
             self._reader = self._store.client(single_connection=True)
             try:

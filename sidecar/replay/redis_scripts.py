@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.rediskeys import key_part
+from sidecar.rediskeys import key_part, session_tag
 
 # KEYS: stream, index, pointer. ARGV: run, ttl_ms, max_events, max_bytes, then
 # seq, event id, data, terminal (0/1) per entry. Entries at or below the last
@@ -149,7 +149,7 @@ class Keys:
 
 def run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str, str]:
     """The names of a session's run keys (stream, index, follow, live) but for the run id."""
-    session = f"{key_part(route)}:{key}:"
+    session = session_tag(route, key) + ":"
     return (
         f"{prefix}replay:{session}",
         f"{prefix}replay-index:{session}",
@@ -159,4 +159,4 @@ def run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str, str]
 
 
 def pointer_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}replay-run:{key_part(route)}:{key}"
+    return f"{prefix}replay-run:{session_tag(route, key)}"

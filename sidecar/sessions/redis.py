@@ -25,23 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionConflict
 from sidecar.logs import session_hash
+from sidecar.redisconn import OP_TIMEOUT, Client, Connection, connect, queue_script
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
 from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, owner_key
 
 log = structlog.get_logger("sse_sidecar")
 
-#: Socket connect/read timeout: a claim fails over to 503 within about this long.
-OP_TIMEOUT = 1.0
 _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, retry included
 _RETRY_MIN, _RETRY_MAX = 0.05, 1.0  # subscriber reconnect backoff
 _DOWN_POLL = 0.5  # lease loop period while Redis is unreachable, to notice its return
@@ -87,8 +83,10 @@ class RedisSessionStore:
         replace_wait: float = REPLACE_WAIT,
         owner: str | None = None,
         pool_size: int = POOL_SIZE,
+        cluster: bool = False,
     ) -> None:
         self.url = url
+        self.cluster = cluster
         self.pool_size = max(pool_size, 2)  # the subscription holds one
         self.prefix = prefix
         self.lease = lease
@@ -99,8 +97,8 @@ class RedisSessionStore:
         self._lease_ms = str(max(1, round(lease * 1000)))
         self._fence_ms = str(round(max(_FENCE_TTL, 10 * lease) * 1000))
         self._seq = itertools.count(1)
-        self._redis: Redis | None = None
-        self._pool: BlockingConnectionPool | None = None
+        self._redis: Client | None = None
+        self._conn: Connection | None = None
         self._claim_script: AsyncScript
         self._renew_script: AsyncScript
         self._release_script: AsyncScript
@@ -122,19 +120,8 @@ class RedisSessionStore:
             return
         # A fixed number of connections (the replace channel's subscription
         # holds one); a burst of claims queues for them instead of opening more.
-        self._pool = BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=self.pool_size,
-            timeout=OP_TIMEOUT,
-            socket_timeout=OP_TIMEOUT,
-            socket_connect_timeout=OP_TIMEOUT,
-            # One immediate retry on a dropped connection (a pooled socket
-            # from before a Redis restart), none on timeouts: a request may
-            # wait about OP_TIMEOUT for Redis, never longer.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        redis = Redis(connection_pool=self._pool)
-        self._redis = redis
+        self._conn = connect(self.url, cluster=self.cluster, pool_size=self.pool_size)
+        self._redis = redis = self._conn.client
         self._claim_script = redis.register_script(CLAIM)
         self._renew_script = redis.register_script(RENEW)
         self._release_script = redis.register_script(RELEASE)
@@ -158,25 +145,17 @@ class RedisSessionStore:
         await asyncio.gather(*(self.release(c) for c in list(self._owned)), return_exceptions=True)
         if self._background:
             await asyncio.wait(set(self._background), timeout=2 * OP_TIMEOUT)
-        redis, pool = self._redis, self._pool
-        self._redis = self._pool = None
+        conn, self._conn, self._redis = self._conn, None, None
         self._up = self._listening = False
-        if redis is not None and pool is not None:
+        if conn is not None:
             with contextlib.suppress(RedisError, OSError):
-                await redis.aclose()
-                await pool.aclose()  # a pool passed in is not closed with its client
+                await conn.aclose()
 
     def connections(self) -> dict[str, int]:
         """Open and busy connections of the pool (metrics)."""
-        pool = self._pool
-        if pool is None:
+        if self._conn is None:
             return {"open": 0, "in_use": 0, "max": self.pool_size}
-        in_use = len(pool._in_use_connections)
-        return {
-            "open": in_use + len(pool._available_connections),
-            "in_use": in_use,
-            "max": self.pool_size,
-        }
+        return self._conn.counts()
 
     def healthy(self) -> bool:
         """Redis answered the last operation and the replace channel is subscribed."""
@@ -265,7 +244,7 @@ class RedisSessionStore:
         self._ok()
         return True
 
-    async def _take(self, redis: Redis, entry: _Held, policy: Policy) -> tuple[int, str | None]:
+    async def _take(self, redis: Client, entry: _Held, policy: Policy) -> tuple[int, str | None]:
         prefix, route, key = self.prefix, entry.route, entry.key
         token, old = await self._claim_script(
             keys=[owner_key(prefix, route, key), fence_key(prefix, route, key)],
@@ -338,7 +317,7 @@ class RedisSessionStore:
 
     # --- leases --------------------------------------------------------------
 
-    async def _keep_leases(self, redis: Redis) -> None:
+    async def _keep_leases(self, redis: Client) -> None:
         await self._contacted.wait()  # so the first period knows whether Redis is up
         while True:
             await asyncio.sleep(self.lease / 3 if self._up else _DOWN_POLL)
@@ -350,7 +329,7 @@ class RedisSessionStore:
                 self._failed(exc)
             _checkpoint()
 
-    async def _renew(self, redis: Redis) -> None:
+    async def _renew(self, redis: Client) -> None:
         # A stopped stream is on its way out; it needs its lease no longer.
         entries = [e for e in self._held.values() if e.token and not (e.stopped or e.releasing)]
         try:
@@ -367,17 +346,13 @@ class RedisSessionStore:
             return
         self._ok()
 
-    async def _renew_batch(self, redis: Redis, batch: list[_Held]) -> list[Any]:
+    async def _renew_batch(self, redis: Client, batch: list[_Held]) -> list[Any]:
         async with redis.pipeline(transaction=False) as pipe:
             for e in batch:
-                await self._renew_script(
-                    keys=[
-                        owner_key(self.prefix, e.route, e.key),
-                        fence_key(self.prefix, e.route, e.key),
-                    ],
-                    args=[e.value, self._lease_ms, e.token, self._fence_ms],
-                    client=pipe,
-                )
+                p = self.prefix
+                keys = [owner_key(p, e.route, e.key), fence_key(p, e.route, e.key)]
+                args = [e.value, self._lease_ms, e.token, self._fence_ms]
+                await queue_script(self._renew_script, pipe, keys, args)
             results: list[Any] = await pipe.execute()
         return results
 
@@ -397,7 +372,7 @@ class RedisSessionStore:
 
     # --- replace messages ----------------------------------------------------
 
-    async def _listen(self, redis: Redis) -> None:
+    async def _listen(self, redis: Client) -> None:
         delay = _RETRY_MIN
         while True:
             pubsub = redis.pubsub()

@@ -6,7 +6,7 @@ goes in (KEYS, ARGV) and what comes out.
 
 from __future__ import annotations
 
-from sidecar.rediskeys import key_part
+from sidecar.rediskeys import session_tag
 
 # KEYS: owner, fence. ARGV: value, lease_ms, policy, channel, fence_ttl_ms, route, key.
 # Returns {token, old value or nil}; token 0 means refused (reject and taken).
@@ -61,8 +61,8 @@ return 0
 
 
 def owner_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}session:{key_part(route)}:{key}"
+    return f"{prefix}session:{session_tag(route, key)}"
 
 
 def fence_key(prefix: str, route: str, key: str) -> str:
-    return f"{prefix}fence:{key_part(route)}:{key}"
+    return f"{prefix}fence:{session_tag(route, key)}"

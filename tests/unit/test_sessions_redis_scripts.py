@@ -17,8 +17,8 @@ class Recorder:
 
 
 def test_key_names():
-    assert owner_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:session:chat:u-1"
-    assert fence_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:fence:chat:u-1"
+    assert owner_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:session:{chat:u-1}"
+    assert fence_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:fence:{chat:u-1}"
 
 
 def test_routes_and_keys_with_colons_never_share_a_name():

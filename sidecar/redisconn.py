@@ -1,0 +1,133 @@
+"""How the Redis backends connect: to one server, or to a Redis Cluster.
+
+Both backends (sessions, replay logs) build their clients here, so a single
+server and a cluster get the same timeouts and retries. One server: a
+:class:`~redis.asyncio.BlockingConnectionPool` of ``pool_size`` (a burst
+queues for a free connection). A cluster (``backend.cluster: true`` or a
+``redis+cluster://`` URL naming any of its nodes): redis-py's
+:class:`~redis.asyncio.cluster.RedisCluster`, ``pool_size`` connections per
+node, which follows slot moves and failovers by itself. Every key of one
+session carries the session's hash tag (:mod:`sidecar.rediskeys`), so each
+script and each transaction-free pipeline entry touches one slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: Socket connect/read timeout of one operation: an outage shows within about this.
+OP_TIMEOUT = 1.0
+_CLUSTER_SUFFIX = "+cluster"
+
+#: Either client; both answer the commands the backends use.
+Client = Redis | RedisCluster
+
+
+def wants_cluster(url: str, cluster: bool) -> bool:
+    scheme = url.partition("://")[0].lower()
+    return cluster or scheme.endswith(_CLUSTER_SUFFIX)
+
+
+def _plain_url(url: str) -> str:
+    """``redis+cluster://h:p`` → ``redis://h:p`` (what redis-py parses)."""
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower().endswith(_CLUSTER_SUFFIX):
+        scheme = scheme[: -len(_CLUSTER_SUFFIX)]
+    return scheme + sep + rest
+
+
+def _retry(cluster: bool) -> Retry:
+    if cluster:
+        # A failover shows as dropped connections and timeouts on the dead
+        # master's slots; redis-py reloads the slot map between attempts.
+        # The callers' budgets bound the whole.
+        return Retry(
+            ExponentialBackoff(cap=0.2, base=0.05),
+            2,
+            supported_errors=(RedisConnectionError, RedisTimeoutError),
+        )
+    # One immediate retry on a dropped connection (a pooled socket from
+    # before a Redis restart), none on timeouts: a call waits about
+    # OP_TIMEOUT for Redis, never longer.
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
+@dataclass
+class Connection:
+    """A client and, for one server, the pool it draws from (closed together)."""
+
+    client: Client
+    pool: BlockingConnectionPool | None
+    pool_size: int
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self.pool is not None:
+            await self.pool.aclose()  # a pool passed in is not closed with its client
+
+    def counts(self) -> dict[str, int]:
+        """Open and busy connections, and the most there may be (metrics)."""
+        pool = self.pool
+        if pool is not None:
+            in_use = len(pool._in_use_connections)
+            idle = len(pool._available_connections)
+            return {"open": in_use + idle, "in_use": in_use, "max": self.pool_size}
+        if not isinstance(self.client, RedisCluster):
+            return {"open": 0, "in_use": 0, "max": self.pool_size}
+        nodes = self.client.get_nodes()
+        opened = sum(len(n._connections) for n in nodes)
+        idle = sum(len(n._free) for n in nodes)
+        return {"open": opened, "in_use": opened - idle, "max": self.pool_size * len(nodes)}
+
+
+def connect(
+    url: str,
+    *,
+    cluster: bool,
+    pool_size: int,
+    socket_timeout: float | None = OP_TIMEOUT,
+    single_connection: bool = False,
+) -> Connection:
+    """A client that connects on first use (a Redis that is down is no error here)."""
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": OP_TIMEOUT,
+        "retry": _retry(wants_cluster(url, cluster)),
+    }
+    if wants_cluster(url, cluster):
+        # Per node; past it a call fails at once (BackendUnavailable) instead of queueing.
+        client = RedisCluster.from_url(_plain_url(url), max_connections=pool_size, **options)
+        return Connection(client, None, pool_size)
+    if single_connection:
+        return Connection(Redis.from_url(url, single_connection_client=True, **options), None, 1)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=pool_size, timeout=OP_TIMEOUT, **options
+    )
+    return Connection(Redis(connection_pool=pool), pool, pool_size)
+
+
+async def queue_script(
+    script: AsyncScript, pipe: Any, keys: Sequence[str], args: Sequence[Any]
+) -> None:
+    """Queue a script call on a pipeline of either client.
+
+    A cluster pipeline does not load scripts first (and a promoted replica
+    may not have them cached), so it sends the script's text, not its sha.
+    """
+    if isinstance(pipe, ClusterPipeline):
+        source = script.script
+        pipe.eval(
+            source.decode() if isinstance(source, bytes) else str(source), len(keys), *keys, *args
+        )
+    else:
+        await script(keys=keys, args=args, client=pipe)

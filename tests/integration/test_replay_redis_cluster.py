@@ -1,0 +1,89 @@
+"""The Redis replay store on a real Redis Cluster: the single-server tests again, and binding.
+
+The tests of tests/integration/test_replay_redis.py that need no server
+restart run here unchanged against a 3-master cluster
+(tests/fixtures_redis_cluster.py): every key of a session carries its hash
+tag, so each script runs on one node.
+"""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from sidecar.errors import SessionForbidden
+from sidecar.replay.redis import _Keys
+from tests.integration import test_replay_redis as single
+from tests.integration.test_replay_redis import entries, seqs, stores
+
+pytestmark = [pytest.mark.redis, pytest.mark.cluster]
+
+__all__ = ["stores"]  # the single-server module's fixture, on the cluster below
+
+
+@pytest.fixture
+def redis_server(redis_cluster):
+    """What the reused tests call the server: here, the cluster."""
+    return redis_cluster
+
+
+@pytest.fixture
+async def raw(redis_cluster):
+    client = RedisCluster.from_url(redis_cluster.url.replace("+cluster", ""), decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+test_after_returns_what_follows_an_id = single.test_after_returns_what_follows_an_id
+test_entries_round_trip_exactly = single.test_entries_round_trip_exactly
+test_per_run_caps_evict_oldest_and_make_gaps = single.test_per_run_caps_evict_oldest_and_make_gaps
+test_readers_on_another_replica_wake_on_append_and_time_out = (
+    single.test_readers_on_another_replica_wake_on_append_and_time_out
+)
+test_reads_wait_longer_than_the_socket_timeout = single.test_reads_wait_longer_than_the_socket_timeout
+test_a_replaced_run_ends_in_its_own_log_only = single.test_a_replaced_run_ends_in_its_own_log_only
+test_a_blocked_follower_of_a_replaced_run_still_gets_its_terminal = (
+    single.test_a_blocked_follower_of_a_replaced_run_still_gets_its_terminal
+)
+test_retried_append_is_harmless = single.test_retried_append_is_harmless
+test_follow_lease_is_seen_by_other_replicas_and_expires = (
+    single.test_follow_lease_is_seen_by_other_replicas_and_expires
+)
+test_routes_and_keys_with_colons_do_not_collide = single.test_routes_and_keys_with_colons_do_not_collide
+test_same_answers_as_the_memory_store = single.test_same_answers_as_the_memory_store
+test_a_cancelled_blocked_read_leaves_the_store_usable = (
+    single.test_a_cancelled_blocked_read_leaves_the_store_usable
+)
+test_a_run_whose_process_died_is_abandoned_within_its_lease = (
+    single.test_a_run_whose_process_died_is_abandoned_within_its_lease
+)
+test_a_finished_run_is_not_abandoned = single.test_a_finished_run_is_not_abandoned
+
+
+def test_a_sessions_keys_share_one_slot_and_sessions_spread():
+    from redis.crc import key_slot
+
+    slots = set()
+    for n in range(50):
+        k = _Keys.of("p:", "chat", f"user-{n}", "run-1")
+        owned = {key_slot(name.encode()) for name in (k.stream, k.index, k.follow, k.live, k.pointer)}
+        assert len(owned) == 1
+        slots |= owned
+    assert len(slots) > 40  # not all in one slot: sessions spread over the masters
+
+
+async def test_open_refuses_other_credentials_while_the_run_lives(stores):
+    a, b = await stores(), await stores()
+    log = await a.open("chat", "k", "r1", 100, 10_000, binding="alice")
+    await log.append(entries(1, 3, run="r1"))
+    await log.flush()
+    with pytest.raises(SessionForbidden):
+        await b.open("chat", "k", "r2", 100, 10_000, binding="mallory")
+    # The same credentials take the session over; the old run's log goes.
+    again = await b.open("chat", "k", "r2", 100, 10_000, binding="alice")
+    found = await a.find("chat", "k")
+    assert found is not None and found.run_id == "r2"
+    await again.finish(60)
+    # A finished run is no longer guarded.
+    other = await a.open("chat", "k", "r3", 100, 10_000, binding="mallory")
+    assert seqs(await other.read(0, 0)) == []

@@ -13,11 +13,13 @@ script and each transaction-free pipeline entry touches one slot.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -31,6 +33,28 @@ _CLUSTER_SUFFIX = "+cluster"
 
 #: Either client; both answer the commands the backends use.
 Client = Redis | RedisCluster
+
+
+class _GatedCluster(RedisCluster):
+    """A cluster client whose commands queue for one of ``limit`` slots.
+
+    redis-py's cluster pools fail a call at once (MaxConnectionsError) when a
+    node's connections are all busy; a burst of claims should queue instead,
+    as on one server, each caller's budget bounding its wait. Pipelines and
+    the subscription draw on the headroom of the per-node pools.
+    """
+
+    def __init__(self, *args: Any, limit: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = asyncio.Semaphore(limit)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._gate:
+            return await super().execute_command(*args, **kwargs)
+
+
+#: Per-node connections beyond the gate: the lease or append pipeline, the subscription.
+_HEADROOM = 2
 
 
 def wants_cluster(url: str, cluster: bool) -> bool:
@@ -87,7 +111,11 @@ class Connection:
         nodes = self.client.get_nodes()
         opened = sum(len(n._connections) for n in nodes)
         idle = sum(len(n._free) for n in nodes)
-        return {"open": opened, "in_use": opened - idle, "max": self.pool_size * len(nodes)}
+        return {
+            "open": opened,
+            "in_use": opened - idle,
+            "max": (self.pool_size + _HEADROOM) * len(nodes),
+        }
 
 
 def connect(
@@ -105,8 +133,9 @@ def connect(
         "retry": _retry(wants_cluster(url, cluster)),
     }
     if wants_cluster(url, cluster):
-        # Per node; past it a call fails at once (BackendUnavailable) instead of queueing.
-        client = RedisCluster.from_url(_plain_url(url), max_connections=pool_size, **options)
+        client = _GatedCluster.from_url(
+            _plain_url(url), max_connections=pool_size + _HEADROOM, limit=pool_size, **options
+        )
         return Connection(client, None, pool_size)
     if single_connection:
         return Connection(Redis.from_url(url, single_connection_client=True, **options), None, 1)
@@ -114,6 +143,14 @@ def connect(
         url, max_connections=pool_size, timeout=OP_TIMEOUT, **options
     )
     return Connection(Redis(connection_pool=pool), pool, pool_size)
+
+
+async def pubsub(client: Client) -> PubSub:
+    """A subscription. A cluster's picks the node of the channel's slot, so the
+    client first learns the slot map (a plain PUBLISH reaches every node)."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    return client.pubsub()
 
 
 async def queue_script(

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,6 +111,12 @@ class RedisCluster:
                 raise RuntimeError(f"the cluster did not settle: {states}")
             time.sleep(0.1)
 
+    def flush(self) -> None:
+        """Empty every master, so a test finds no key of another (the cluster is shared)."""
+        for node in self.nodes:
+            if node.running and "role:master" in self.cli_on(node.port, "INFO", "replication"):
+                self.cli_on(node.port, "FLUSHALL")
+
     def heal(self) -> None:
         """Restart every killed node (each rejoins from its nodes.conf) and wait until whole."""
         for node in self.nodes:
@@ -123,6 +130,24 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError("a restarted node did not rejoin")
             time.sleep(0.1)
+
+
+@pytest.fixture
+def redis_on_cluster(redis_cluster: RedisCluster) -> RedisCluster:
+    """The cluster, emptied: the single-server tests' ``redis_server`` in the cluster modules."""
+    redis_cluster.flush()
+    return redis_cluster
+
+
+@pytest.fixture
+async def raw_cluster(redis_on_cluster: RedisCluster) -> Any:
+    """A plain cluster client, to look at what the backends wrote."""
+    from redis.asyncio.cluster import RedisCluster as Client
+
+    client = Client.from_url(redis_on_cluster.url.replace("+cluster", ""), decode_responses=True)
+    await client.initialize()  # its pubsub() needs the slot map
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +176,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
             check=False,
         )
         if created.returncode != 0:
-            raise RuntimeError(created.stdout.decode(errors="replace"))
+            raise RuntimeError((created.stdout + created.stderr).decode(errors="replace"))
         cluster.wait_ok()
         yield cluster
     finally:

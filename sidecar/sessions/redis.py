@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from sidecar.errors import BackendUnavailable, SessionConflict
 from sidecar.logs import session_hash
 from sidecar.redisconn import OP_TIMEOUT, Client, Connection, connect, queue_script
+from sidecar.redisconn import pubsub as open_pubsub
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
 from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, owner_key
 
@@ -375,8 +376,9 @@ class RedisSessionStore:
     async def _listen(self, redis: Client) -> None:
         delay = _RETRY_MIN
         while True:
-            pubsub = redis.pubsub()
+            pubsub: PubSub | None = None
             try:
+                pubsub = await open_pubsub(redis)
                 await pubsub.subscribe(self.channel)
                 self._listening = True
                 self._ok()
@@ -392,8 +394,9 @@ class RedisSessionStore:
             finally:
                 self._listening = False
                 self._contacted.set()
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             _checkpoint()
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)

@@ -9,7 +9,6 @@ tag, so each script runs on one node.
 from __future__ import annotations
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
 
 from sidecar.errors import SessionForbidden
 from sidecar.replay.redis import _Keys
@@ -22,16 +21,14 @@ __all__ = ["stores"]  # the single-server module's fixture, on the cluster below
 
 
 @pytest.fixture
-def redis_server(redis_cluster):
-    """What the reused tests call the server: here, the cluster."""
-    return redis_cluster
+def redis_server(redis_on_cluster):
+    """What the reused tests call the server: here, the (emptied) cluster."""
+    return redis_on_cluster
 
 
 @pytest.fixture
-async def raw(redis_cluster):
-    client = RedisCluster.from_url(redis_cluster.url.replace("+cluster", ""), decode_responses=True)
-    yield client
-    await client.aclose()
+def raw(raw_cluster):
+    return raw_cluster
 
 
 test_after_returns_what_follows_an_id = single.test_after_returns_what_follows_an_id

@@ -1,0 +1,69 @@
+"""Session claims on a real Redis Cluster: the single-server tests again, store and sidecars.
+
+The tests of tests/integration/test_sessions_redis.py that need no server
+restart run here unchanged against a 3-master cluster
+(tests/fixtures_redis_cluster.py): the claim scripts run on the session's
+slot, and replace messages (PUBLISH from a script) reach subscribers on every
+node.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration import test_sessions_redis as single
+from tests.integration.test_sessions_redis import sidecar_processes, stores
+
+pytestmark = [pytest.mark.redis, pytest.mark.cluster]
+
+__all__ = ["sidecar_processes", "stores"]  # the single-server module's fixtures, on the cluster
+
+
+@pytest.fixture
+def redis_server(redis_on_cluster):
+    """What the reused tests call the server: here, the (emptied) cluster."""
+    return redis_on_cluster
+
+
+@pytest.fixture
+def raw(raw_cluster):
+    return raw_cluster
+
+
+test_started_store_is_healthy = single.test_started_store_is_healthy
+test_reject_refuses_a_taken_session_in_any_process = (
+    single.test_reject_refuses_a_taken_session_in_any_process
+)
+test_routes_with_colons_do_not_collide = single.test_routes_with_colons_do_not_collide
+test_a_retried_claim_script_answers_as_the_first_run = (
+    single.test_a_retried_claim_script_answers_as_the_first_run
+)
+test_replace_stops_the_old_holder_and_waits_for_it = (
+    single.test_replace_stops_the_old_holder_and_waits_for_it
+)
+test_replace_takes_over_when_the_old_holder_does_not_let_go = (
+    single.test_replace_takes_over_when_the_old_holder_does_not_let_go
+)
+test_fifty_concurrent_replaces_leave_exactly_one_owner = (
+    single.test_fifty_concurrent_replaces_leave_exactly_one_owner
+)
+test_fifty_concurrent_rejects_have_exactly_one_winner = (
+    single.test_fifty_concurrent_rejects_have_exactly_one_winner
+)
+test_a_cancelled_claim_leaves_no_key_behind = single.test_a_cancelled_claim_leaves_no_key_behind
+test_renewal_keeps_a_claim_past_its_lease = single.test_renewal_keeps_a_claim_past_its_lease
+test_a_crashed_store_frees_its_sessions_within_the_lease = (
+    single.test_a_crashed_store_frees_its_sessions_within_the_lease
+)
+test_lost_ownership_stops_the_holder = single.test_lost_ownership_stops_the_holder
+test_replace_on_one_sidecar_ends_the_stream_on_the_other = (
+    single.test_replace_on_one_sidecar_ends_the_stream_on_the_other
+)
+test_reject_across_sidecars_answers_409 = single.test_reject_across_sidecars_answers_409
+test_fifty_concurrent_requests_on_two_sidecars_leave_one_stream = (
+    single.test_fifty_concurrent_requests_on_two_sidecars_leave_one_stream
+)
+test_replace_across_processes_within_a_second = single.test_replace_across_processes_within_a_second
+test_sigkill_frees_the_session_within_the_lease = (
+    single.test_sigkill_frees_the_session_within_the_lease
+)

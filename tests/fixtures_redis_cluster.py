@@ -8,6 +8,7 @@ whole again, so the next test finds six nodes and ``cluster_state:ok``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -155,7 +156,10 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     exe = redis_server_binary()
     cli = shutil.which("redis-cli")
     if cli is None:
-        pytest.fail("redis-cli is not installed (scripts/system-deps installs it)")
+        why = "redis-cli is not installed (scripts/system-deps installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
     workdir = tmp_path_factory.mktemp("redis-cluster")
     nodes = [ClusterNode(exe, cluster_port(), workdir) for _ in range(6)]
     for node in nodes:

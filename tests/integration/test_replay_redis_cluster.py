@@ -37,7 +37,9 @@ test_per_run_caps_evict_oldest_and_make_gaps = single.test_per_run_caps_evict_ol
 test_readers_on_another_replica_wake_on_append_and_time_out = (
     single.test_readers_on_another_replica_wake_on_append_and_time_out
 )
-test_reads_wait_longer_than_the_socket_timeout = single.test_reads_wait_longer_than_the_socket_timeout
+test_reads_wait_longer_than_the_socket_timeout = (
+    single.test_reads_wait_longer_than_the_socket_timeout
+)
 test_a_replaced_run_ends_in_its_own_log_only = single.test_a_replaced_run_ends_in_its_own_log_only
 test_a_blocked_follower_of_a_replaced_run_still_gets_its_terminal = (
     single.test_a_blocked_follower_of_a_replaced_run_still_gets_its_terminal
@@ -46,7 +48,9 @@ test_retried_append_is_harmless = single.test_retried_append_is_harmless
 test_follow_lease_is_seen_by_other_replicas_and_expires = (
     single.test_follow_lease_is_seen_by_other_replicas_and_expires
 )
-test_routes_and_keys_with_colons_do_not_collide = single.test_routes_and_keys_with_colons_do_not_collide
+test_routes_and_keys_with_colons_do_not_collide = (
+    single.test_routes_and_keys_with_colons_do_not_collide
+)
 test_same_answers_as_the_memory_store = single.test_same_answers_as_the_memory_store
 test_a_cancelled_blocked_read_leaves_the_store_usable = (
     single.test_a_cancelled_blocked_read_leaves_the_store_usable
@@ -63,7 +67,8 @@ def test_a_sessions_keys_share_one_slot_and_sessions_spread():
     slots = set()
     for n in range(50):
         k = _Keys.of("p:", "chat", f"user-{n}", "run-1")
-        owned = {key_slot(name.encode()) for name in (k.stream, k.index, k.follow, k.live, k.pointer)}
+        names = (k.stream, k.index, k.follow, k.live, k.pointer)
+        owned = {key_slot(name.encode()) for name in names}
         assert len(owned) == 1
         slots |= owned
     assert len(slots) > 40  # not all in one slot: sessions spread over the masters
@@ -79,7 +84,8 @@ async def test_open_refuses_other_credentials_while_the_run_lives(stores):
     # The same credentials take the session over; the old run's log goes.
     again = await b.open("chat", "k", "r2", 100, 10_000, binding="alice")
     found = await a.find("chat", "k")
-    assert found is not None and found.run_id == "r2"
+    assert found is not None
+    assert found.run_id == "r2"
     await again.finish(60)
     # A finished run is no longer guarded.
     other = await a.open("chat", "k", "r3", 100, 10_000, binding="mallory")

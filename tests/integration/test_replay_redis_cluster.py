@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.errors import SessionForbidden
-from sidecar.replay.redis import _Keys
+from sidecar.replay.redis_scripts import Keys
 from tests.integration import test_replay_redis as single
 from tests.integration.test_replay_redis import entries, seqs, stores
 
@@ -66,7 +66,7 @@ def test_a_sessions_keys_share_one_slot_and_sessions_spread():
 
     slots = set()
     for n in range(50):
-        k = _Keys.of("p:", "chat", f"user-{n}", "run-1")
+        k = Keys.of("p:", "chat", f"user-{n}", "run-1")
         names = (k.stream, k.index, k.follow, k.live, k.pointer)
         owned = {key_slot(name.encode()) for name in names}
         assert len(owned) == 1

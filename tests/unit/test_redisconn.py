@@ -8,7 +8,7 @@ from redis.crc import key_slot
 
 from sidecar.redisconn import _plain_url, connect, wants_cluster
 from sidecar.rediskeys import session_tag
-from sidecar.replay.redis import _Keys
+from sidecar.replay.redis_scripts import Keys
 from sidecar.sessions.redis_scripts import fence_key, owner_key
 
 
@@ -34,7 +34,7 @@ async def test_connect_makes_the_client_asked_for_without_connecting():
 
 def test_a_sessions_keys_hash_to_one_slot_whatever_its_key_holds():
     for route, key in [("chat", "u-1"), ("a:b", "c"), ("r", "x}y{z"), ("r", "}"), ("r", "{}")]:
-        run = _Keys.of("p:", route, key, "run}{1")
+        run = Keys.of("p:", route, key, "run}{1")
         names = [owner_key("p:", route, key), fence_key("p:", route, key), run.pointer]
         names += [run.stream, run.index, run.follow, run.live]
         assert len({key_slot(n.encode()) for n in names}) == 1

@@ -32,13 +32,6 @@ SCENARIOS: list[Path | None] = [None, *CI_VALUES]
 #: The console script of the venv running the tests (the installed package).
 SSE_SIDECAR = str(Path(sys.executable).with_name("sse-sidecar"))
 KUBE_VERSIONS = ("1.29.0", kv.latest_version())
-#: Scenarios whose config uses keys sidecar/config.py does not know yet (they
-#: come with other branches): rendered and validated, not --check-config'ed.
-PENDING_CONFIG_KEYS = {
-    "dialect-values.yaml": "routes[].dialect",
-    "websocket-file-values.yaml": "routes[].websocket.profile/token_file",
-    "redis-cluster-values.yaml": "backend.cluster",
-}
 
 
 def scenario_id(path: Path | None) -> str:
@@ -203,7 +196,7 @@ def pod_env(by_kind: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
     if not deployment:
         return {}
     env: dict[str, str] = {}
-    for var in sidecar_container(deployment[0]).get("env", []):
+    for var in sidecar_container(deployment[0]).get("env") or []:
         if "valueFrom" in var:
             ref = var["valueFrom"]["secretKeyRef"]
             env[var["name"]] = f"secret-{ref['name']}-{ref['key']}"
@@ -230,10 +223,7 @@ def check_config(config_text: str, env: dict[str, str], tmp_path: Path) -> str:
     return result.stdout + result.stderr
 
 
-CHECKED = [p for p in SCENARIOS if p is None or p.name not in PENDING_CONFIG_KEYS]
-
-
-@pytest.mark.parametrize("values_file", CHECKED, ids=scenario_id)
+@pytest.mark.parametrize("values_file", SCENARIOS, ids=scenario_id)
 def test_rendered_config_passes_check_config(values_file: Path | None, tmp_path: Path) -> None:
     by_kind = render(scenario_values(values_file))
     (configmap,) = by_kind["ConfigMap"]

@@ -252,16 +252,7 @@ def helm_merge(base: Any, override: Any) -> Any:
 
 #: Scenarios using config keys that sidecar/config.py does not know yet (added on
 #: other branches); tests/deploy/test_chart.py still renders and validates them.
-PENDING_CONFIG_KEYS = {
-    "dialect-values.yaml",
-    "websocket-file-values.yaml",
-    "redis-cluster-values.yaml",
-}
-
-
-@pytest.mark.parametrize(
-    "values_file", [p for p in CI_VALUES if p.name not in PENDING_CONFIG_KEYS], ids=lambda p: p.name
-)
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
 def test_ci_scenario_config_validates(values_file: Path) -> None:
     values = helm_merge(load_values(), yaml.safe_load(values_file.read_text()))
     config = from_mapping(values["config"])

@@ -30,6 +30,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Literal, cast, get_args
 
 from aiohttp import web
@@ -399,6 +400,12 @@ async def _healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def _demo(_request: web.Request) -> web.Response:
+    """The demo page (``demo.html``, package data): a stream to watch through the sidecar."""
+    page = resources.files("sidecar.examples").joinpath("demo.html").read_text(encoding="utf-8")
+    return web.Response(text=page, content_type="text/html")
+
+
 async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS].as_json())
 
@@ -418,6 +425,8 @@ def create_app(*, speed: float = 1.0) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/_stats", _stats)
+    app.router.add_get("/demo", _demo)
+    app.router.add_get("/demo/", _demo)
     app.router.add_get("/{tail:.*}", _handle_stream, allow_head=False)
     app.router.add_post("/{tail:.*}", _handle_stream)
     return app

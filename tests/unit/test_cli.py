@@ -15,10 +15,12 @@ from sidecar.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "sidecar.yaml"
-SHIPPED_ROUTES = "1 route(s): /v1/chat -> http://127.0.0.1:8000/v1/chat"
-GENERIC = (
-    "  chat: dialect generic: keepalive `event: keepalive`, "
+DEMO_ROUTES = "/demo -> http://127.0.0.1:8000/demo, /v1/demo-chat -> http://127.0.0.1:8000/v1/chat"
+SHIPPED_ROUTES = f"3 route(s): /v1/chat -> http://127.0.0.1:8000/v1/chat, {DEMO_ROUTES}"
+GENERIC = "".join(
+    f"  {name}: dialect generic: keepalive `event: keepalive`, "
     "errors `event: error` {type, code, message, partial}\n"
+    for name in ("chat", "demo-page", "demo-chat")
 )
 
 BAD_INTERVAL = """\
@@ -80,7 +82,8 @@ def test_check_config_applies_env_overrides(
     monkeypatch.setenv("SSE_SIDECAR_ROUTES__0__PATH", "/v2/chat")
     assert main(["--check-config", str(SHIPPED)]) == 0
     assert capsys.readouterr().out == (
-        f"{SHIPPED}: ok (1 route(s): /v2/chat -> http://10.0.0.5:8000/v1/chat)\n" + GENERIC
+        f"{SHIPPED}: ok (3 route(s): /v2/chat -> http://10.0.0.5:8000/v1/chat, {DEMO_ROUTES})\n"
+        + GENERIC
     )
 
 

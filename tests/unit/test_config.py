@@ -544,6 +544,22 @@ def test_load_shipped_config() -> None:
                 upstream="http://127.0.0.1:8000/v1/chat",
                 stream=Stream(retry=3.0, open_event=None, commit_after=1.0),
             ),
+            # The demo page and its resumable stream (scripts/demo).
+            Route(
+                name="demo-page",
+                path="/demo",
+                upstream="http://127.0.0.1:8000/demo",
+                methods=("GET",),
+            ),
+            Route(
+                name="demo-chat",
+                path="/v1/demo-chat",
+                upstream="http://127.0.0.1:8000/v1/chat",
+                methods=("GET",),
+                session=Session(from_="query:session", required=True),
+                resume=Resume(enabled=True),
+                stream=Stream(retry=1.0),
+            ),
         ),
     )
     loaded = load(SHIPPED, environ={})

@@ -158,7 +158,7 @@ async def start_nginx(
             stderr=asyncio.subprocess.DEVNULL,
         )
         server = Nginx(process, port, directory)
-        if await _accepting(server):
+        if await accepting(server.process, server.port, 10.0):
             return server
         await server.stop()
         # Another process took the port between free_port() and nginx's bind.
@@ -167,12 +167,12 @@ async def start_nginx(
     raise AssertionError("unreachable")
 
 
-async def _accepting(server: Nginx) -> bool:
-    """Whether nginx accepts connections within 10 s (False if it exited)."""
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and server.process.returncode is None:
+async def accepting(process: asyncio.subprocess.Process, port: int, limit: float) -> bool:
+    """Whether a server accepts connections on ``port`` within ``limit`` s (False if it exited)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and process.returncode is None:
         with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
             await writer.wait_closed()
             return True

@@ -8,17 +8,15 @@ defaults a user would start from, plus only what a test changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.nginx import free_port
+from tests.e2e.nginx import accepting, free_port
 
 HAPROXY = "/usr/sbin/haproxy"
 CADDY = "/usr/bin/caddy"
@@ -142,21 +140,9 @@ async def _start(tmp: Path, name: str, argv: object) -> Proxy:
                 cwd=directory,
             )
         proxy = Proxy(process, port, directory)
-        if await _accepting(proxy):
+        if await accepting(proxy.process, proxy.port, 15.0):
             return proxy
         await proxy.stop()
         if "address already in use" not in proxy.log().lower() or attempt == 2:
             pytest.fail(f"{name} did not start:\n{proxy.log()}")
     raise AssertionError("unreachable")
-
-
-async def _accepting(proxy: Proxy) -> bool:
-    deadline = time.monotonic() + 15.0
-    while time.monotonic() < deadline and proxy.process.returncode is None:
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-            writer.close()
-            await writer.wait_closed()
-            return True
-        await asyncio.sleep(0.05)
-    return False

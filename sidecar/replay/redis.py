@@ -111,11 +111,16 @@ class RedisReplayLog:
         return self._run_id
 
     async def append(self, entries: Sequence[Entry]) -> None:
-        if not entries:
+        if self._local is None:
+            if entries:
+                await self._send(entries)
             return
+        self.append_nowait(entries)
+
+    def append_nowait(self, entries: Sequence[Entry]) -> None:
         local = self._local
-        if local is None:
-            await self._send(entries)
+        assert local is not None, "only the run's own log is appended to without waiting"
+        if not entries:
             return
         local.add(entries)
         self._pending += entries

@@ -287,14 +287,23 @@ def revision() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default=",".join(FULL), help="comma-separated names")
-    parser.add_argument("--targets", default=",".join(targets.NAMES), help="comma-separated")
+    parser.add_argument("--targets", default=None, help="comma-separated (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller loads, about a minute")
-    parser.add_argument("--profile", action="store_true", help="py-spy the sidecar (only)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy one sidecar path (--targets, default sidecar)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="results JSON path")
     args = parser.parse_args(argv)
     table = QUICK if args.quick else FULL
     wanted = [s for s in args.scenarios.split(",") if s]
-    names = ["sidecar"] if args.profile else [t for t in args.targets.split(",") if t]
+    if args.targets is None:
+        names = ["sidecar"] if args.profile else list(targets.NAMES)
+    else:
+        names = [t for t in args.targets.split(",") if t]
+    if args.profile and len(names) != 1:
+        parser.error("--profile takes one path in --targets")
     unknown = [s for s in wanted if s not in table] + [t for t in names if t not in targets.NAMES]
     if unknown:
         parser.error(

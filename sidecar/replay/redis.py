@@ -41,7 +41,14 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionForbidden
-from sidecar.redisconn import OP_TIMEOUT, Client, Connection, connect, queue_script
+from sidecar.redisconn import (
+    OP_TIMEOUT,
+    Client,
+    Connection,
+    ScriptRounds,
+    connect,
+    queue_script,
+)
 from sidecar.replay import redis_scripts as lua
 from sidecar.replay.base import FORBIDDEN, Entry
 from sidecar.replay.redis_append import Appends
@@ -294,6 +301,7 @@ class RedisReplayStore:
         self._redis: Client | None = None
         self._conn: Connection | None = None
         self.scripts: dict[str, AsyncScript] = {}
+        self._opens: ScriptRounds | None = None
         self.wakeups = Wakeups(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self.appends = Appends(self)
@@ -323,6 +331,7 @@ class RedisReplayStore:
             "open": lua.OPEN,
         }
         self.scripts = {name: redis.register_script(src) for name, src in sources.items()}
+        self._opens = ScriptRounds(redis)  # a burst of new runs: one round trip per round
         self.spawn(self._keep_alive())
 
     async def close(self) -> None:
@@ -330,6 +339,8 @@ class RedisReplayStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._opens is not None:
+            await self._opens.aclose()
         conn, self._conn, self._redis = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -396,8 +407,11 @@ class RedisReplayStore:
         args: list[str | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
         args += [ms(self.lease), *run_prefixes(self.prefix, route, key)]
         async with self.backend():
-            opened = await self.scripts["open"](
-                keys=[keys.pointer, keys.stream, keys.index, keys.follow, keys.live], args=args
+            assert self._opens is not None
+            opened = await self._opens.call(
+                self.scripts["open"],
+                [keys.pointer, keys.stream, keys.index, keys.follow, keys.live],
+                args,
             )
         if not opened:
             raise SessionForbidden(FORBIDDEN)

@@ -196,6 +196,9 @@ class RedisReplayLog:
         return self._caps
 
     async def after(self, event_id: str) -> list[Entry] | None:
+        if self._local is not None and (held := self._local.after_id(event_id)) is not None:
+            # The run's own entries: a reconnect here needs no Redis (it may be down).
+            return held
         await self.flush()
         k = self.keys
         args = [event_id, _own_seq(self._run_id, event_id)]
@@ -204,6 +207,8 @@ class RedisReplayLog:
         return None if raw is None else _entries(raw)
 
     async def last(self) -> Entry | None:
+        if self._local is not None and self._local.entries:
+            return self._local.entries[-1]
         await self.flush()
         async with self._store.backend() as redis:
             raw = await redis.xrevrange(self.keys.stream, count=1)

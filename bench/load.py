@@ -318,7 +318,12 @@ async def _wait_stdin(limit: float) -> None:
     loop = asyncio.get_running_loop()
     fired: asyncio.Future[None] = loop.create_future()
     fd = sys.stdin.fileno()
-    loop.add_reader(fd, lambda: fired.done() or fired.set_result(None))
+
+    def readable() -> None:
+        if not fired.done():
+            fired.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await asyncio.wait_for(fired, limit)
     except TimeoutError:

@@ -12,6 +12,13 @@ Modes: a *flow* run ends when every stream got its terminal event (or the
 deadline passes) and prints one JSON result. A *hold* run opens every stream,
 prints ``{"phase": "opened"}``, holds them until a line arrives on stdin,
 then closes them and prints the result. Timestamps are µs of CLOCK_MONOTONIC.
+
+With ``--follow-url`` each stream moves after its first read of events: the
+connection is closed and the stream reopened at the other URL with its session
+key and ``Last-Event-ID`` (a remote follower); the two connections count as one
+stream. With ``--count-event`` the events counted are those of that type (a
+WebSocket route's deltas carry no stamp, so no latency is read); with
+``--body`` each stream is a POST of that JSON.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import resource
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -33,6 +41,8 @@ from bench import procs
 
 SAMPLE_CAP = 100_000  # latencies kept per process (reservoir sample beyond this)
 TICK = b"data: T"
+#: Called with a stream's connection and the last event id it read: reopen it elsewhere.
+Hop = Callable[["Conn", bytes], None]
 
 
 def now_us() -> int:
@@ -42,8 +52,13 @@ def now_us() -> int:
 class Stats:
     """What all streams of this process saw."""
 
-    def __init__(self, expected: int) -> None:
+    def __init__(self, expected: int, marker: bytes = TICK) -> None:
         self.expected = expected
+        #: What one counted event looks like; only the producer's ticks carry a stamp.
+        self.marker = marker
+        self.stamped = marker == TICK
+        #: Streams reopened at the follow URL (each still one stream).
+        self.followed = 0
         self.events = 0
         self.keepalives = 0
         self.comments = 0
@@ -69,12 +84,26 @@ class Stats:
 
 
 class Conn(asyncio.Protocol):
-    """One stream: send the GET, read the head, de-chunk, count events."""
+    """One stream's connection: send the request, read the head, de-chunk, count events."""
 
-    def __init__(self, stats: Stats, request: bytes, hold: bool) -> None:
+    def __init__(
+        self,
+        stats: Stats,
+        request: bytes,
+        hold: bool,
+        *,
+        key: str = "",
+        hop: Hop | None = None,
+        resumed: Conn | None = None,
+    ) -> None:
         self.stats = stats
         self.request = request
         self.hold = hold
+        self.key = key
+        #: Set until the stream moves to the follow URL (after its first events).
+        self.hop = hop
+        #: The connection this one took the stream over from.
+        self.resumed = resumed is not None
         self.t0 = now_us()
         self.transport: asyncio.Transport | None = None
         self.head = b""
@@ -84,12 +113,16 @@ class Conn(asyncio.Protocol):
         self.left = 0  # data bytes left in the current chunk
         self.skip = 0  # CRLF bytes to skip after a chunk
         self.sse = b""  # the unfinished tail of the event stream
-        self.events = 0
+        self.events: int = resumed.events if resumed is not None else 0
         self.finished = False  # the terminal event is in (or the stream failed)
         self.closing = False  # we closed the connection ourselves
+        self.moved = False  # the stream went on on another connection
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[bool] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
+        #: Done when the stream is over, on whichever connection it ended.
+        self.closed: asyncio.Future[None] = (
+            resumed.closed if resumed is not None else loop.create_future()
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -103,7 +136,7 @@ class Conn(asyncio.Protocol):
         self.finished = self.closing = True
         if not self.opened.done():
             self.opened.set_result(False)
-        if not self.closed.done():
+        if not self.closed.done() and not self.moved:
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
@@ -123,7 +156,6 @@ class Conn(asyncio.Protocol):
 
     def _read_head(self, head: bytes, now: int) -> bool:
         self.head_done = True
-        self.stats.ttfb.append(now - self.t0)
         status = head[9:12]
         if status != b"200":
             self.stats.errors[f"status_{status.decode(errors='replace')}"] += 1
@@ -131,7 +163,11 @@ class Conn(asyncio.Protocol):
             self._close()
             return False
         self.chunked = b"transfer-encoding: chunked" in head.lower()
-        self.stats.opened += 1
+        if self.resumed:
+            self.stats.followed += 1
+        else:
+            self.stats.ttfb.append(now - self.t0)
+            self.stats.opened += 1
         self.opened.set_result(True)
         return True
 
@@ -174,17 +210,17 @@ class Conn(asyncio.Protocol):
         block = buf[: end + 2]
         self.sse = buf[end + 2 :]
         stats = self.stats
-        ticks = block.count(TICK)
+        ticks = block.count(stats.marker)
         if ticks:
             self.events += ticks
             stats.events += ticks
             if not stats.first_event:
                 stats.first_event = now
             stats.last_event = now
-            positions = _stamps(block, ticks)
-            for pos in positions:
-                space = block.find(b" ", pos)
-                stats.latency(now - int(block[pos:space]))
+            if stats.stamped:
+                for pos in _stamps(block, ticks):
+                    space = block.find(b" ", pos)
+                    stats.latency(now - int(block[pos:space]))
         if b"keepalive" in block:
             stats.keepalives += block.count(b"event: keepalive\n")
         if b": ping" in block:
@@ -195,6 +231,21 @@ class Conn(asyncio.Protocol):
             elif b"event: error\n" in block or b"event: end\n" in block:
                 stats.errors["sse_error_or_end"] += 1
                 self._terminal(ok=False)
+        if ticks and self.hop is not None and not self.finished:
+            self._move(block)
+
+    def _move(self, block: bytes) -> None:
+        """Cut this connection and hand the stream, and its last id, to the follow URL."""
+        assert self.hop is not None
+        last_id = _last_id(block)
+        if last_id is None:
+            self.stats.errors["no_id_to_resume_from"] += 1
+            self.hop = None  # it goes on here
+            return
+        hop, self.hop = self.hop, None
+        self.moved = True
+        self._close()
+        hop(self, last_id)
 
     def _terminal(self, ok: bool = True) -> None:
         if self.finished:
@@ -212,6 +263,19 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
 
+def _last_id(block: bytes) -> bytes | None:
+    """The value of the last ``id:`` field in ``block`` (whole events), None without one."""
+    pos = block.rfind(b"\nid: ")
+    if pos >= 0:
+        pos += 1
+    elif block.startswith(b"id: "):
+        pos = 0
+    else:
+        return None
+    end = block.find(b"\n", pos)
+    return block[pos + 4 : end]
+
+
 def _stamps(block: bytes, ticks: int) -> list[int]:
     """Offsets of the stamps to read: all of them for a few events, else first and last."""
     first = block.find(TICK) + len(TICK)
@@ -227,6 +291,33 @@ def _stamps(block: bytes, ticks: int) -> list[int]:
     return out
 
 
+class Endpoint:
+    """Where streams are opened, and the request that opens one."""
+
+    def __init__(self, url: str, session_param: str, body: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.session_param = session_param
+        self.body = body.encode()
+
+    def request(self, key: str, last_id: bytes = b"") -> bytes:
+        path = self.target
+        if self.session_param:
+            path += ("&" if "?" in path else "?") + f"{self.session_param}={key}"
+        method = "POST" if self.body else "GET"
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            "Accept: text/event-stream\r\nCache-Control: no-cache\r\n"
+        ).encode()
+        if last_id:
+            head += b"Last-Event-ID: " + last_id + b"\r\n"
+        if self.body:
+            head += b"Content-Type: application/json\r\n"
+            head += f"Content-Length: {len(self.body)}\r\n".encode()
+        return head + b"\r\n" + self.body
+
+
 async def run(
     url: str,
     streams: int,
@@ -235,34 +326,48 @@ async def run(
     deadline: float,
     concurrency: int,
     session_param: str = "",
+    *,
+    body: str = "",
+    count_event: str = "",
+    follow_url: str = "",
 ) -> dict[str, object]:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    start = Endpoint(url, session_param, body)
+    follow = Endpoint(follow_url, session_param, body) if follow_url else None
     # A session route: every stream its own key, unique across load processes.
     keys = (f"{os.getpid()}-{i}" for i in itertools.count())
 
-    def request_of() -> bytes:
-        path = target
-        if session_param:
-            path += ("&" if "?" in path else "?") + f"{session_param}={next(keys)}"
-        return (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
-        ).encode()
-
-    stats = Stats(events)
+    stats = Stats(events, f"event: {count_event}\n".encode() if count_event else TICK)
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(concurrency)
     conns: list[Conn] = []
+    moving: set[asyncio.Task[None]] = set()
     started = now_us()
     end_at = loop.time() + deadline
 
+    async def reopen(conn: Conn) -> None:
+        assert follow is not None
+        try:
+            await loop.create_connection(lambda: conn, follow.host, follow.port)
+        except OSError as exc:
+            stats.errors[f"follow_connect_{type(exc).__name__}"] += 1
+            if not conn.closed.done():
+                conn.closed.set_result(None)
+            return
+        conns.append(conn)
+
+    def hop(old: Conn, last_id: bytes) -> None:
+        assert follow is not None
+        conn = Conn(stats, follow.request(old.key, last_id), hold, key=old.key, resumed=old)
+        task = loop.create_task(reopen(conn))
+        moving.add(task)
+        task.add_done_callback(moving.discard)
+
     async def open_one() -> None:
         async with gate:
-            conn = Conn(stats, request_of(), hold)
+            key = next(keys)
+            conn = Conn(stats, start.request(key), hold, key=key, hop=hop if follow else None)
             try:
-                await loop.create_connection(lambda: conn, host, port)
+                await loop.create_connection(lambda: conn, start.host, start.port)
             except OSError as exc:
                 stats.errors[f"connect_{type(exc).__name__}"] += 1
                 return
@@ -293,6 +398,7 @@ async def run(
         "phase": "done",
         "streams": streams,
         "opened": stats.opened,
+        "followed": stats.followed,
         "completed": stats.completed,
         "short": stats.short,
         "expected_per_stream": events,
@@ -343,6 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--session-param", default="", help="query parameter given a unique session key per stream"
     )
+    parser.add_argument("--body", default="", help="POST this JSON body (default: GET)")
+    parser.add_argument(
+        "--count-event", default="", help="count events of this type (default: stamped data)"
+    )
+    parser.add_argument(
+        "--follow-url",
+        default="",
+        help="after its first events, reopen each stream here with Last-Event-ID",
+    )
     args = parser.parse_args(argv)
     procs.raise_nofile()
     result = procs.run_loop(
@@ -354,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
             args.deadline,
             args.concurrency,
             args.session_param,
+            body=args.body,
+            count_event=args.count_event,
+            follow_url=args.follow_url,
         )
     )
     report(result)

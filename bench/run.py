@@ -336,15 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--scenarios", default=",".join(FULL), help=f"comma-separated, of: {', '.join(FULL)}"
-    )
-    parser.add_argument(
-        "--targets",
-        default=",".join(targets.NAMES),
-        help=f"comma-separated paths, of: {', '.join(targets.NAMES)} (each scenario runs "
-        "the ones it lists)",
-    )
+    parser.add_argument("--scenarios", default=",".join(FULL), help="comma-separated names")
+    parser.add_argument("--targets", default=",".join(targets.NAMES), help="comma-separated")
     parser.add_argument("--quick", action="store_true", help="smaller loads, about a minute")
     parser.add_argument("--profile", action="store_true", help="py-spy the sidecar (only)")
     parser.add_argument("--output", type=Path, default=None, help="results JSON path")

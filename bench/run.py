@@ -29,7 +29,7 @@ from typing import Any
 
 from bench import procs, report, targets
 from bench.procs import Child, Usage
-from bench.scenarios import FULL, QUICK, Scenario
+from bench.scenarios import FULL, QUICK, Scenario, epilog
 
 RESULTS = Path(__file__).with_name("results")
 FDS_PER_PROXIED_STREAM = 2  # the client's socket and the upstream's
@@ -311,29 +311,11 @@ def revision() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def _epilog() -> str:
-    lines = ["scenarios (full size; --quick: smaller) and the paths each runs:"]
-    for s in FULL.values():
-        lines.append(f"  {s.name}: {s.title}\n      paths: {', '.join(s.paths)}")
-    lines += [
-        "paths:",
-        "  direct: the producer itself; nginx: proxy_buffering off; sidecar: a plain route",
-        "  session, resume: session key, resume on (memory); resume-redis: resume on Redis",
-        "  workers2-redis: resume on Redis, workers: 2",
-        "  remote-redis: two sidecars on one Redis; each stream starts on the first and is",
-        "      reopened on the second with Last-Event-ID after its first events (the first",
-        "      connection is closed): the client follows the run from the other process",
-        "  websocket: the sidecar in front of the example gateway (profile: openclaw);",
-        "      nginx cannot bridge WebSocket to SSE, so nginx runs the same shape over HTTP",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench.run",
         description=__doc__.splitlines()[0],
-        epilog=_epilog(),
+        epilog=epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--scenarios", default=",".join(FULL), help="comma-separated names")

@@ -178,3 +178,22 @@ SMOKE: dict[str, Scenario] = {
         heartbeat=0.3, hold=1.0, settle=0.2, deadline=20,
     ),
 }  # fmt: skip
+
+
+def epilog() -> str:
+    """``bench.run --help``'s list of the scenarios and paths."""
+    lines = ["scenarios (full size; --quick: smaller) and the paths each runs:"]
+    for s in FULL.values():
+        lines.append(f"  {s.name}: {s.title}\n      paths: {', '.join(s.paths)}")
+    lines += [
+        "paths:",
+        "  direct: the producer itself; nginx: proxy_buffering off; sidecar: a plain route",
+        "  session, resume: session key, resume on (memory); resume-redis: resume on Redis",
+        "  workers2-redis: resume on Redis, workers: 2",
+        "  remote-redis: two sidecars on one Redis; each stream starts on the first and is",
+        "      reopened on the second with Last-Event-ID after its first events (the first",
+        "      connection is closed): the client follows the run from the other process",
+        "  websocket: the sidecar in front of the example gateway (profile: openclaw);",
+        "      nginx cannot bridge WebSocket to SSE, so nginx runs the same shape over HTTP",
+    ]
+    return "\n".join(lines)

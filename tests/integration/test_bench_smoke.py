@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from bench import load, report, run
+from bench import conn, report, run
 from bench.scenarios import SMOKE
 
 
@@ -165,18 +165,18 @@ def test_the_websocket_route_delivers_every_delta_of_the_example_gateway(tmp_pat
     ],
 )
 def test_the_load_client_resumes_from_the_last_id_field_of_a_read(block, expected):
-    assert load._last_id(block) == expected
+    assert conn.last_id(block) == expected
 
 
 def test_the_load_client_reopens_with_the_same_key_and_last_event_id():
-    at = load.Endpoint("http://127.0.0.1:9/bench?n=5", "s", "")
+    at = conn.Endpoint("http://127.0.0.1:9/bench?n=5", "s", "")
     first, again = at.request("k-1"), at.request("k-1", b"r-3")
     assert first.startswith(b"GET /bench?n=5&s=k-1 HTTP/1.1\r\n")
     assert b"Last-Event-ID" not in first
     assert again.startswith(b"GET /bench?n=5&s=k-1 HTTP/1.1\r\n")
     assert b"\r\nLast-Event-ID: r-3\r\n" in again
     assert again.endswith(b"\r\n\r\n")
-    posted = load.Endpoint("http://127.0.0.1:9/agent", "", '{"message":"hi"}').request("k")
+    posted = conn.Endpoint("http://127.0.0.1:9/agent", "", '{"message":"hi"}').request("k")
     head, _, body = posted.partition(b"\r\n\r\n")
     assert head.startswith(b"POST /agent HTTP/1.1\r\n")
     assert b"\r\nContent-Length: 16" in head

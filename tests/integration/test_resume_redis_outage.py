@@ -134,7 +134,7 @@ async def test_a_reconnect_during_an_outage_gets_a_defined_answer_within_a_secon
     assert took < ANSWER_S, took
     assert_defined_end(got)
     data = data_events(got)
-    if where == "same" and data:
+    if where == "same":
         # The run's own process holds its events: all the client missed, then the end.
         assert data == [str(i) for i in range(4, 41)]
         assert got.kinds()[-1] == "done"

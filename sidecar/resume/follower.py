@@ -233,7 +233,10 @@ class Follower:
                 if await self.log.read(self.after_seq, 0):
                     continue  # what it wrote before it died comes first
                 return await self._gone()
-            if now - self.last_entry >= idle:
+            # A run of this process has the same limit on its upstream and
+            # always ends with a terminal entry (or resumes its upstream):
+            # only a follower of a run elsewhere needs its own idle limit.
+            if remote and now - self.last_entry >= idle:
                 data = self.services.normalizer.dialect.error(
                     "upstream_timeout",
                     f"no event for limits.idle_timeout ({idle:g}s) while following the stream",

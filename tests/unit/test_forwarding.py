@@ -26,3 +26,12 @@ def test_plain_request_ids_are_kept(good) -> None:
 def test_odd_request_ids_are_replaced(bad) -> None:
     assert request_id(bad, "fresh") == "fresh"
     assert len(request_id(bad)) == 16
+
+
+def test_a_trusted_network_may_be_written_with_host_bits() -> None:
+    # "10.1.2.3/8" (this host's /8, as people write it) trusts the whole 10.0.0.0/8;
+    # config validation accepts the same form.
+    proxies = TrustedProxies.parse(["10.1.2.3/8", "fd00::1/64"])
+    assert proxies.trusts("10.200.0.1")
+    assert proxies.trusts("fd00::abcd")
+    assert not proxies.trusts("11.0.0.1")

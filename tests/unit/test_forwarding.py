@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from multidict import CIMultiDict
 
-from sidecar.forwarding import TrustedProxies, request_id
+from sidecar.forwarding import TrustedProxies, forwarding_headers, request_id
 
 
 def test_trusted_proxies_match_by_network() -> None:
@@ -35,3 +36,17 @@ def test_a_trusted_network_may_be_written_with_host_bits() -> None:
     assert proxies.trusts("10.200.0.1")
     assert proxies.trusts("fd00::abcd")
     assert not proxies.trusts("11.0.0.1")
+
+
+def test_a_trusted_chain_without_a_peer_address_is_passed_on_in_canonical_spelling() -> None:
+    # A unix-socket peer has no address to append: the trusted chain goes on
+    # as it came, under the names the sidecar always writes (upstream logs
+    # and naive servers match them as spelled).
+    client = CIMultiDict([("x-forwarded-for", "1.1.1.1"), ("x-forwarded-proto", "https")])
+    assert forwarding_headers(
+        client, peer=None, scheme="http", local=None, host="api.example", trusted=True
+    ) == [
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-For", "1.1.1.1"),
+        ("X-Forwarded-Host", "api.example"),
+    ]

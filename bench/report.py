@@ -2,7 +2,8 @@
 
 The targets are the plain route's (against nginx) and those of every mode users
 deploy: session key, resume on memory and on Redis, two workers, and Redis at
-scale (many streams, many idle streams).
+scale (many streams, many idle streams). A remote follower and a WebSocket
+route have no target of their own: their price against nginx is shown.
 """
 
 from __future__ import annotations
@@ -172,6 +173,15 @@ def _deployed_targets(doc: dict[str, Any], get: Any, add: Any) -> None:
         extra = None if n_p99 is None or s is None else s - n_p99
         add(f"steady via {mode}: p99 latency", "ms", n_p99, s, None, "sidecar − nginx ≤ 5 ms",
             None if extra is None else extra <= 5.0)  # fmt: skip
+    s = get("steady", "remote-redis", *cpu)
+    add("steady via remote-redis (run + follower process): CPU per event", "µs", n_cpu, s, None,
+        "measured (no target)", None)  # fmt: skip
+    s = get("steady", "remote-redis", *p99)
+    add("steady via remote-redis: p99 latency (the reconnect included)", "ms", n_p99, s, None,
+        "measured (no target)", None)  # fmt: skip
+    n, s = get("steady-ws", "nginx", *cpu), get("steady-ws", "websocket", *cpu)
+    add("steady-ws via websocket: CPU per event (nginx: HTTP)", "µs", n, s, None,
+        "measured (no target)", None)  # fmt: skip
     one, two = get("steady", "resume-redis", *cpu), get("steady", "workers2-redis", *cpu)
     r = _ratio(two, one)
     add("steady via workers2-redis: CPU per event vs one worker", "µs", None, two, None,
@@ -209,6 +219,21 @@ def backend_table(doc: dict[str, Any]) -> list[str]:
             f"| {r['scenario']} | {r['target']} | {_num(b['cpu_s'])} "
             f"| {_num(b.get('cpu_us_per_event'))} | {b['clients']:,} |"
         )
+    return rows if len(rows) > 2 else []
+
+
+def process_table(doc: dict[str, Any]) -> list[str]:
+    """The CPU of each process of a path that has several (a remote follower's two)."""
+    rows = [
+        "| scenario | path | process | CPU (s) | CPU µs/event |",
+        "|---|---|---|---:|---:|",
+    ]
+    for r in doc["results"]:
+        for role, part in r["proxy"].get("parts", {}).items():
+            rows.append(
+                f"| {r['scenario']} | {r['target']} | {role} | {_num(part['cpu_s'])} "
+                f"| {_num(part['cpu_us_per_event'])} |"
+            )
     return rows if len(rows) > 2 else []
 
 
@@ -256,7 +281,24 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"- **{name}**: {title}")
     for note in doc["notes"]:
         lines.append(f"- note: {note}")
-    for table in (flow_table(doc), hold_table(doc), backend_table(doc), targets_table(doc)):
+    if any(r["target"] == "remote-redis" for r in doc["results"]):
+        lines.append(
+            "- note: remote-redis: two sidecars on one Redis; each stream starts on the first "
+            "(`run`), and after its first events the client closes that connection and reopens "
+            "the stream on the second (`follower`) with `Last-Event-ID`: the run goes on in the "
+            "first, the client follows it from the second. Events sent meanwhile come as "
+            "replay, so latency includes the reconnect; proxy CPU is both processes'"
+        )
+    if any(r["target"] == "websocket" for r in doc["results"]):
+        lines.append(
+            "- note: websocket: nginx cannot bridge a WebSocket to SSE; its steady-ws row is the "
+            "same shape over plain HTTP (the bench producer). The gateway's deltas carry no "
+            "timestamp, so the WebSocket route has no latency figure; load / producer CPU is "
+            "the load client's and the example gateway's"
+        )
+    tables = (flow_table(doc), hold_table(doc), process_table(doc), backend_table(doc),
+              targets_table(doc))  # fmt: skip
+    for table in tables:
         if table:
             lines += ["", *table]
     return "\n".join(lines)

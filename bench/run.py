@@ -1,6 +1,7 @@
 """The benchmark runner: each scenario through direct, nginx and the sidecar, in one run.
 
-``python -m bench.run [--scenarios steady,burst] [--quick] [--profile]``
+``python -m bench.run [--scenarios steady,burst] [--targets nginx,resume-redis] [--quick]
+[--profile]``
 
 For every (scenario, path) it starts a fresh producer and a fresh proxy on free
 loopback ports, runs the load client(s) in their own processes, reads the
@@ -28,7 +29,7 @@ from typing import Any
 
 from bench import procs, report, targets
 from bench.procs import Child, Usage
-from bench.scenarios import FULL, QUICK, Scenario
+from bench.scenarios import FULL, QUICK, Scenario, epilog
 
 RESULTS = Path(__file__).with_name("results")
 FDS_PER_PROXIED_STREAM = 2  # the client's socket and the upstream's
@@ -49,6 +50,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"errors": {}}
     for key in ("streams", "opened", "completed", "short", "events", "keepalives", "comments"):
         out[key] = sum(p[key] for p in parts)
+    out["followed"] = sum(p.get("followed", 0) for p in parts)
     out["bytes"] = sum(p["bytes"] for p in parts)
     for p in parts:
         for name, n in p["errors"].items():
@@ -68,17 +70,17 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class PeakRss(threading.Thread):
-    """Samples a process tree's RSS four times a second; ``peak`` is the highest seen."""
+    """Samples a path's RSS (its proxy processes) four times a second; ``peak`` is the highest."""
 
-    def __init__(self, pid: int | None) -> None:
+    def __init__(self, target: targets.Target) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
-        self.peak = Usage.of(pid).rss_kib
+        self.target = target
+        self.peak = target.usage().rss_kib
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(0.25):
-            self.peak = max(self.peak, Usage.of(self.pid).rss_kib)
+            self.peak = max(self.peak, self.target.usage().rss_kib)
 
     def __enter__(self) -> PeakRss:
         self.start()
@@ -91,6 +93,7 @@ class PeakRss(threading.Thread):
 
 def _clients(scn: Scenario, target: targets.Target, streams: int, workdir: Path) -> list[Child]:
     url, tag = target.url(scn.query()), target.name
+    follow = target.follow_url(scn.query())
     n = max(min(scn.clients, streams), 1)
     split = [streams // n + (1 if i < streams % n else 0) for i in range(n)]
     deadline = scn.deadline + scn.settle + scn.hold
@@ -105,6 +108,12 @@ def _clients(scn: Scenario, target: targets.Target, streams: int, workdir: Path)
         )
         if target.session_param:
             argv.append(f"--session-param={target.session_param}")
+        if follow:
+            argv.append(f"--follow-url={follow}")
+        if target.body:
+            argv.append(f"--body={target.body}")
+        if target.count_event:
+            argv.append(f"--count-event={target.count_event}")
         if scn.kind == "hold":
             argv.append("--hold")
         out.append(Child(f"load-{tag}-{i}", argv, workdir, stdin=scn.kind == "hold"))
@@ -119,13 +128,13 @@ def _result(child: Child, timeout: float, phase: str = "done") -> dict[str, Any]
 
 
 def _flow(scn: Scenario, target: targets.Target, streams: int, workdir: Path) -> dict[str, Any]:
-    base = Usage.of(target.pid)
+    base, base_parts = target.usage(), _cpu_parts(target)
     backend0 = target.backend()
     clients = _clients(scn, target, streams, workdir)
     try:
-        with PeakRss(target.pid) as peak:
+        with PeakRss(target) as peak:
             parts = [_result(c, scn.deadline + 30) for c in clients]
-        end = Usage.of(target.pid)
+        end, end_parts = target.usage(), _cpu_parts(target)
     finally:
         for c in clients:
             c.stop()
@@ -133,12 +142,27 @@ def _flow(scn: Scenario, target: targets.Target, streams: int, workdir: Path) ->
     cpu = end.cpu_s - base.cpu_s
     out["proxy"] = {
         "cpu_s": cpu,
-        "cpu_us_per_event": cpu / out["events"] * 1e6 if out["events"] else math.nan,
+        "cpu_us_per_event": _per_event(cpu, out["events"]),
         "rss_base_kib": base.rss_kib,
         "rss_peak_kib": peak.peak,
     }
+    if len(end_parts) > 1:
+        # Each process of a path apart (a remote follower's run and its follower).
+        out["proxy"]["parts"] = {
+            role: {"cpu_s": (used := end_parts[role] - base_parts.get(role, 0.0)),
+                   "cpu_us_per_event": _per_event(used, out["events"])}
+            for role in end_parts
+        }  # fmt: skip
     _backend(out, backend0, target.backend())
     return out
+
+
+def _cpu_parts(target: targets.Target) -> dict[str, float]:
+    return {role: Usage.of(pid).cpu_s for role, pid in target.pids().items()}
+
+
+def _per_event(cpu_s: float, events: int) -> float:
+    return cpu_s / events * 1e6 if events else math.nan
 
 
 def _backend(
@@ -154,14 +178,14 @@ def _backend(
 
 
 def _hold(scn: Scenario, target: targets.Target, streams: int, workdir: Path) -> dict[str, Any]:
-    base = Usage.of(target.pid)
+    base = target.usage()
     clients = _clients(scn, target, streams, workdir)
     try:
         opened = [_result(c, scn.deadline, "opened") for c in clients]
         time.sleep(scn.settle)
-        u0, backend0 = Usage.of(target.pid), target.backend()
+        u0, backend0 = target.usage(), target.backend()
         time.sleep(scn.hold)
-        u1, backend1 = Usage.of(target.pid), target.backend()
+        u1, backend1 = target.usage(), target.backend()
         for c in clients:
             c.send("close")
         parts = [_result(c, 60) for c in clients]
@@ -194,16 +218,19 @@ def run_case(
     spy: Child | None = None
     try:
         target = targets.start(
-            name, upstream_port, casedir, heartbeat=scn.heartbeat, streams=streams, nofile=nofile
-        )
+            name, upstream_port, casedir, heartbeat=scn.heartbeat, streams=streams,
+            nofile=nofile, rate=scn.rate,
+        )  # fmt: skip
         if profile is not None and target.pid is not None:
             spy = _py_spy(target.pid, profile / f"profile-{scn.name}.txt", casedir)
-        p0, t0 = Usage.of(producer.pid), Usage.of(target.pid)
+        # The example gateway is the upstream of a WebSocket route (the producer idles).
+        upstream_pid = target.producer_pid or producer.pid
+        p0, t0 = Usage.of(upstream_pid), target.usage()
         busy0, own0 = procs.machine_busy_s(), procs.self_cpu_s()
         measure = _flow if scn.kind == "flow" else _hold
         out = measure(scn, target, streams, casedir)
         busy, own = procs.machine_busy_s() - busy0, procs.self_cpu_s() - own0
-        p1, t1 = Usage.of(producer.pid), Usage.of(target.pid)
+        p1, t1 = Usage.of(upstream_pid), target.usage()
         out["producer_cpu_s"] = p1.cpu_s - p0.cpu_s
         out["proxy_alive"] = target.alive()
         # CPU the machine spent on anything but this case's processes: other
@@ -285,16 +312,30 @@ def revision() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="bench.run",
+        description=__doc__.splitlines()[0],
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--scenarios", default=",".join(FULL), help="comma-separated names")
-    parser.add_argument("--targets", default=",".join(targets.NAMES), help="comma-separated")
+    parser.add_argument("--targets", default=None, help="comma-separated (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller loads, about a minute")
-    parser.add_argument("--profile", action="store_true", help="py-spy the sidecar (only)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy one sidecar path (--targets, default sidecar)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="results JSON path")
     args = parser.parse_args(argv)
     table = QUICK if args.quick else FULL
     wanted = [s for s in args.scenarios.split(",") if s]
-    names = ["sidecar"] if args.profile else [t for t in args.targets.split(",") if t]
+    if args.targets is None:
+        names = ["sidecar"] if args.profile else list(targets.NAMES)
+    else:
+        names = [t for t in args.targets.split(",") if t]
+    if args.profile and len(names) != 1:
+        parser.error("--profile takes one path in --targets")
     unknown = [s for s in wanted if s not in table] + [t for t in names if t not in targets.NAMES]
     if unknown:
         parser.error(

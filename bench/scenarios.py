@@ -4,6 +4,11 @@ A *flow* scenario sends a bounded number of events per stream and ends when
 every stream has its terminal event; a *hold* scenario opens silent streams,
 keeps them open for ``hold`` seconds (heartbeats on in the sidecar) and
 measures memory per stream and CPU per second.
+
+``steady-ws`` is steady's shape through a WebSocket route: each stream is one
+run of the example gateway, as many events as the gateway's answer has deltas
+(a few dozen; steady has 500), so stream set-up weighs more per event; the HTTP
+paths get the same number of events per stream at the same rate.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlencode
 
-from bench.targets import MODES
+from bench.targets import MODES, ws_deltas
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,16 @@ FULL: dict[str, Scenario] = {
             rate=50,
             deadline=60,
             paths=("direct", "nginx", *MODES),
+        ),
+        Scenario(
+            "steady-ws",
+            f"200 streams × {ws_deltas()} events at 50/s, WebSocket route (example gateway)",
+            "flow",
+            streams=200,
+            events=ws_deltas(),
+            rate=50,
+            deadline=60,
+            paths=("nginx", "sidecar", "websocket"),
         ),
         Scenario(
             "comments",
@@ -132,6 +147,8 @@ FULL: dict[str, Scenario] = {
 #: ``--quick``: the same shapes, about a fifth of the time.
 QUICK: dict[str, Scenario] = {
     "steady": replace(FULL["steady"], title="200 streams × 50 events/s, 3 s", events=150),
+    "steady-ws": replace(FULL["steady-ws"], streams=100,
+                         title=f"100 streams × {ws_deltas()} events at 50/s, WebSocket route"),
     "comments": replace(
         FULL["comments"], title="steady + a comment every 5 events, 3 s", events=150
     ),
@@ -152,8 +169,31 @@ SMOKE: dict[str, Scenario] = {
         "steady", "5 streams × 20 events at 100/s", "flow", streams=5, events=20, rate=100,
         deadline=20,
     ),
+    "steady-ws": Scenario(
+        "steady-ws", f"5 streams × {ws_deltas()} events at 100/s", "flow", streams=5,
+        events=ws_deltas(), rate=100, deadline=20, paths=("nginx", "sidecar", "websocket"),
+    ),
     "idle": Scenario(
         "idle", "5 silent streams, heartbeat 0.3 s, held 1 s", "hold", streams=5,
         heartbeat=0.3, hold=1.0, settle=0.2, deadline=20,
     ),
 }  # fmt: skip
+
+
+def epilog() -> str:
+    """``bench.run --help``'s list of the scenarios and paths."""
+    lines = ["scenarios (full size; --quick: smaller) and the paths each runs:"]
+    for s in FULL.values():
+        lines.append(f"  {s.name}: {s.title}\n      paths: {', '.join(s.paths)}")
+    lines += [
+        "paths:",
+        "  direct: the producer itself; nginx: proxy_buffering off; sidecar: a plain route",
+        "  session, resume: session key, resume on (memory); resume-redis: resume on Redis",
+        "  workers2-redis: resume on Redis, workers: 2",
+        "  remote-redis: two sidecars on one Redis; each stream starts on the first and is",
+        "      reopened on the second with Last-Event-ID after its first events (the first",
+        "      connection is closed): the client follows the run from the other process",
+        "  websocket: the sidecar in front of the example gateway (profile: openclaw);",
+        "      nginx cannot bridge WebSocket to SSE, so nginx runs the same shape over HTTP",
+    ]
+    return "\n".join(lines)

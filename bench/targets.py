@@ -1,11 +1,16 @@
 """The paths a load goes through: direct to the producer, nginx, and the sidecar
 in each mode users deploy (plain, session key, resume on memory or Redis, two
-workers on Redis).
+workers on Redis, a remote follower on a second process, a WebSocket route).
 
 Each is started fresh for each scenario, on free loopback ports, so one
 scenario's heap or connection state never colours the next one's numbers. A
 Redis mode starts its own ``redis-server``; its CPU is reported apart from the
-sidecar's (``backend``), as its connection count is.
+sidecar's (``backend``), as its connection count is. ``remote-redis`` runs two
+sidecars on that Redis: every stream starts on the first and is reopened on
+the second with ``Last-Event-ID`` after its first events, so the client follows
+the run from the other process; the proxy CPU is both processes', each also
+reported apart. ``websocket`` puts the sidecar in front of the bundled example
+gateway (OpenClaw's protocol); the gateway takes the producer's place.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from bench import procs
 from bench.procs import Child, Usage
+from sidecar.examples.gateway import TOKEN_INTERVAL, cumulative_texts
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 #: The query parameter the load client puts each stream's session key in.
@@ -35,6 +41,8 @@ class Mode:
     resume: bool = False
     redis: bool = False
     workers: int = 1
+    #: The client follows each run from a second process (reconnected there).
+    remote: bool = False
 
 
 MODES = {
@@ -43,8 +51,17 @@ MODES = {
     "resume": Mode(session=True, resume=True),
     "resume-redis": Mode(session=True, resume=True, redis=True),
     "workers2-redis": Mode(session=True, resume=True, redis=True, workers=2),
+    "remote-redis": Mode(session=True, resume=True, redis=True, remote=True),
 }
-NAMES = ("direct", "nginx", *MODES)
+NAMES = ("direct", "nginx", *MODES, "websocket")
+#: What every WebSocket-route stream asks the gateway (the topic fills its 60 characters).
+WS_MESSAGE = "a steady stream of small deltas through the bench gateway route"
+WS_TOKEN = "bench-token"
+
+
+def ws_deltas() -> int:
+    """The delta events of one gateway run of :data:`WS_MESSAGE` (the stream's events)."""
+    return len(cumulative_texts(WS_MESSAGE))
 
 
 class Target:
@@ -65,6 +82,30 @@ class Target:
 
     #: Set on session routes: the load client gives each stream a key there.
     session_param = ""
+    #: A JSON body to POST instead of a GET, and the event type counted instead
+    #: of the producer's stamped events (a gateway's deltas carry no stamp).
+    body = ""
+    count_event = ""
+
+    def follow_url(self, query: str) -> str:
+        """Where each stream is reopened after its first events ("": it stays)."""
+        return ""
+
+    def pids(self) -> dict[str, int]:
+        """The processes whose CPU and memory together are the proxy's, by role."""
+        return {} if self.pid is None else {"proxy": self.pid}
+
+    def usage(self) -> Usage:
+        """CPU time and RSS of all the proxy's processes together."""
+        parts = [Usage.of(pid) for pid in self.pids().values()]
+        if not parts:
+            return Usage.of(None)
+        return Usage(sum(u.cpu_s for u in parts), sum(u.rss_kib for u in parts), parts[-1].at)
+
+    @property
+    def producer_pid(self) -> int | None:
+        """The upstream's process when it is not the bench producer."""
+        return None
 
     def alive(self) -> bool:
         return self.child is None or self.child.alive()
@@ -138,6 +179,38 @@ class Redis:
             client.close()
 
 
+class Process:
+    """One sidecar process on free loopback ports, with the config a user would write."""
+
+    def __init__(
+        self, name: str, workdir: Path, route: dict[str, Any], *, streams: int,
+        workers: int = 1, redis_url: str | None = None,
+    ) -> None:  # fmt: skip
+        self.port, self.admin_port = procs.free_port(), procs.free_port()
+        # JSON is YAML; the config is what a user would write, nothing bench-only.
+        config: dict[str, Any] = {
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "admin": {"host": "127.0.0.1", "port": self.admin_port},
+            "logging": {"level": "warning", "format": "json"},
+            "max_streams": max(20_000, streams + 100),
+            "drain_timeout": 1,
+            "workers": workers,
+            "routes": [route],
+        }
+        if redis_url is not None:
+            config["backend"] = {"kind": "redis", "url": redis_url}
+        path = workdir / f"{name}.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        self.child = Child(name, procs.python("sidecar", "--config", str(path)), workdir)
+        try:
+            procs.wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", 20, self.child)
+            if workers > 1:
+                procs.wait_port(self.port, 20, self.child)
+        except BaseException:
+            self.child.stop()
+            raise
+
+
 class Sidecar(Target):
     name = "sidecar"
 
@@ -150,13 +223,12 @@ class Sidecar(Target):
         nofile: int,
         mode: str = "sidecar",
     ) -> None:
-        super().__init__(procs.free_port())
+        super().__init__(0)
         self.name = mode
         how = MODES[mode]
-        self.admin_port = procs.free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.redis = Redis(workdir, nofile) if how.redis else None
-        self.config = workdir / "sidecar.yaml"
+        self.follower: Process | None = None
         route: dict[str, Any] = {
             "name": "bench",
             "path": "/bench",
@@ -169,28 +241,30 @@ class Sidecar(Target):
             route["session"] = {"from": f"query:{SESSION_PARAM}"}
         if how.resume:
             route["resume"] = {"enabled": True}
-        # JSON is YAML; the config is what a user would write, nothing bench-only.
-        config: dict[str, Any] = {
-            "listen": {"host": "127.0.0.1", "port": self.port},
-            "admin": {"host": "127.0.0.1", "port": self.admin_port},
-            "logging": {"level": "warning", "format": "json"},
-            "max_streams": max(20_000, streams + 100),
-            "drain_timeout": 1,
-            "workers": how.workers,
-            "routes": [route],
-        }
-        if self.redis is not None:
-            config["backend"] = {"kind": "redis", "url": self.redis.url}
-        self.config.write_text(json.dumps(config, indent=2))
-        argv = procs.python("sidecar", "--config", str(self.config))
-        self.child = Child("sidecar", argv, workdir)
+        redis_url = self.redis.url if self.redis is not None else None
         try:
-            procs.wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", 20, self.child)
-            if how.workers > 1:
-                procs.wait_port(self.port, 20, self.child)
+            main = Process("sidecar", workdir, route, streams=streams, workers=how.workers,
+                           redis_url=redis_url)  # fmt: skip
+            self.child, self.port = main.child, main.port
+            if how.remote:
+                self.follower = Process("follower", workdir, route, streams=streams,
+                                        redis_url=redis_url)  # fmt: skip
         except BaseException:
             self.stop()
             raise
+
+    def follow_url(self, query: str) -> str:
+        if self.follower is None:
+            return ""
+        return f"http://127.0.0.1:{self.follower.port}/bench?{query}"
+
+    def pids(self) -> dict[str, int]:
+        if self.follower is None or self.child is None:
+            return super().pids()
+        return {"run": self.child.pid, "follower": self.follower.child.pid}
+
+    def alive(self) -> bool:
+        return super().alive() and (self.follower is None or self.follower.child.alive())
 
     def backend(self) -> dict[str, Any] | None:
         if self.redis is None:
@@ -199,19 +273,72 @@ class Sidecar(Target):
 
     def stop(self) -> None:
         super().stop()
+        if self.follower is not None:
+            self.follower.child.stop()
         if self.redis is not None:
             self.redis.child.stop()
 
 
+class WebSocketRoute(Target):
+    """The sidecar in front of the example gateway, ``profile: openclaw``, one shared socket.
+
+    Each stream POSTs :data:`WS_MESSAGE` and gets the run's deltas as SSE. The
+    gateway's ``--speed`` paces them at the scenario's rate; nginx cannot
+    bridge a WebSocket to SSE, so it has no such path.
+    """
+
+    name = "websocket"
+    count_event = "delta"
+    body = json.dumps({"message": WS_MESSAGE})
+
+    def __init__(self, workdir: Path, heartbeat: float, streams: int, rate: float) -> None:
+        super().__init__(0)
+        workdir.mkdir(parents=True, exist_ok=True)
+        gateway_port = procs.free_port()
+        # The gateway waits TOKEN_INTERVAL / speed between deltas; unpaced: as fast as it goes.
+        speed = rate * TOKEN_INTERVAL if rate > 0 else 1000.0
+        argv = procs.python("sidecar.examples.gateway", "--port", str(gateway_port),
+                            "--speed", f"{speed:g}", "--token", WS_TOKEN)  # fmt: skip
+        self.gateway = Child("gateway", argv, workdir)
+        route: dict[str, Any] = {
+            "name": "bench",
+            "path": "/bench",
+            "upstream": f"ws://127.0.0.1:{gateway_port}",
+            "websocket": {"profile": "openclaw", "token": WS_TOKEN},
+            "heartbeat": {"interval": heartbeat},
+        }
+        try:
+            procs.wait_port(gateway_port, 15, self.gateway)
+            main = Process("sidecar", workdir, route, streams=streams)
+            self.child, self.port = main.child, main.port
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def producer_pid(self) -> int | None:
+        return self.gateway.pid
+
+    def alive(self) -> bool:
+        return super().alive() and self.gateway.alive()
+
+    def stop(self) -> None:
+        super().stop()
+        self.gateway.stop()
+
+
 def start(
-    name: str, upstream_port: int, workdir: Path, *, heartbeat: float, streams: int, nofile: int
-) -> Target:
+    name: str, upstream_port: int, workdir: Path, *, heartbeat: float, streams: int, nofile: int,
+    rate: float = 0.0,
+) -> Target:  # fmt: skip
     if name == "direct":
         return Target(upstream_port)
     if name == "nginx":
         return Nginx(upstream_port, workdir / "nginx", nofile)
     if name in MODES:
         return Sidecar(upstream_port, workdir / "sidecar", heartbeat, streams, nofile, name)
+    if name == "websocket":
+        return WebSocketRoute(workdir / "sidecar", heartbeat, streams, rate)
     raise ValueError(f"unknown target {name!r}; one of {', '.join(NAMES)}")
 
 

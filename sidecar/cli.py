@@ -113,3 +113,7 @@ def run(config: Config, *, worker: bool = False) -> int:
 
         return asyncio.run(Supervisor(config).run())
     return serve.run(config, worker)
+
+
+if __name__ == "__main__":  # python -m sidecar.cli, as python -m sidecar
+    raise SystemExit(main())

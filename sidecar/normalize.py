@@ -148,6 +148,50 @@ class Normalizer:
 
         return events
 
+    def number(self, block: bytes, ids: IdSource) -> Batch | None:
+        """Ids on the bytes of a block the raw check passed: a resumable run's fast path.
+
+        An event that starts with an ``id:`` line of its own keeps it (the
+        upstream's id is the one clients resume by) and goes as it came; any
+        other gets ``id: <nonce>-<seq>`` as its first line (the order of
+        fields is free, WHATWG §9.2.6). Each becomes a log entry. None when
+        that is not all: an id line elsewhere or twice, an empty id or one
+        with NUL (the decoder's rules apply), or an event without a data
+        line (it is not dispatched, so it takes no seq): the decoder decides
+        those.
+        """
+        pieces = block.split(b"\n\n")
+        pieces.pop()  # the block ends with a blank line: nothing after it
+        own: list[str | None] = []
+        for piece in pieces:
+            if not (piece.startswith(b"data:") or b"\ndata:" in piece):
+                return None
+            rest = piece
+            event_id = None
+            if piece.startswith(b"id:"):
+                line_end = piece.find(b"\n")  # there is one: a data line follows
+                value = piece[3:line_end]
+                value = value[1:] if value.startswith(b" ") else value
+                if not value or b"\0" in value:
+                    return None
+                event_id = value.decode()
+                rest = piece[line_end:]
+            elif piece.startswith(b"id\n"):
+                return None
+            if b"\nid:" in rest or b"\nid\n" in rest or rest.endswith(b"\nid"):
+                return None
+            own.append(event_id)
+        batch = Batch(forwarded=len(pieces))
+        entries = batch.entries
+        for piece, event_id in zip(pieces, own, strict=True):
+            seq, ours = ids.next()
+            if event_id is None:
+                entries.append(Entry(seq, ours, b"id: %b\n%b\n\n" % (ours.encode(), piece)))
+            else:
+                entries.append(Entry(seq, event_id, piece + b"\n\n"))
+        batch.data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
+        return batch
+
     def rewrite_comments(self, block: bytes) -> Batch | None:
         """Comments of a block of complete events handled on bytes: the fast path's second try.
 

@@ -106,7 +106,8 @@ class RouteHandler:
                 405,
                 "method_not_allowed",
                 f"{request.method} is not allowed here",
-                Allow=", ".join(self.route.methods),
+                # DELETE with the session key stops the session's run (sidecar/stop.py).
+                Allow=", ".join([*self.route.methods, "DELETE"]),
             )
         if len(self.ctx.streams) >= self.ctx.config.max_streams:
             self.metrics.rejected("max_streams")

@@ -14,6 +14,7 @@ script and each transaction-free pipeline entry touches one slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,3 +169,69 @@ async def queue_script(
         )
     else:
         await script(keys=keys, args=args, client=pipe)
+
+
+#: A queued script call: the script, its keys and args, and where its result goes.
+_Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+
+
+class ScriptRounds:
+    """Script calls of many tasks sent together: one pipeline per round.
+
+    A burst of new streams (claims, log opens) would otherwise queue for the
+    pool's few connections one round trip each, and on a busy loop the wait
+    outlasts a caller's budget. Calls made while a round is out go in the
+    next one, however many they are; each caller gets its own result or
+    error, and bounds its own wait (the script still runs if it stops
+    waiting: callers that must know, shield the call).
+    """
+
+    def __init__(self, client: Client, max_per_round: int = 512) -> None:
+        self._client = client
+        self._max = max_per_round
+        self._queued: list[
+            tuple[AsyncScript, Sequence[Any], Sequence[Any], asyncio.Future[Any]]
+        ] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((script, keys, args, future))
+        if self._runner is None:
+            self._runner = asyncio.ensure_future(self._rounds())
+        return await future
+
+    async def _rounds(self) -> None:
+        try:
+            while self._queued:
+                calls, self._queued = self._queued[: self._max], self._queued[self._max :]
+                calls = [c for c in calls if not c[3].done()]  # its caller stopped waiting
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for script, keys, args, _ in calls:
+                            await queue_script(script, pipe, keys, args)
+                        results = await pipe.execute(raise_on_error=False)
+                except Exception as exc:  # the whole round failed: each caller learns why
+                    for *_, future in calls:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (*_, future), result in zip(calls, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._runner = None
+            for *_, future in self._queued:  # cancelled with calls still queued
+                if not future.done():
+                    future.set_exception(RedisConnectionError("the client closed"))
+            self._queued = []
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner

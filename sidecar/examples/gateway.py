@@ -15,7 +15,7 @@ close 1008), checks the token (AUTH_TOKEN_MISMATCH, NOT_PAIRED), rewrites
 session keys (``main`` → ``agent:main:main``, lowered), sends ``deltaText``,
 reports a rewritten text as a ``replace: true`` retry, stops a run on
 ``chat.abort``, ticks, and says ``shutdown`` when stopped. ``handshake=False``
-gives the bare protocol of issue 6 (no connect, keys kept) for the generic
+gives the bare generic protocol (no connect, keys kept) for the generic
 profile.
 
 A request gets an accepted ``res`` with a run id, then ``chat`` events whose
@@ -160,7 +160,7 @@ class Gateway:
             raise ValueError(f"speed must be a positive number, got {speed!r}")
         self.speed = speed
         #: Speak OpenClaw's protocol (connect first, key rewriting, chat.abort);
-        #: False: the bare protocol of issue 6, for the generic profile.
+        #: False: the bare generic protocol, for the generic profile.
         self.handshake = handshake
         #: The shared token connect must carry (None: any token, or none).
         self.token = token

@@ -43,6 +43,15 @@ class ReplayLog(Protocol):
         """Add entries (seq strictly increasing); the oldest go past the caps."""
         ...
 
+    def append_nowait(self, entries: Sequence[Entry]) -> None:
+        """Append to the run's own log (from :meth:`ReplayStore.open`) without waiting.
+
+        The run's events reach its local client beside the log, so adding
+        them must not wait on the network: a Redis log holds them locally
+        and sends them in the process's next append round.
+        """
+        ...
+
     async def after(self, event_id: str) -> list[Entry] | None:
         """Entries after ``event_id``; None when the id is unknown or evicted."""
         ...

@@ -46,6 +46,9 @@ class MemoryReplayLog:
         return self._run_id
 
     async def append(self, entries: Sequence[Entry]) -> None:
+        self.append_nowait(entries)
+
+    def append_nowait(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
             self.entries.append(entry)
             if entry.event_id:

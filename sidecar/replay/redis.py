@@ -41,7 +41,14 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionForbidden
-from sidecar.redisconn import OP_TIMEOUT, Client, Connection, connect, queue_script
+from sidecar.redisconn import (
+    OP_TIMEOUT,
+    Client,
+    Connection,
+    ScriptRounds,
+    connect,
+    queue_script,
+)
 from sidecar.replay import redis_scripts as lua
 from sidecar.replay.base import FORBIDDEN, Entry
 from sidecar.replay.redis_append import Appends
@@ -111,11 +118,16 @@ class RedisReplayLog:
         return self._run_id
 
     async def append(self, entries: Sequence[Entry]) -> None:
-        if not entries:
+        if self._local is None:
+            if entries:
+                await self._send(entries)
             return
+        self.append_nowait(entries)
+
+    def append_nowait(self, entries: Sequence[Entry]) -> None:
         local = self._local
-        if local is None:
-            await self._send(entries)
+        assert local is not None, "only the run's own log is appended to without waiting"
+        if not entries:
             return
         local.add(entries)
         self._pending += entries
@@ -184,6 +196,9 @@ class RedisReplayLog:
         return self._caps
 
     async def after(self, event_id: str) -> list[Entry] | None:
+        if self._local is not None and (held := self._local.after_id(event_id)) is not None:
+            # The run's own entries: a reconnect here needs no Redis (it may be down).
+            return held
         await self.flush()
         k = self.keys
         args = [event_id, _own_seq(self._run_id, event_id)]
@@ -192,6 +207,8 @@ class RedisReplayLog:
         return None if raw is None else _entries(raw)
 
     async def last(self) -> Entry | None:
+        if self._local is not None and self._local.entries:
+            return self._local.entries[-1]
         await self.flush()
         async with self._store.backend() as redis:
             raw = await redis.xrevrange(self.keys.stream, count=1)
@@ -289,6 +306,7 @@ class RedisReplayStore:
         self._redis: Client | None = None
         self._conn: Connection | None = None
         self.scripts: dict[str, AsyncScript] = {}
+        self._opens: ScriptRounds | None = None
         self.wakeups = Wakeups(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self.appends = Appends(self)
@@ -318,6 +336,7 @@ class RedisReplayStore:
             "open": lua.OPEN,
         }
         self.scripts = {name: redis.register_script(src) for name, src in sources.items()}
+        self._opens = ScriptRounds(redis)  # a burst of new runs: one round trip per round
         self.spawn(self._keep_alive())
 
     async def close(self) -> None:
@@ -325,6 +344,8 @@ class RedisReplayStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._opens is not None:
+            await self._opens.aclose()
         conn, self._conn, self._redis = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -391,8 +412,11 @@ class RedisReplayStore:
         args: list[str | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
         args += [ms(self.lease), *run_prefixes(self.prefix, route, key)]
         async with self.backend():
-            opened = await self.scripts["open"](
-                keys=[keys.pointer, keys.stream, keys.index, keys.follow, keys.live], args=args
+            assert self._opens is not None
+            opened = await self._opens.call(
+                self.scripts["open"],
+                [keys.pointer, keys.stream, keys.index, keys.follow, keys.live],
+                args,
             )
         if not opened:
             raise SessionForbidden(FORBIDDEN)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -106,6 +107,15 @@ class LocalTail:
         if held[0].seq > after_seq:
             return list(held)
         return [e for e in held if e.seq > after_seq]
+
+    def after_id(self, event_id: str) -> list[Entry] | None:
+        """Entries after the one with ``event_id``, if it is held here (None: ask Redis)."""
+        held = self.entries
+        if event_id:
+            for i in range(len(held) - 1, -1, -1):
+                if held[i].event_id == event_id:
+                    return list(itertools.islice(held, i + 1, None))
+        return None
 
     async def read(self, after_seq: int, block: float | None) -> list[Entry]:
         got = self.after(after_seq)

@@ -3,8 +3,11 @@
 Strategy: the follower reads the log after the client's last event and
 writes it through the client's Sink (sidecar/stream/sink.py), the one write
 path of that client, with heartbeats when the log is quiet (paced by
-sidecar/stream/pacing.py). A follower of a run on another process (Redis)
-marks the log followed, so that process keeps the run going.
+sidecar/stream/pacing.py). Once it has caught up with a run of this process,
+the run writes its events to that Sink itself (sidecar/resume/run.py) while
+the client keeps up; the follower then only heartbeats, and reads the log
+again when the run lets it go. A follower of a run on another process
+(Redis) marks the log followed, so that process keeps the run going.
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ class FollowedRun(Protocol):
     def attach(self, follower: Follower) -> None: ...
 
     def detach(self, follower: Follower) -> None: ...
+
+    def direct(self, client: Follower) -> bool:
+        """Whether the run now writes ``client``'s events itself (it has them all so far)."""
+        ...
+
+    def release(self, client: Follower) -> None: ...
 
 
 def unavailable(message: str, dialect: Dialect) -> bytes:
@@ -83,6 +92,12 @@ class Follower:
         )
         self.pacing = Pacing.of(self.route.limits, self.route.heartbeat.interval)
         self.task: asyncio.Task[Any] | None = None
+        #: When the client last got an entry (its idle limit counts from there).
+        self.last_entry = self.loop.time()
+        #: The client got the run's terminal event (written by the run itself).
+        self.ended = False
+        #: Set while the run writes to this client itself; done when it stops.
+        self._direct: asyncio.Future[None] | None = None
         self.replaced = False
         self.outcome = "client_disconnected"
         self.replayed = 0
@@ -91,7 +106,14 @@ class Follower:
         """A newer connection took over this run: end this one with ``replaced``."""
         if self.task is not None and not self.replaced:
             self.replaced = True
+            if self.run is not None:
+                self.run.release(self)  # not one more event: this client is told it was replaced
             self.task.cancel()
+
+    def released(self) -> None:
+        """The run stopped writing to this client: it reads the log again (or ends)."""
+        if self._direct is not None and not self._direct.done():
+            self._direct.set_result(None)
 
     async def serve(self, headers: Headers | None = None) -> web.StreamResponse:
         await self.sink.start(headers)
@@ -162,7 +184,7 @@ class Follower:
         interval = self.pacing.heartbeat
         idle = self.route.limits.idle_timeout
         grace = self.route.resume.grace
-        last_entry = self.loop.time()
+        self.last_entry = self.loop.time()
         followed_at = -grace
         remote = self.run is None
         while True:
@@ -170,14 +192,20 @@ class Follower:
             if remote and now - followed_at > grace / 3:
                 await self.log.follow(grace)  # keeps a run on another process going
                 followed_at = now
-            block = min(last_entry + idle, now + grace / 3) - now
+            block = min(self.last_entry + idle, now + grace / 3) - now
             if interval > 0:
                 block = min(block, state.last_write + interval - now)
             if remote:
                 # A quiet run elsewhere is asked after once a second, so the
                 # death of its process ends this stream within its lease + 1 s.
                 block = min(block, OWNER_CHECK)
-            entries = await self.log.read(self.after_seq, max(block, 0.0))
+            if self.run is not None and self.run.direct(self):
+                await self._while_direct(max(block, 0.0))
+                if self.ended:
+                    return "completed"
+                entries = await self.log.read(self.after_seq, 0)
+            else:
+                entries = await self.log.read(self.after_seq, max(block, 0.0))
             now = self.loop.time()
             if entries and entries[0].seq > self.after_seq + 1:
                 # This client fell further behind than the buffer holds.
@@ -187,7 +215,7 @@ class Follower:
                 await self.sink.write(dialect.error("resume_gap", message, partial=True))
                 return "completed"
             if entries:
-                last_entry = now
+                self.last_entry = now
                 await self.sink.write(b"".join(e.data for e in entries))
                 replayed = sum(1 for e in entries if e.seq <= self.replay_until)
                 if replayed:
@@ -205,7 +233,10 @@ class Follower:
                 if await self.log.read(self.after_seq, 0):
                     continue  # what it wrote before it died comes first
                 return await self._gone()
-            if now - last_entry >= idle:
+            # A run of this process has the same limit on its upstream and
+            # always ends with a terminal entry (or resumes its upstream):
+            # only a follower of a run elsewhere needs its own idle limit.
+            if remote and now - self.last_entry >= idle:
                 data = self.services.normalizer.dialect.error(
                     "upstream_timeout",
                     f"no event for limits.idle_timeout ({idle:g}s) while following the stream",
@@ -216,3 +247,15 @@ class Follower:
             if self.pacing.heartbeat_due(now, state.last_write):
                 await self.sink.write(self.services.normalizer.keepalive)
                 state.heartbeat()
+
+    async def _while_direct(self, block: float) -> None:
+        """The run writes this client's events itself: wait until it stops or ``block`` passes."""
+        if self._direct is None or self._direct.done():
+            self._direct = self.loop.create_future()
+        try:
+            await asyncio.wait({self._direct}, timeout=block)
+        finally:
+            # Whatever comes next reads the log from after_seq, which only
+            # stays still once the run no longer writes here.
+            assert self.run is not None
+            self.run.release(self)

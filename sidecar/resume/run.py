@@ -2,7 +2,8 @@
 
 Strategy: the run is composed, not derived: a :class:`StreamRun` with a
 :class:`LogSink`, so every event it emits is appended to the log with an id,
-and clients follow the log (sidecar/resume/follower.py). This module adds
+and clients follow the log (sidecar/resume/follower.py); a client that has
+caught up is written by the run itself, beside the append. This module adds
 who is listening: the run keeps going for ``resume.grace`` once no client
 follows it here (nor, with Redis, from another process), then ends quietly.
 """
@@ -17,7 +18,7 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar.context import StreamHandle
-from sidecar.errors import BackendUnavailable, UpstreamAbandoned
+from sidecar.errors import BackendUnavailable
 from sidecar.headers import Headers
 from sidecar.normalize import Batch, IdSource
 from sidecar.replay.base import Entry, ReplayLog
@@ -37,13 +38,43 @@ class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-class LogSink:
-    """The Sink of a resumable run: numbered events into the replay log."""
+class DirectClient(Protocol):
+    """A follower the run writes to itself while it is caught up (sidecar/resume/follower.py)."""
 
-    __slots__ = ("_route", "_terminal", "headers", "ids", "log", "ready", "state")
+    #: The seq of the last entry its client has.
+    after_seq: int
+    #: When it last got an entry (its idle limit counts from there).
+    last_entry: float
+    #: Its client got the run's terminal event.
+    ended: bool
+
+    @property
+    def sink(self) -> ClientSink: ...
+
+    def released(self) -> None:
+        """The run stopped writing to it: it reads the log again (or ends)."""
+        ...
+
+
+class LogSink:
+    """The Sink of a resumable run: numbered events into the replay log.
+
+    Its caught-up local client, if any, gets each event written by the run
+    itself, beside the log append and in the same call (on the splice, the
+    socket's callback), so the live path costs no second task, no log read
+    and no wait on the log's backend. A client the write would queue behind
+    (or a replaced one) is let go: it reads the log from its place, as every
+    other follower does.
+    """
+
+    __slots__ = (
+        "_direct", "_loop", "_route", "_terminal", "headers", "ids", "last_seq", "log",
+        "ready", "state",
+    )  # fmt: skip
 
     heartbeats = False  # each follower heartbeats its own client
     response: web.StreamResponse | None = None
+    closing = False  # the log never closes under the splice
 
     def __init__(self, replay_log: ReplayLog, route: str) -> None:
         self.log = replay_log
@@ -51,13 +82,15 @@ class LogSink:
         self.ids: IdSource | None = IdSource(replay_log.run_id)
         #: The run's state, for its stream_end log (set by ResumableRun).
         self.state: StreamState | None = None
+        self._loop = asyncio.get_running_loop()
         #: Set once the run committed (None) or answered otherwise (that answer).
-        self.ready: asyncio.Future[web.StreamResponse | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.ready: asyncio.Future[web.StreamResponse | None] = self._loop.create_future()
         #: The upstream's headers, for every follower's response.
         self.headers: Headers | None = None
         self._terminal: tuple[int, str] | None = None
+        #: The seq of the newest entry appended.
+        self.last_seq = 0
+        self._direct: DirectClient | None = None
 
     async def commit(self, upstream_headers: Headers | None) -> None:
         self.headers = upstream_headers
@@ -65,22 +98,27 @@ class LogSink:
             self.ready.set_result(None)
 
     async def emit(self, batch: Batch) -> None:
+        self.emit_nowait(batch)
+
+    def emit_nowait(self, batch: Batch) -> None:
         if self.state is not None:
             # What the run produced for its clients (each follower logs what it wrote);
             # not state.wrote(): the route's client bytes are the followers' to count.
             self.state.bytes_out += len(batch.data)
-        if batch.entries:
-            try:
-                await self.log.append(batch.entries)
-            except BackendUnavailable as exc:
-                # Without its log the run reaches no one: end it. Local
-                # followers see the run done; remote ones time out.
-                raise UpstreamAbandoned(f"resume buffer unavailable: {exc}") from None
+        entries = batch.entries
+        if entries:
+            self.log.append_nowait(entries)
+            self.last_seq = entries[-1].seq
+            if self._direct is not None:
+                self._deliver(entries)
 
     async def write(self, data: bytes) -> None:
         """Bytes of the run's own without an id (never a place to resume from)."""
+        self.write_nowait(data)
+
+    def write_nowait(self, data: bytes) -> None:
         assert self.ids is not None
-        await self.emit(Batch(entries=[Entry(self.ids.next()[0], "", data)]))
+        self.emit_nowait(Batch(data=data, entries=[Entry(self.ids.next()[0], "", data)]))
 
     def next_id(self) -> str | None:
         assert self.ids is not None
@@ -92,15 +130,64 @@ class LogSink:
         seq, event_id = self._terminal
         if self.state is not None:
             self.state.bytes_out += len(data)
+        entry = Entry(seq, event_id, data, terminal=True)
         try:
-            await self.log.append([Entry(seq, event_id, data, terminal=True)])
+            await self.log.append([entry])
         except BackendUnavailable as exc:
             log.warning("replay_log_unavailable", route=self._route, error=str(exc))
             return False
+        self.last_seq = seq
+        if self._direct is not None:
+            self._deliver([entry])
         return True
 
-    def splice_target(self) -> ClientSink | None:
-        return None  # events must be numbered and logged: the awaiting path
+    def splice_target(self) -> LogSink:
+        return self  # the splice numbers what it forwards, and emits it here
+
+    # --- the splice's side (sidecar/stream/sink.py, SpliceTarget) -------------
+
+    def take_transport(self) -> None:
+        return None  # the direct client's transport is its own Sink's
+
+    def has_room(self, size: int) -> bool:
+        return True  # a run never waits for a client: the one behind reads the log
+
+    async def drained(self) -> None:
+        return None
+
+    # --- the caught-up local client ---------------------------------------------
+
+    def direct(self, client: DirectClient) -> bool:
+        """Write ``client``'s events from the run from now on, if it has them all so far."""
+        if self._direct is client:
+            return True
+        if self._direct is not None or client.after_seq != self.last_seq:
+            return False
+        client.sink.take_transport()
+        self._direct = client
+        return True
+
+    def release(self, client: object = None) -> None:
+        """Stop writing to ``client`` (None: to whichever client it writes to)."""
+        direct = self._direct
+        if direct is not None and (client is None or client is direct):
+            self._direct = None
+            direct.released()
+
+    def _deliver(self, entries: list[Entry]) -> None:
+        client = self._direct
+        assert client is not None
+        data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
+        sink = client.sink
+        if client.after_seq != entries[0].seq - 1 or not sink.has_room(len(data)):
+            self.release()  # behind (or gone): it catches up from the log
+            return
+        sink.write_nowait(data)
+        client.after_seq = entries[-1].seq
+        client.last_entry = self._loop.time()
+        if entries[-1].terminal:
+            client.ended = True
+            self.release()
 
 
 class ResumableRun:
@@ -152,6 +239,7 @@ class ResumableRun:
             response = await self.stream.serve()
         finally:
             self.done = True
+            self.sink.release()  # a client it wrote to sees the end (without a terminal)
             if not self.ready.done():
                 self.ready.set_result(response)  # refused or passed through
             self._cancel_grace()
@@ -179,6 +267,13 @@ class ResumableRun:
         self._cancel_grace()
         self._detached_at = None
 
+    def direct(self, client: DirectClient) -> bool:
+        """Have the run write ``client``'s events itself while it keeps up (LogSink)."""
+        return not self.done and self.sink.direct(client)
+
+    def release(self, client: DirectClient) -> None:
+        self.sink.release(client)
+
     @property
     def followed_here(self) -> bool:
         return bool(self.followers) or self.waiting > 0
@@ -188,6 +283,7 @@ class ResumableRun:
             self.waiting -= 1
         else:
             self.followers.discard(follower)
+            self.sink.release(follower)
         if not self.followed_here and not self.done:
             self._detached_at = self.loop.time()
             self._grace = self.loop.call_later(self.route.resume.grace, self._grace_over)

@@ -32,7 +32,14 @@ from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionConflict
 from sidecar.logs import session_hash
-from sidecar.redisconn import OP_TIMEOUT, Client, Connection, connect, queue_script
+from sidecar.redisconn import (
+    OP_TIMEOUT,
+    Client,
+    Connection,
+    ScriptRounds,
+    connect,
+    queue_script,
+)
 from sidecar.redisconn import pubsub as open_pubsub
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
 from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, owner_key
@@ -101,6 +108,7 @@ class RedisSessionStore:
         self._redis: Client | None = None
         self._conn: Connection | None = None
         self._claim_script: AsyncScript
+        self._claims: ScriptRounds | None = None
         self._renew_script: AsyncScript
         self._release_script: AsyncScript
         self._held: dict[str, _Held] = {}  # by value
@@ -124,6 +132,7 @@ class RedisSessionStore:
         self._conn = connect(self.url, cluster=self.cluster, pool_size=self.pool_size)
         self._redis = redis = self._conn.client
         self._claim_script = redis.register_script(CLAIM)
+        self._claims = ScriptRounds(redis)  # a burst of claims: one round trip per round
         self._renew_script = redis.register_script(RENEW)
         self._release_script = redis.register_script(RELEASE)
         self._tasks = [
@@ -146,6 +155,8 @@ class RedisSessionStore:
         await asyncio.gather(*(self.release(c) for c in list(self._owned)), return_exceptions=True)
         if self._background:
             await asyncio.wait(set(self._background), timeout=2 * OP_TIMEOUT)
+        if self._claims is not None:
+            await self._claims.aclose()
         conn, self._conn, self._redis = self._conn, None, None
         self._up = self._listening = False
         if conn is not None:
@@ -247,11 +258,13 @@ class RedisSessionStore:
 
     async def _take(self, redis: Client, entry: _Held, policy: Policy) -> tuple[int, str | None]:
         prefix, route, key = self.prefix, entry.route, entry.key
-        token, old = await self._claim_script(
-            keys=[owner_key(prefix, route, key), fence_key(prefix, route, key)],
-            args=[entry.value, self._lease_ms, policy, self.channel, self._fence_ms, route, key],
-            client=redis,
-        )
+        assert self._claims is not None
+        async with asyncio.timeout(_BUDGET):
+            token, old = await self._claims.call(
+                self._claim_script,
+                [owner_key(prefix, route, key), fence_key(prefix, route, key)],
+                [entry.value, self._lease_ms, policy, self.channel, self._fence_ms, route, key],
+            )
         return int(token), None if old is None else _text(old)
 
     async def _wait_for(self, old: str) -> None:

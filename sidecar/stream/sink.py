@@ -28,6 +28,32 @@ from sidecar.stream.state import StreamState
 HIGH_WATER = 64 * 1024
 
 
+class SpliceTarget(Protocol):
+    """What the splice writes to from the socket's callbacks (sidecar/stream/splice.py).
+
+    The client Sink, or a resumable run's log Sink, which numbers the events
+    (``ids``), logs them and writes its caught-up local client itself.
+    """
+
+    #: Numbers the events (None: they go out as they came, by write_nowait).
+    ids: IdSource | None
+
+    def take_transport(self) -> None: ...
+
+    def has_room(self, size: int) -> bool: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    def write_nowait(self, data: bytes) -> None: ...
+
+    def emit_nowait(self, batch: Batch) -> None:
+        """A numbered batch (``ids`` set): its entries, then its client's bytes."""
+        ...
+
+    async def drained(self) -> None: ...
+
+
 class Sink(Protocol):
     #: Numbers the run's events (None: events keep the upstream's ids).
     ids: IdSource | None
@@ -49,8 +75,8 @@ class Sink(Protocol):
         """Write the terminal event; whether it was written."""
         ...
 
-    def splice_target(self) -> ClientSink | None:
-        """The client Sink the splice may write for, if this Sink allows it."""
+    def splice_target(self) -> SpliceTarget | None:
+        """What the splice may write to for this Sink, if it allows the splice."""
         ...
 
 
@@ -127,7 +153,7 @@ class ClientSink:
         await self.write(data)
         return True
 
-    def splice_target(self) -> ClientSink | None:
+    def splice_target(self) -> SpliceTarget | None:
         return self
 
     # --- the splice's side: writes from callbacks --------------------------------
@@ -158,6 +184,10 @@ class ClientSink:
         assert transport is not None
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         self._state.wrote(len(data), self._loop.time())
+
+    def emit_nowait(self, batch: Batch) -> None:
+        if batch.data:
+            self.write_nowait(batch.data)
 
     async def drained(self) -> None:
         """Wait for the client to take what it was sent (bounded by limits.write_timeout)."""

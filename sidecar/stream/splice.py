@@ -1,18 +1,20 @@
 """The hot path of a normalised HTTP stream: each upstream read goes out in its own callback.
 
-Strategy: once a (non-resumable) stream is committed, the upstream
-connection's protocol hands every read to :class:`Splice` (via
+Strategy: once an HTTP stream is committed, the upstream connection's
+protocol hands every read to :class:`Splice` (via
 :meth:`sidecar.upstream.http.Upstream.attach`), which forwards it and writes
-the result to the client's transport within the same call, so a read costs no
-future, no task wake-up and no ``StreamReader``. The stream's task sleeps
-until the stream ends (or a client falls behind). What is forwarded is what
-the awaiting path would forward: the complete events of a read that a
-bytes-only check finds unchanged go out as the upstream sent them, the rest
-through the decoder and the normaliser. It is the HTTP Source and the client
-Sink (sidecar/stream/sink.py) joined in the socket's callbacks, chosen when
-the Sink allows it (``Sink.splice_target``); its contract is the awaiting
-pump's (sidecar/stream/pump.py), held equal by
-tests/property/test_splice_properties.py.
+the result to its target within the same call, so a read costs no future, no
+task wake-up and no ``StreamReader``. The stream's task sleeps until the
+stream ends (or a client falls behind). What is forwarded is what the
+awaiting path would forward: the complete events of a read that a bytes-only
+check finds unchanged go out as the upstream sent them (on a resumable run,
+with their ids added on the bytes), the rest through the decoder and the
+normaliser. It is the HTTP Source and a Sink (sidecar/stream/sink.py) joined
+in the socket's callbacks, chosen when the Sink allows it
+(``Sink.splice_target``: the client, or a resumable run's log, which writes
+its caught-up client itself); its contract is the awaiting pump's
+(sidecar/stream/pump.py), held equal by tests/property/test_splice_properties.py
+and, for the ids, tests/property/test_normalize_number.py.
 
 There is still one write path at a time, so a heartbeat never lands inside an
 event: every callback writes whole events or a whole heartbeat. When the
@@ -34,7 +36,7 @@ from sidecar.errors import ClientGone, SlowClient, UpstreamError
 from sidecar.normalize import Normalizer
 from sidecar.sse import Decoder
 from sidecar.stream.pacing import Pacing
-from sidecar.stream.sink import ClientSink
+from sidecar.stream.sink import SpliceTarget
 from sidecar.stream.state import StreamState
 from sidecar.timers import TimerWheel
 from sidecar.upstream.http import Upstream
@@ -52,6 +54,7 @@ class Splice:
         "_congested",
         "_decoder",
         "_end",
+        "_ids",
         "_max_pending",
         "_normalizer",
         "_on_timer",
@@ -71,7 +74,7 @@ class Splice:
     def __init__(
         self,
         upstream: Upstream,
-        sink: ClientSink,
+        sink: SpliceTarget,
         state: StreamState,
         pacing: Pacing,
         *,
@@ -84,6 +87,8 @@ class Splice:
         self.upstream = upstream
         self.loop = asyncio.get_running_loop()
         self._sink = sink
+        #: A resumable run's (its log Sink numbers and logs every event).
+        self._ids = sink.ids
         self._state = state
         self._pacing = pacing
         self._normalizer = normalizer
@@ -148,8 +153,11 @@ class Splice:
             elif (events := self._raw_events(chunk)) >= 0:
                 # The usual read: whole events that need no change (inlined
                 # from _forward, which costs a call per read in the hot path).
-                state.passed(events)
-                self._send(chunk)
+                if self._ids is None:
+                    state.passed(events)
+                    self._send(chunk)
+                elif not self._numbered(chunk) and self._decoded(chunk):
+                    self._stop(COMPLETED)
             elif not self._rewritten(chunk) and self._decoded(chunk):
                 self._stop(COMPLETED)
         except Exception as exc:  # raised in the task, not lost in a callback
@@ -187,14 +195,29 @@ class Splice:
             return self._decoded(chunk)
         block = chunk[:cut]
         if (events := self._raw_events(block)) >= 0:
-            self._state.passed(events)
-            self._send(block)
+            if self._ids is None:
+                self._state.passed(events)
+                self._send(block)
+            elif not self._numbered(block):
+                return self._decoded(chunk)
         elif not self._rewritten(block):
             return self._decoded(chunk)
         return cut < len(chunk) and self._decoded(chunk[cut:])
 
+    def _numbered(self, block: bytes) -> bool:
+        """Number a block of unchanged events on its bytes and emit it, if ids allow that."""
+        assert self._ids is not None
+        batch = self._normalizer.number(block, self._ids)
+        if batch is None:
+            return False
+        self._state.counted(batch)
+        self._sink.emit_nowait(batch)
+        return True
+
     def _rewritten(self, block: bytes) -> bool:
         """Send a block of complete events whose only change is comments, if it is that."""
+        if self._ids is not None:
+            return False  # a numbered stream's keepalives are log entries: the decoder's
         batch = self._normalizer.rewrite_comments(block)
         if batch is None or (batch.data and self._raw_events(batch.data) < 0):
             return False
@@ -208,9 +231,11 @@ class Splice:
         items = self._decoder.feed(data)
         self._boundary = self._decoder.at_boundary
         if items:
-            batch = self._normalizer.batch(items, None)
+            batch = self._normalizer.batch(items, self._ids)
             self._state.counted(batch)
-            if batch.data:
+            if self._ids is not None:
+                self._sink.emit_nowait(batch)
+            elif batch.data:
                 self._send(batch.data)
             if batch.terminal:
                 return True

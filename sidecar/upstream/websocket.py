@@ -9,7 +9,8 @@ mapping) and translates every ``websockets`` exception into
 
 Gateway gone → :class:`UpstreamDisconnected` from the pending ``read()`` at
 once (a close frame or a dropped TCP connection wakes ``recv``); client gone
-→ ``close()``, bounded by CLOSE_TIMEOUT (issue 6, item 5).
+→ ``close()``, bounded by CLOSE_TIMEOUT, so the gateway learns within a
+second that nobody reads the run.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sidecar.upstream.ws_tracker import RunTracker
 __all__ = ["CLOSE_TIMEOUT", "RunTracker", "WebSocketProfile", "WebSocketSource"]
 
 #: How long close() waits for the gateway's half of the closing handshake
-#: before dropping the TCP connection (issue 6, item 5: closed within 1 s).
+#: before dropping the TCP connection (the socket is gone well within 1 s).
 CLOSE_TIMEOUT: Final = 0.25
 
 

@@ -2,8 +2,9 @@
 
 Strategy: a gateway is described by data, not code — the request frame is a
 JSON template with placeholders, every field the bridge reads is a dotted
-path, every state name is a list — so another gateway fits by configuration
-(issue 6, item 6). The defaults are the agent-gateway profile of issue 6.
+path, every state name is a list — so another gateway fits by configuration.
+The defaults are the generic agent-gateway profile (``req``/``res``/``event``
+frames keyed by session and run id).
 Everything here is pure: rendering a template and following a path do no I/O.
 
 Paths are dotted keys (``payload.message.content``); a segment made of digits
@@ -41,7 +42,7 @@ MISSING: Final = Missing.MISSING
 
 
 def default_request() -> dict[str, Any]:
-    """The agent gateway's request frame (issue 6); a fresh copy every call."""
+    """The generic agent gateway's request frame; a fresh copy every call."""
     return {
         "type": "req",
         "id": "{request_id}",

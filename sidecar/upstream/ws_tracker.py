@@ -5,7 +5,7 @@ frame and returns the :class:`~sidecar.sse.Event` items it yields; a run ends
 with the terminal event or one of our errors. No socket, no clock, no asyncio:
 :mod:`sidecar.upstream.websocket` does the I/O.
 
-Which frames are ours (issue 6, item 2): a gateway broadcasts every run's
+Which frames are ours: a gateway broadcasts every run's
 events to every connection, so a frame counts only if its session key is the
 one our request sent and its run id is the latched one. The run id is
 latched from the accepted response to our request id; events that arrive
@@ -14,7 +14,7 @@ profile names no run id in responses (``response.run_id: ""``), or the
 acceptance carries none, the first event that passes the session filter
 latches it.
 
-Cumulative text to deltas, and the reset rule (issue 6, item 3): the tracker
+Cumulative text to deltas, and the reset rule: the tracker
 holds ``text``, exactly what a client has assembled. A new cumulative text
 that extends it yields ``event: delta`` with the new suffix. One that does not
 (shorter, or different inside) yields ``event: reset`` with the WHOLE new
@@ -150,8 +150,8 @@ class RunTracker:
         if lookup(frame, spec.ok) is not True:
             self.done = True
             if self.accepted:
-                # Issue 6: a failed final response ends the stream like a
-                # gateway that went away, at once.
+                # A failed final response of an accepted run ends the stream
+                # like a gateway that went away, at once: the run is lost.
                 raise UpstreamDisconnected(
                     _message(frame, spec.error_message, "the gateway's final response failed")
                 )

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from bench import report, run
+from bench import conn, report, run
 from bench.scenarios import SMOKE
 
 
@@ -24,10 +24,12 @@ def _paths() -> list[str]:
     return ["direct", "sidecar"]
 
 
-def _run(name: str, tmp_path) -> list[dict]:
+def _run(name: str, tmp_path, paths: list[str] | None = None) -> list[dict]:
     scn = SMOKE[name]
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return [run.run_case(scn, path, tmp_path, nofile, scn.streams, None) for path in _paths()]
+    return [
+        run.run_case(scn, path, tmp_path, nofile, scn.streams, None) for path in (paths or _paths())
+    ]
 
 
 def _doc(name: str, results: list[dict]) -> dict:
@@ -109,3 +111,73 @@ def test_every_deployed_mode_delivers_the_smoke_flow(tmp_path, mode):
         assert "backend" not in r
     table = report.markdown(_doc("steady", [r]))
     assert f"| steady | {mode} |" in table
+
+
+@pytest.mark.redis
+def test_a_remote_follower_gets_every_event_from_the_second_process(tmp_path):
+    """Each stream starts on one sidecar and is reopened on the other with Last-Event-ID."""
+    scn = SMOKE["steady"]
+    (r,) = _run("steady", tmp_path, ["remote-redis"])
+    assert r["errors"] == {}
+    assert r["all_delivered"]
+    assert r["events"] == scn.expected
+    assert r["opened"] == r["followed"] == scn.streams  # every stream moved, once
+    assert r["proxy_alive"]
+    parts = r["proxy"]["parts"]
+    assert set(parts) == {"run", "follower"}
+    # The follower process served the streams: it spent CPU, and the total is both.
+    assert parts["follower"]["cpu_s"] > 0
+    assert r["proxy"]["cpu_s"] == pytest.approx(sum(p["cpu_s"] for p in parts.values()))
+    assert r["backend"]["clients"] >= 2  # both processes on the path's Redis
+    table = report.markdown(_doc("steady", [r]))
+    assert "| steady | remote-redis | follower |" in table
+    assert "remote-redis: two sidecars on one Redis" in table
+
+
+def test_the_websocket_route_delivers_every_delta_of_the_example_gateway(tmp_path):
+    scn = SMOKE["steady-ws"]
+    paths = [*(p for p in _paths() if p != "direct"), "websocket"]  # nginx when installed
+    results = _run("steady-ws", tmp_path, paths)
+    assert [r["target"] for r in results] == paths
+    for r in results:
+        assert r["errors"] == {}, r["target"]
+        assert r["all_delivered"], r["target"]
+        # The HTTP paths carry as many events per stream as a gateway run has deltas.
+        assert r["events"] == scn.expected > 0, r["target"]
+        assert r["proxy_alive"]
+        assert not math.isnan(r["proxy"]["cpu_us_per_event"])
+    ws = results[-1]
+    assert ws["producer_cpu_s"] > 0  # the example gateway's, not the idle producer's
+    assert math.isnan(ws["latency_ms"]["p50"])  # deltas carry no stamp
+    table = report.markdown(_doc("steady-ws", results))
+    assert "| steady-ws | websocket |" in table
+    assert "nginx cannot bridge a WebSocket to SSE" in table
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (b"id: r-1\ndata: T1 1 x\n\n", b"r-1"),
+        (b"id: r-1\ndata: T1 1 x\n\nid: r-2\ndata: T2 2 x\n\n", b"r-2"),
+        (b"event: keepalive\ndata: {}\n\nid: 7\ndata: T3 3 x\n\n", b"7"),
+        (b"data: T1 1 x\n\n", None),
+        (b"data: grid: 1\n\n", None),  # "id: " inside a value is not a field
+    ],
+)
+def test_the_load_client_resumes_from_the_last_id_field_of_a_read(block, expected):
+    assert conn.last_id(block) == expected
+
+
+def test_the_load_client_reopens_with_the_same_key_and_last_event_id():
+    at = conn.Endpoint("http://127.0.0.1:9/bench?n=5", "s", "")
+    first, again = at.request("k-1"), at.request("k-1", b"r-3")
+    assert first.startswith(b"GET /bench?n=5&s=k-1 HTTP/1.1\r\n")
+    assert b"Last-Event-ID" not in first
+    assert again.startswith(b"GET /bench?n=5&s=k-1 HTTP/1.1\r\n")
+    assert b"\r\nLast-Event-ID: r-3\r\n" in again
+    assert again.endswith(b"\r\n\r\n")
+    posted = conn.Endpoint("http://127.0.0.1:9/agent", "", '{"message":"hi"}').request("k")
+    head, _, body = posted.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /agent HTTP/1.1\r\n")
+    assert b"\r\nContent-Length: 16" in head
+    assert body == b'{"message":"hi"}'

@@ -450,6 +450,6 @@ async def test_global_stream_cap_and_method_answer_in_json(upstream, start_sidec
             assert (await second.json())["error"]["code"] == "overloaded"
     async with sc.http.put(sc.url + "/s") as resp:  # DELETE is the stop request
         assert resp.status == 405
-        assert resp.headers["Allow"] == "GET"
+        assert resp.headers["Allow"] == "GET, DELETE"
     metrics = await sc.metrics()
     assert 'sse_sidecar_rejected_requests_total{reason="max_streams",route="test"} 1.0' in metrics

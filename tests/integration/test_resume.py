@@ -254,3 +254,44 @@ async def test_a_reconnect_takes_over_from_a_connection_still_open(upstream, sta
     assert data_events(got) == [str(i) for i in range(3, 9)]
     assert '"code":"replaced"' in rest
     assert len(upstream.requests) == 1
+    # Once replaced, the old connection gets nothing more: the error is its last event.
+    assert rest.rstrip("\n").split("\n\n")[-1].startswith("event: error")
+
+
+async def test_a_client_that_falls_behind_the_run_gets_every_event_from_the_log(
+    upstream, start_sidecar
+):
+    """The run writes its caught-up client itself; one that stops reading catches up from the log.
+
+    16 MB arrive while the client reads nothing (more than loopback's socket
+    buffers hold): the run neither waits for
+    it nor queues them in front of it; the client then gets every event, once
+    and in order, and the upstream's own end.
+    """
+    n, size = 2000, 8192
+    steps: list[bytes | float | str] = [f"data: {i} {'x' * size}\n\n".encode() for i in range(n)]
+    upstream.script = Script([*steps, DONE])
+    sc = await start_sidecar(resume_config(upstream.url, buffer_events=5000, buffer_bytes="64MiB"))
+    async with sc.http.get(sc.url + "/s?s=slow") as resp:
+        first = await read_until(resp, 1)
+        await asyncio.sleep(1.5)  # not reading: the socket's buffers fill up
+        rest = (await resp.content.read()).decode()
+    blocks = [b for b in rest.split("\n\n") if b]
+    lines = [line for b in blocks for line in b.split("\n")]
+    data = [line[6:].split(" ")[0] for line in lines if line.startswith("data: ")]
+    assert [first[0][1].split(" ")[0], *data] == [*(str(i) for i in range(n)), "[DONE]"]
+    ids = [line[4:] for b in blocks for line in b.split("\n") if line.startswith("id: ")]
+    assert len(set(ids)) == len(ids) == n  # every event once, the terminal event's too
+    assert len(upstream.requests) == 1
+
+
+async def test_a_client_written_by_the_run_gets_heartbeats_and_the_end(upstream, start_sidecar):
+    """Caught up and silent: its heartbeats still come, then the events and the end, once."""
+    upstream.script = Script([b"data: 1\n\n", 1.2, b"data: 2\n\n", DONE])
+    sc = await start_sidecar(resume_config(upstream.url))
+    got = await read_stream(sc.http, "GET", sc.url + "/s?s=quiet")
+    assert data_events(got) == ["1", "2"]
+    assert got.kinds().count("keepalive") >= 1
+    assert got.kinds()[-1] == "done"
+    metrics = await sc.metrics()
+    assert 'sse_sidecar_streams_total{outcome="completed",route="test"} 1.0' in metrics

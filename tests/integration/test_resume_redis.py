@@ -333,3 +333,32 @@ async def test_a_redis_stall_mid_stream_leaves_the_runs_own_client_streaming(
     data = [line[6:] for b in blocks for line in b.split("\n") if line.startswith("data: ")]
     assert [d for d in data if d.isdigit()] == [str(i) for i in range(4, 31)]
     assert "event: done" in blocks[-1]  # the upstream's own terminal event
+
+
+async def test_a_reconnect_to_the_runs_own_process_streams_through_a_redis_stall(
+    redis_server, upstream, start_sidecar
+):
+    """SIGSTOP Redis, drop and reconnect: the run's process answers from its own entries."""
+    upstream.script = numbered(30, gap=0.05)
+    config = make_config(
+        upstream.url,
+        session={"from": "query:s"},
+        resume={"enabled": True, "grace": "5s"},
+        top={"backend": {"kind": "redis", "url": redis_server.url, "lease": "10s"}},
+    )
+    sc = await start_sidecar(config)
+    assert redis_server.process is not None
+    try:
+        async with sc.http.get(sc.url + "/s?s=own") as resp:
+            first = await read_until(resp, 3)
+            redis_server.process.send_signal(signal.SIGSTOP)
+            resp.connection.transport.abort()  # type: ignore[union-attr]
+        async with asyncio.timeout(15):
+            got = await read_stream(
+                sc.http, "GET", sc.url + "/s?s=own", headers={"Last-Event-ID": first[-1][0]}
+            )
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert got.status == 200
+    assert data_events(got) == [str(i) for i in range(4, 31)]
+    assert got.kinds()[-1] == "done"

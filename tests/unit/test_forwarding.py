@@ -40,8 +40,8 @@ def test_a_trusted_network_may_be_written_with_host_bits() -> None:
 
 def test_a_trusted_chain_without_a_peer_address_is_passed_on_in_canonical_spelling() -> None:
     # A unix-socket peer has no address to append: the trusted chain goes on
-    # as it came, under the names the sidecar always writes (upstream logs
-    # and naive servers match them as spelled).
+    # as it came, under the spelling the sidecar writes on every path (names
+    # are case-insensitive, but the logs and greps of upstream operators are not).
     client = CIMultiDict([("x-forwarded-for", "1.1.1.1"), ("x-forwarded-proto", "https")])
     assert forwarding_headers(
         client, peer=None, scheme="http", local=None, host="api.example", trusted=True

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from multidict import CIMultiDict
 
 from sidecar.config import ConfigError, from_mapping
-from sidecar.cors import SAME_ORIGIN, Cors, CorsPolicy, same_origin
+from sidecar.cors import SAME_ORIGIN, Cors, CorsPolicy, same_origin, validate_cors, without_cors
 
 APP = "https://app.example"
 
@@ -66,3 +67,100 @@ def test_config_refuses_a_bad_trusted_proxy() -> None:
             "trusted_proxies": ["10.0.0.0/8", "nginx"]}  # fmt: skip
     with pytest.raises(ConfigError, match=r"trusted_proxies\[1\]"):
         from_mapping(data)
+
+
+def test_a_listed_origin_is_echoed_and_what_it_may_read_is_exposed() -> None:
+    assert cors().decide(APP, "sidecar.example").headers == {
+        "Access-Control-Allow-Origin": APP,
+        "Vary": "Origin",
+        "Access-Control-Expose-Headers": "X-Request-ID, Retry-After",
+    }
+
+
+def test_star_with_credentials_echoes_the_origin() -> None:
+    # A browser refuses "*" on a credentialed response: the origin itself goes back.
+    policy = CorsPolicy(origins=("*",), credentials=True)
+    decision = Cors(policy, None, ("GET",)).decide("https://any.example", "sidecar.example")
+    assert decision.headers["Access-Control-Allow-Origin"] == "https://any.example"
+
+
+def test_a_refused_origin_gets_only_vary() -> None:
+    # Vary still goes out: a cache must not serve this refusal to an allowed origin.
+    decision = cors().decide("https://evil.example", "sidecar.example")
+    assert decision.allowed is False
+    assert decision.headers == {"Vary": "Origin"}
+
+
+def test_a_preflight_answer_has_one_of_each_header() -> None:
+    ok, headers = cors().preflight(APP, "GET", "")
+    assert ok
+    answer = CIMultiDict(headers.items())
+    assert answer.getall("Vary") == [
+        "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+    ]
+    assert answer.getall("Access-Control-Allow-Origin") == [APP]
+    assert answer.getall("Access-Control-Allow-Methods") == ["GET, POST"]
+    assert "Access-Control-Allow-Headers" not in answer  # none asked for
+    # In the spelling every other path writes, one of each.
+    assert headers == {
+        "Access-Control-Allow-Origin": APP,
+        "Vary": "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+        "Access-Control-Expose-Headers": "X-Request-ID, Retry-After",
+        "Access-Control-Allow-Methods": "GET, POST",
+        "Access-Control-Max-Age": "600",
+    }
+
+
+def test_a_request_without_a_host_is_never_same_origin() -> None:
+    # Without Host nothing proves the page is ours: the origin must be listed.
+    assert not same_origin("https://sidecar.example", None)
+    decision = cors().decide("https://evil.example", None)
+    assert decision.allowed is False
+
+
+def test_a_refused_preflight_gets_only_vary() -> None:
+    ok, headers = cors().preflight(APP, "DELETE", "")
+    assert not ok
+    assert headers == {
+        "Vary": "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+    }
+
+
+def bad_origin(i: int, origin: str) -> str:
+    return f"r.cors.origins[{i}]: expected scheme://host[:port] or '*', got {origin!r}"
+
+
+@pytest.mark.parametrize(
+    ("origins", "credentials", "message"),
+    [
+        ((), False, "r.cors.origins: list at least one origin (or '*')"),
+        (
+            (APP, "*"),
+            True,
+            "r.cors.origins[1]: '*' cannot be combined with credentials: true "
+            "(any site could use a user's cookies); list the origins",
+        ),
+        (("*", "ftp://x"), False, bad_origin(1, "ftp://x")),
+        (("app.example",), False, bad_origin(0, "app.example")),
+        (("https://",), False, bad_origin(0, "https://")),
+        ((APP + "/",), False, bad_origin(0, APP + "/")),
+    ],
+)
+def test_a_bad_policy_is_refused_word_for_word(origins, credentials, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_cors(CorsPolicy(origins=origins, credentials=credentials), "r.cors")
+    assert str(info.value) == message
+
+
+def test_http_and_https_origins_with_ports_are_accepted() -> None:
+    validate_cors(CorsPolicy(origins=(APP, "http://localhost:3000", "*")), "r.cors")
+    data = {"routes": [{"name": "r", "path": "/r", "upstream": "http://u",
+                        "cors": {"origins": ["http://localhost:3000"]}}]}  # fmt: skip
+    cors_policy = from_mapping(data).routes[0].cors
+    assert cors_policy is not None
+    assert cors_policy.origins == ("http://localhost:3000",)
+
+
+def test_without_cors_names_the_access_control_headers_in_any_case() -> None:
+    given = {"Access-Control-Allow-Origin": "*", "access-control-max-age": "1", "X-Other": "1"}
+    assert without_cors(given) == ["Access-Control-Allow-Origin", "access-control-max-age"]

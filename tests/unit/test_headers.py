@@ -171,6 +171,17 @@ def test_upstream_request_from_an_untrusted_peer_drops_the_clients_claims() -> N
     assert "X-Real-IP" not in out
 
 
+def test_upstream_request_trusts_no_peer_unless_told() -> None:
+    # Trust is opt-in: a caller that does not say the peer is a trusted proxy
+    # gets the client's forwarding claims replaced by the connection's.
+    given = md(("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-Host", "evil.example"))
+    out = hdrs.upstream_request(
+        given, peer="10.0.0.9", scheme="http", host="evil.example", request_id="r"
+    )
+    assert out.getall("X-Forwarded-For") == ["10.0.0.9"]
+    assert "X-Forwarded-Host" not in out
+
+
 def test_upstream_request_removes_own_headers_in_any_case() -> None:
     given = md(("host", "a"), ("content-length", "3"), ("EXPECT", "100-continue"))
     out = hdrs.upstream_request(given, peer=None, scheme="http", host=None, request_id="r")

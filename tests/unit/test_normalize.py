@@ -265,6 +265,12 @@ def test_end_event(partial: bool, wire: bytes) -> None:
     )
 
 
+def test_end_event_by_default_says_the_answer_is_whole() -> None:
+    # The clean end's usual case, an upstream that closed having said all it
+    # had: nothing is missing unless the caller says so.
+    assert end_event() == end_event(partial=False)
+
+
 KA = b'event: keepalive\ndata: {"type":"keepalive"}\n\n'
 
 

@@ -75,3 +75,31 @@ def test_same_credentials_compares_exactly():
     assert not same_credentials("abc", "abd")
     assert not same_credentials("abc", "")
     assert same_credentials("", "")
+
+
+def test_the_fingerprint_is_a_stable_format():
+    # A run's fingerprint is stored in its replay log and compared by other
+    # workers and, after a rolling deploy, by the next version: its
+    # construction is a format. Changing it means a new "v1" tag and vector.
+    binding = CredentialBinding(["header:Authorization", "cookie:sid"])
+    given = fp(binding, headers={"Authorization": "Bearer t"}, cookies={"sid": "s1"})
+    assert given == "fdc275423c7e7962ad32e01f002d2c731273182055c495783803968fd40d5ae9"
+    assert fp(binding) == "687c08cca6710459c170943b95b58e90d13f5babcfcd266a3b570a7232a1f836"
+
+
+def test_the_configured_case_of_a_header_name_does_not_matter():
+    # Two workers (or two deploys) that spell the header differently in
+    # resume.bind still agree on the fingerprint.
+    headers = {"X-API-Key": "k"}
+    assert fp(CredentialBinding(["header:X-API-Key"]), headers=headers) == fp(
+        CredentialBinding(["header:x-api-key"]), headers=headers
+    )
+
+
+def test_the_configured_case_of_a_cookie_name_is_kept():
+    # Cookie names are case-sensitive, so "Sid" and "sid" are two sources,
+    # even when the request happens to carry both with one value.
+    cookies = {"Sid": "1", "sid": "1"}
+    assert fp(CredentialBinding(["cookie:Sid"]), cookies=cookies) != fp(
+        CredentialBinding(["cookie:sid"]), cookies=cookies
+    )

@@ -63,6 +63,9 @@ EVENT_KINDS = (
     "replayed",
 )
 
+#: What an upstream resume ended as (the ``result`` label of upstream_resumes_total).
+UPSTREAM_RESUME_RESULTS = ("resumed", "failed", "no_id", "exhausted")
+
 
 class Metrics:
     """All metric objects of one sidecar process, on their own registry."""
@@ -154,6 +157,13 @@ class Metrics:
             p + "resume", "Reconnects with Last-Event-ID, by result", ["route", "result"],
             registry=r,
         )  # fmt: skip
+        self.upstream_resumes = Counter(
+            p + "upstream_resumes",
+            "Upstream resumes (upstream_resume): attempts that resumed or failed, and breaks "
+            "that could not resume (no_id) or ran out of attempts (exhausted)",
+            ["route", "result"],
+            registry=r,
+        )
         self.upstream_after_client = Histogram(
             p + "upstream_after_client_gone_seconds",
             "Seconds the upstream request stayed open after the client had gone",
@@ -239,6 +249,8 @@ class Metrics:
             self.session_conflicts.labels(route, policy)
         for result in ("hit", "gap", "miss", "forbidden"):
             self.resume.labels(route, result)
+        for result in UPSTREAM_RESUME_RESULTS:
+            self.upstream_resumes.labels(route, result)
         self.bytes_in.labels(route)
         self.bytes_out.labels(route)
         self.slow_clients.labels(route)
@@ -284,6 +296,9 @@ class RouteMetrics:
 
     def rejected(self, reason: str) -> None:
         self.metrics.rejected.labels(self.route, reason).inc()
+
+    def upstream_resume(self, result: str) -> None:
+        self.metrics.upstream_resumes.labels(self.route, result).inc()
 
 
 class Tally:

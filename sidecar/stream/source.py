@@ -22,6 +22,7 @@ from sidecar.upstream import http as upstream_http
 from sidecar.upstream import ws_sources
 from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
 from sidecar.upstream.http import HeadLimits, Upstream
+from sidecar.upstream.resumption import KeptRequest, ResumeCursor
 from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
 
 
@@ -34,13 +35,17 @@ class ItemSource(Protocol):
 class HttpItems:
     """An HTTP body as items: bytes in, decoded events and comments out."""
 
-    __slots__ = ("_counts", "_decoder", "_error", "_upstream")
+    __slots__ = ("_counts", "_cursor", "_decoder", "_error", "_upstream")
 
-    def __init__(self, upstream: Upstream, route: Route, counts: Tally) -> None:
+    def __init__(
+        self, upstream: Upstream, route: Route, counts: Tally, cursor: ResumeCursor | None = None
+    ) -> None:
         limits = route.limits
         self._upstream = upstream
         self._decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
         self._counts = counts
+        #: With upstream_resume: every event passes the cursor (its id, its repeats).
+        self._cursor = cursor
         self._error: Exception | None = None
 
     async def read(self) -> Sequence[Item] | None:
@@ -53,7 +58,9 @@ class HttpItems:
             return None
         self._counts.bytes_in += len(chunk)
         decoder = self._decoder
-        items = decoder.feed(chunk)
+        items: Sequence[Item] = decoder.feed(chunk)
+        if self._cursor is not None:
+            items = self._cursor.take(items)
         if decoder.error is not None:
             if not items:
                 raise decoder.error
@@ -88,6 +95,22 @@ async def open_http(
     )
     return await upstream_http.open_stream(
         request.method, url, headers, body, limits.connect_timeout, head
+    )
+
+
+async def open_kept(request: KeptRequest, route: Route) -> Upstream:
+    """Send a kept request (an upstream resume) as it is; the connection once its head is in."""
+    limits = route.limits
+    head = HeadLimits(
+        limits.max_upstream_head_bytes, limits.max_upstream_headers, limits.max_upstream_interim
+    )
+    return await upstream_http.open_stream(
+        request.method,
+        URL(request.url, encoded=True),
+        CIMultiDict(request.headers),
+        request.body,
+        limits.connect_timeout,
+        head,
     )
 
 

@@ -58,7 +58,7 @@ class HttpItems:
             return None
         self._counts.bytes_in += len(chunk)
         decoder = self._decoder
-        items: Sequence[Item] = decoder.feed(chunk)
+        items = decoder.feed(chunk)
         if self._cursor is not None:
             items = self._cursor.take(items)
         if decoder.error is not None:

@@ -29,12 +29,12 @@ events do not touch it; what is due is sidecar/stream/pacing.py's decision.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from sidecar.config import Limits
 from sidecar.errors import ClientGone, SlowClient, UpstreamError
 from sidecar.normalize import Normalizer
-from sidecar.sse import Decoder, Item
+from sidecar.sse import Decoder
 from sidecar.stream.pacing import Pacing
 from sidecar.stream.sink import SpliceTarget
 from sidecar.stream.state import StreamState
@@ -234,11 +234,11 @@ class Splice:
 
     def _decoded(self, data: bytes) -> bool:
         """Decode, normalise and send; True when the upstream's terminal event went out."""
-        items: Sequence[Item] = self._decoder.feed(data)
-        if self._cursor is not None:  # upstream_resume: ids noted, repeats dropped
+        items = self._decoder.feed(data)
+        self._boundary = self._decoder.at_boundary
+        if self._cursor is not None:  # upstream_resume: every id seen, repeats dropped
+            self._boundary = False  # so no read goes out undecoded
             items = self._cursor.take(items)
-        else:
-            self._boundary = self._decoder.at_boundary
         if items:
             batch = self._normalizer.batch(items, self._ids)
             self._state.counted(batch)

@@ -23,7 +23,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -165,7 +165,7 @@ class ResumeCursor:
         """A resume request goes out: what the producer repeats is dropped until a new event."""
         self.catching_up = True
 
-    def take(self, items: Sequence[Item]) -> Sequence[Item]:
+    def take(self, items: list[Item]) -> list[Item]:
         """The items to forward, observed; while catching up, without the repeats."""
         if not self.catching_up:
             for item in items:

@@ -22,7 +22,6 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from sidecar import headers as hdrs
 from sidecar.alarm import Alarm
 from sidecar.client import json_error, ms
 from sidecar.context import StreamHandle
@@ -203,7 +202,9 @@ class StreamRun:
                 self.state.upstream_seen = True
                 if not state.committed:
                     if not sources.is_stream(self.upstream):
-                        return await self._passthrough(self.upstream)
+                        return await sources.passthrough(
+                            self.upstream, self.route, self.state, self.services.ctx.metrics
+                        )
                     await self._commit(self.upstream)
                 else:
                     sources.check_late(self.upstream)
@@ -389,26 +390,6 @@ class StreamRun:
             for kind, count in source.malformed.items():
                 self.services.ctx.metrics.protocol_errors.labels(self.route.name, kind).inc(count)
         return None
-
-    async def _passthrough(self, upstream: Upstream) -> web.StreamResponse:
-        """Hand a non-stream (or error) response to the client as it is."""
-        try:
-            body = await sources.passthrough_body(upstream, self.route)
-        except UpstreamError as exc:
-            self.state.outcome = "upstream_disconnected"
-            return json_error(502, "bad_upstream_response", str(exc))
-        self.state.outcome = "passthrough"
-        self.services.ctx.metrics.passthrough.labels(
-            self.route.name, f"{upstream.status // 100}xx"
-        ).inc()
-        resp = web.Response(
-            status=upstream.status,
-            reason=upstream.reason,
-            body=body,
-            headers=hdrs.passthrough_response(upstream.headers),
-        )
-        resp.headers["X-Request-ID"] = self.request_id
-        return resp
 
     # --- the client's side, through the Sink -----------------------------------
 

@@ -1,4 +1,4 @@
-"""The upstream side of a stream: opening it, and reading it as items for the pump.
+"""The upstream side of a stream: opening it, reading it as items, or passing it through.
 
 An HTTP upstream is read as bytes through the decoder; a WebSocket gateway
 already yields events. Both look the same to the pump (sidecar/stream/pump.py):
@@ -14,10 +14,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from sidecar import headers as hdrs
+from sidecar.client import json_error
 from sidecar.config import Route
-from sidecar.errors import UpstreamStatus
-from sidecar.metrics import Tally
+from sidecar.errors import UpstreamError, UpstreamStatus
+from sidecar.metrics import Metrics, Tally
 from sidecar.sse import Decoder, Item
+from sidecar.stream.state import StreamState
 from sidecar.upstream import http as upstream_http
 from sidecar.upstream import ws_sources
 from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
@@ -156,6 +159,22 @@ def check_late(upstream: Upstream) -> None:
         )
 
 
-async def passthrough_body(upstream: Upstream, route: Route) -> bytes:
-    """A non-stream answer's body, up to limits.max_passthrough_bytes (or UpstreamError)."""
-    return await upstream.read_body(route.limits.max_passthrough_bytes)
+async def passthrough(
+    upstream: Upstream, route: Route, state: StreamState, metrics: Metrics
+) -> web.StreamResponse:
+    """Hand a non-stream (or error) response to the client as it is."""
+    try:
+        body = await upstream.read_body(route.limits.max_passthrough_bytes)
+    except UpstreamError as exc:
+        state.outcome = "upstream_disconnected"
+        return json_error(502, "bad_upstream_response", str(exc))
+    state.outcome = "passthrough"
+    metrics.passthrough.labels(route.name, f"{upstream.status // 100}xx").inc()
+    resp = web.Response(
+        status=upstream.status,
+        reason=upstream.reason,
+        body=body,
+        headers=hdrs.passthrough_response(upstream.headers),
+    )
+    resp.headers["X-Request-ID"] = state.request_id
+    return resp

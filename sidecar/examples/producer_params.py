@@ -112,19 +112,7 @@ def _choice(raw: Mapping[str, object], name: str, choices: tuple[str, ...]) -> s
 
 
 def parse_params(raw: Mapping[str, object]) -> StreamParams:
-    mode = _scalar(raw, "mode") or "normal"
-    if mode not in MODES:
-        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
-    tokens_text = _scalar(raw, "tokens")
-    try:
-        tokens = DEFAULT_TOKENS if tokens_text is None else int(tokens_text)
-    except ValueError:
-        raise BadRequest(f"tokens must be an integer, got {tokens_text!r}") from None
-    if not 0 <= tokens <= MAX_TOKENS:
-        raise BadRequest(f"tokens must be between 0 and {MAX_TOKENS}")
-    ids = (_scalar(raw, "ids") or "").lower()
-    if ids not in _TRUTHY | _FALSY:
-        raise BadRequest("ids must be 1 or 0")
+    mode = _choice(raw, "mode", MODES)
     silence = _seconds(raw, "silence", DEFAULT_SILENCE if mode in _THINKING_MODES else 0.0)
     keepalive = _seconds(raw, "keepalive", KEEPALIVE_INTERVAL)
     if keepalive == 0:
@@ -140,13 +128,13 @@ def parse_params(raw: Mapping[str, object]) -> StreamParams:
         raise BadRequest(f"{', '.join(_RUN_PARAMS)} need resumable=1")
     return StreamParams(
         mode=cast(Mode, mode),  # checked against MODES above
-        tokens=tokens,
+        tokens=_count(raw, "tokens", DEFAULT_TOKENS),
         prompt=_prompt(raw),
         silence=silence,
         quiet=min(quiet, silence),
         keepalive=keepalive,
         delay=_seconds(raw, "delay", DEFAULT_DELAY),
-        ids=ids in _TRUTHY,
+        ids=_flag(raw, "ids"),
         resumable=resumable,
         style=cast(Style, _choice(raw, "style", get_args(Style))),
         cut=_count(raw, "cut", 0),

@@ -324,10 +324,6 @@ def may_resume(error: SidecarError, total_limit_reached: bool) -> bool:
     return isinstance(error, UpstreamDisconnected | UpstreamTimeout)
 
 
-def _is_text(value: object) -> bool:
-    return isinstance(value, str)
-
-
 def _document(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)

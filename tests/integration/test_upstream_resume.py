@@ -285,3 +285,31 @@ async def test_a_client_that_leaves_during_a_resume_ends_it_there(producer, star
         assert relay.accepted == 1
     finally:
         await relay.stop()
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_both_ends_drop_and_the_client_still_gets_every_event_once(
+    producer, start_sidecar, request, backend
+):
+    """The upstream is cut (resumed by the sidecar), then the client leaves and comes back."""
+    url, stats = producer
+    top: dict[str, Any] = {}
+    if backend == "redis":
+        top["backend"] = {"kind": "redis", "url": request.getfixturevalue("redis_server").url}
+    sc = await start_sidecar(config(url, "resume", top=top))
+    headers = request_headers("resume")
+    query = f"resumable=1&tokens={TOKENS}&silence=0&cut=3&cut_how=reset"
+    async with sc.http.get(f"{sc.url}/s?{query}", headers=headers) as resp:
+        raw = b""
+        while raw.count(b"event: token") < 6:  # past the upstream's cut and resume
+            raw += await resp.content.readany()
+    first = [e for e in received_of(raw).events if e.event == "token"]
+    last_id = first[-1].id
+    assert last_id is not None
+    again = await read_stream(sc.http, "GET", f"{sc.url}/s?{query}",
+                              headers={**headers, "Last-Event-ID": last_id})  # fmt: skip
+    rest = [e for e in again.events if e.event == "token"]
+    texts = [json.loads(e.data or "")["text"] for e in first + rest]
+    assert "".join(texts) == answer()
+    assert again.kinds()[-1] == "done"
+    assert (stats.started, stats.resumed) == (1, 1)  # one run, one upstream resume

@@ -166,20 +166,7 @@ async def test_an_upstream_without_ids_ends_with_todays_error(producer, start_si
     assert resumes(await sc.metrics())["no_id"] == 1
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "plain",
-        pytest.param(
-            "resume",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the local follower's own idle check (sidecar/resume/follower.py) ends "
-                "the client's stream at the instant the run starts its resume",
-            ),
-        ),
-    ],
-)
+@ROUTES
 async def test_an_idle_upstream_is_resumed(producer, start_sidecar, kind):
     url, stats = producer
     sc = await start_sidecar(config(url, kind, limits={"idle_timeout": "400ms"}))

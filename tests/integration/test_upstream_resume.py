@@ -300,3 +300,30 @@ async def test_both_ends_drop_and_the_client_still_gets_every_event_once(
     assert "".join(texts) == answer()
     assert again.kinds()[-1] == "done"
     assert (stats.started, stats.resumed) == (1, 1)  # one run, one upstream resume
+
+
+@ROUTES
+async def test_a_stop_during_a_resume_ends_the_stream_at_once(producer, start_sidecar, kind):
+    url, _ = producer
+    relay = Relay(int(url.rsplit(":", 1)[1]))
+    await relay.start()
+    try:
+        sc = await start_sidecar(config(relay.url, kind, {"backoff": "4s", "max_backoff": "4s"}))
+        headers = {"X-Session-Key": "user-1"}
+        async with sc.http.get(
+            f"{sc.url}/s?resumable=1&tokens=6&silence=0", headers=headers
+        ) as resp:
+            raw = await resp.content.readuntil(b"event: token")
+            await relay.stop()
+            await relay.start()
+            await asyncio.sleep(0.2)  # the sidecar waits out its first backoff (2-4 s)
+            async with sc.http.delete(f"{sc.url}/s", headers=headers) as stop:
+                assert stop.status == 202
+            async with asyncio.timeout(10):
+                raw += await resp.read()
+        got = received_of(raw)
+        assert got.data("end") == [{"type": "end", "reason": "stopped", "partial": True}]
+        assert relay.accepted == 1
+        assert resumes(await sc.metrics())["resumed"] == 0
+    finally:
+        await relay.stop()

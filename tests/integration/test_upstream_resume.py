@@ -4,8 +4,9 @@ The example producer runs for real on loopback with resumable runs (its
 answer goes on without the connection; ``Last-Event-ID`` gets the rest), and
 the connection is cut three ways: a TCP reset, a half-close (FIN inside the
 chunked body, no terminal event) and a relay between the two that drops it.
-Each case runs on a plain route (the splice) and on a resume route (the
-awaiting pump, the log as Sink).
+Each case runs on a plain route (the splice writing the client) and on a
+resume route (the splice numbering into the run's log; the awaiting path's
+cursor is held equal in tests/integration/test_stream_source.py).
 """
 
 from __future__ import annotations

@@ -58,9 +58,15 @@ _NOT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connec
 def placeholders(config: UpstreamResume) -> tuple[str, ...]:
     """Every placeholder the resume request needs a value for (``id``, ``data.PATH``)."""
     names: list[str] = ["id"] if config.header else []
-    for template in (config.path or "", *config.query.values()):
+    for template in _templates(config).values():
         names += PLACEHOLDER.findall(template)
     return tuple(dict.fromkeys(names))
+
+
+def _templates(config: UpstreamResume) -> dict[str, str]:
+    """The templates of the resume request, by key (``path``, ``query.NAME``)."""
+    found = {"path": config.path} if config.path is not None else {}
+    return found | {f"query.{name}": value for name, value in config.query.items()}
 
 
 # --- validation ------------------------------------------------------------------------
@@ -90,15 +96,13 @@ def validate_upstream_resume(config: UpstreamResume, key: str, *, websocket: boo
         not config.path.startswith("/") or any(c in config.path for c in "?#\\")
     ):
         raise ConfigError(f"{key}.path: must start with / and hold no ? # or \\: {config.path!r}")
-    templates = [(f"{key}.path", config.path or "")]
-    templates += [(f"{key}.query.{k}", v) for k, v in config.query.items()]
-    for where, template in templates:
+    for where, template in _templates(config).items():
         if template.count("{") != template.count("}"):
-            raise ConfigError(f"{where}: unbalanced braces in {template!r}")
+            raise ConfigError(f"{key}.{where}: unbalanced braces in {template!r}")
         for name in PLACEHOLDER.findall(template):
             if not _NAME.fullmatch(name):
                 raise ConfigError(
-                    f"{where}: unknown placeholder {{{name}}} (known: {{id}}, {{data.PATH}})"
+                    f"{key}.{where}: unknown placeholder {{{name}}} (known: {{id}}, {{data.PATH}})"
                 )
     for name in config.query:
         if not name:
@@ -108,7 +112,7 @@ def validate_upstream_resume(config: UpstreamResume, key: str, *, websocket: boo
             f"{key}: the resume request must say where to go on: set header, or put "
             "{id} or {data.PATH} in query or path (else the producer starts over)"
         )
-    if config.order != "id" and not _NAME.fullmatch(config.order):
+    if not _NAME.fullmatch(config.order):
         raise ConfigError(f"{key}.order: expected id or data.PATH, got {config.order!r}")
     if config.method == "GET" and config.body == "keep":
         raise ConfigError(f"{key}.body: a GET carries no body: set body: drop")

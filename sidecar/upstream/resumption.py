@@ -123,11 +123,10 @@ class ResumeCursor:
     ) -> None:
         self.order = order
         #: The data paths to remember (``data.`` cut off), the order's among them.
-        self.wants = tuple(sorted({*(_data_path(w) for w in wants), *_order_path(order)}))
+        self.wants = tuple(sorted({_data_path(w) for w in (*wants, order) if w != "id"}))
         self.last_id = last_id
         self.fields: dict[str, str] = dict(fields or {})
-        self.position: Position | None = None
-        self._reposition()
+        self.position = self._position()
         #: Set on a resume: repeats at the start of the new connection are dropped.
         self.catching_up = False
         #: Events dropped as repeats, over the run.
@@ -142,24 +141,17 @@ class ResumeCursor:
         if event.id is not None:
             # An empty id resets the last event id (WHATWG 9.2.6): nothing to resume from.
             self.last_id = event.id or None
-            if self.order == "id":
-                self.position = id_position(event.id) if event.id else None
-        if self.wants and event.data is not None and event.data.startswith("{"):
-            found = _fields_of(event.data, self.wants)
-            if found:
-                self.fields.update(found)
-                if self.order != "id":
-                    self._reposition()
+        if self.wants and event.data:
+            self.fields.update(_fields_of(event.data, self.wants))
+        self.position = self._position()
 
     def position_of(self, event: Event) -> Position | None:
         """Where ``event`` stands in the order, if it says."""
         if self.order == "id":
             return id_position(event.id) if event.id else None
-        if event.data is None or not event.data.startswith("{"):
-            return None
-        path = self.order[len("data.") :]
-        value = _fields_of(event.data, (path,)).get(path)
-        return id_position(value) if value is not None else None
+        path = _data_path(self.order)
+        value = _fields_of(event.data, (path,)).get(path) if event.data else None
+        return None if value is None else id_position(value)
 
     def resuming(self) -> None:
         """A resume request goes out: what the producer repeats is dropped until a new event."""
@@ -211,12 +203,9 @@ class ResumeCursor:
             raise InvalidResumeState(f"resume cursor: unknown order {order!r}")
         return cls((f"data.{w}" for w in wants), order, last_id=last_id, fields=fields)
 
-    def _reposition(self) -> None:
-        if self.order == "id":
-            self.position = id_position(self.last_id) if self.last_id else None
-        else:
-            value = self.fields.get(self.order[len("data.") :])
-            self.position = id_position(value) if value is not None else None
+    def _position(self) -> Position | None:
+        value = self.last_id if self.order == "id" else self.fields.get(_data_path(self.order))
+        return None if value is None else id_position(value)
 
     def __repr__(self) -> str:
         return f"ResumeCursor(last_id={self.last_id!r}, fields={self.fields!r})"
@@ -240,15 +229,14 @@ def repeats(cursor: ResumeCursor, event: Event) -> bool:
 
 
 def _data_path(name: str) -> str:
-    return name[len("data.") :] if name.startswith("data.") else name
-
-
-def _order_path(order: str) -> tuple[str, ...]:
-    return () if order == "id" else (order[len("data.") :],)
+    """``data.PATH`` without ``data.``: the path in an event's JSON data."""
+    return name.removeprefix("data.")
 
 
 def _fields_of(data: str, paths: Iterable[str]) -> dict[str, str]:
     """The text of each path found in JSON ``data`` (numbers and strings; nothing else)."""
+    if not data.startswith("{"):
+        return {}  # not a JSON object: no parse
     try:
         doc = json.loads(data)
     except ValueError:
@@ -306,9 +294,8 @@ def _with_query(url: URL, params: dict[str, str]) -> URL:
     names = {quote(k, safe="") for k in params}
     kept = [p for p in url.raw_query_string.split("&") if p and p.partition("=")[0] not in names]
     added = [f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params.items()]
-    query = "&".join(kept + added)
     base = str(url.with_query(None).with_fragment(None))
-    return URL(f"{base}?{query}" if query else base, encoded=True)
+    return URL(f"{base}?{'&'.join(kept + added)}", encoded=True)
 
 
 def backoff_delay(config: UpstreamResume, attempt: int, jitter: float) -> float:

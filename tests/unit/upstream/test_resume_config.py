@@ -95,3 +95,62 @@ def test_not_on_a_websocket_route() -> None:
 def test_off_is_never_checked() -> None:
     loaded = from_mapping(route_with({"enabled": False, "header": None})).routes[0]
     assert loaded.upstream_resume.header is None
+
+
+# --- edges: refused at the edge, accepted one inside, the exact message ----------------
+
+KEY = "routes[0].upstream_resume"
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"attempts": 0}, f"{KEY}.attempts: must be at least 1, got 0"),
+        (
+            {"backoff": "2s", "max_backoff": "1999ms"},
+            f"{KEY}.max_backoff: must be at least backoff (2s), got 1.999s",
+        ),
+        ({"query": {"": "{id}"}}, f"{KEY}.query: a parameter needs a name"),
+        (
+            {"header": None, "query": {"stream": "true"}},
+            f"{KEY}: the resume request must say where to go on: set header, or put "
+            "{id} or {data.PATH} in query or path (else the producer starts over)",
+        ),
+        (
+            {"path": "/r/{x}"},
+            f"{KEY}.path: unknown placeholder {{x}} (known: {{id}}, {{data.PATH}})",
+        ),
+        ({"path": "/r#{id}"}, f"{KEY}.path: must start with / and hold no ? # or \\: '/r#{{id}}'"),
+        ({"order": "ID"}, f"{KEY}.order: expected id or data.PATH, got 'ID'"),
+        ({"header": "Host"}, f"{KEY}.header: not a header the resume can set: 'Host'"),
+        ({"method": "GET"}, f"{KEY}.body: a GET carries no body: set body: drop"),
+    ],
+)
+def test_exact_messages_at_the_edge(block: dict[str, Any], message: str) -> None:
+    assert error_of({"enabled": True, **block}) == message
+
+
+def test_exact_message_on_a_websocket_route() -> None:
+    assert error_of({"enabled": True}, "ws://127.0.0.1:8765") == (
+        f"{KEY}.enabled: only for http(s) upstreams (a WebSocket gateway's run is not "
+        "resumed by id)"
+    )
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"attempts": 1},
+        {"backoff": "2s", "max_backoff": "2s"},
+        {"backoff": 0, "max_backoff": 0},
+        {"header": None, "path": "/v1/X/{data.run}"},
+        {"header": None, "query": {"after": "{id}"}},
+        {"order": "id"},
+        {"order": "data.seq-no_2"},
+        {"method": "GET", "body": "drop"},
+        {"method": "POST"},
+    ],
+)
+def test_accepted_one_inside_the_edge(block: dict[str, Any]) -> None:
+    loaded = from_mapping(route_with({"enabled": True, **block})).routes[0].upstream_resume
+    assert loaded.enabled

@@ -279,3 +279,121 @@ def test_only_cuts_and_silences_are_resumed() -> None:
     assert not may_resume(UpstreamStatus(500, "late 500"), total_limit_reached=False)
     assert not may_resume(UpstreamUnreachable("refused"), total_limit_reached=False)
     assert not may_resume(InvalidUTF8("bad bytes"), total_limit_reached=False)
+
+
+# --- edges (what mutation testing asked for) --------------------------------------------
+
+
+def test_kept_request_bytes_are_compact_json() -> None:
+    kept = KeptRequest("GET", "http://u/x", (("A", "b"),), b"hi")
+    assert (
+        kept.to_bytes()
+        == b'{"method":"GET","url":"http://u/x","headers":[["A","b"]],"body":"aGk="}'
+    )
+
+
+def kept_doc(**fields: object) -> bytes:
+    return json.dumps({"method": "G", "url": "u", "headers": [], **fields}).encode()
+
+
+MISSING = "kept request: method, url or headers missing"
+NOT_BASE64 = "kept request: body is not base64 text"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"{", "kept request: not JSON"),
+        (b"[]", "kept request: not a JSON object"),
+        (kept_doc(method=1), MISSING),
+        (kept_doc(url=None), MISSING),
+        (kept_doc(headers=1), MISSING),
+        (kept_doc(headers=[1]), "kept request: a header is not a [name, value] pair"),
+        (kept_doc(body=1), NOT_BASE64),
+        # Not base64 by its alphabet, though dropping the space would decode ("abc").
+        (kept_doc(body="YW Jj"), NOT_BASE64),
+    ],
+)
+def test_a_bad_kept_request_says_what_is_wrong(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidResumeState) as info:
+        KeptRequest.from_bytes(data)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"1", "resume cursor: not a JSON object"),
+        (b'{"last_id": 3, "fields": {}, "wants": [], "order": "id"}',
+         "resume cursor: last_id or order of the wrong type"),
+        (b'{"last_id": null, "fields": {}, "wants": [], "order": 1}',
+         "resume cursor: last_id or order of the wrong type"),
+        (b'{"last_id": null, "fields": {"a": 1}, "wants": [], "order": "id"}',
+         "resume cursor: fields must map names to text"),
+        (b'{"last_id": null, "fields": {}, "wants": [1], "order": "id"}',
+         "resume cursor: wants must be a list of paths"),
+        (b'{"last_id": null, "fields": {}, "wants": [], "order": "seq"}',
+         "resume cursor: unknown order 'seq'"),
+    ],
+)  # fmt: skip
+def test_a_bad_cursor_says_what_is_wrong(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidResumeState) as info:
+        ResumeCursor.from_bytes(data)
+    assert str(info.value) == message
+
+
+def test_cursor_bytes_are_compact_json() -> None:
+    cursor = ResumeCursor(last_id="r-1")
+    assert cursor.to_bytes() == b'{"last_id":"r-1","fields":{},"wants":[],"order":"id"}'
+
+
+def test_the_default_form_parses_no_data() -> None:
+    """Only data.PATH placeholders and a data order make the cursor read JSON data."""
+    assert ResumeCursor.for_config(UpstreamResume(enabled=True)).wants == ()
+    cursor = ResumeCursor.for_config(UpstreamResume(enabled=True, order="data.seq"))
+    assert cursor.wants == ("seq",)
+    cursor.observe(Event('{"seq": 4, "id": "x"}', None, "e-9"))
+    assert (cursor.fields, cursor.position) == ({"seq": "4"}, ("", 4))
+
+
+def test_a_cursor_drops_nothing_until_a_resume() -> None:
+    cursor = ResumeCursor.from_bytes(ResumeCursor(last_id="5").to_bytes())
+    assert cursor.take([token("3"), token("5")]) == [token("3"), token("5")]
+    cursor.resuming()
+    assert cursor.take([token("5")]) == []
+
+
+def test_events_without_data_or_without_the_order_field() -> None:
+    plain = ResumeCursor()
+    plain.observe(Event(None, None, "7"))  # an id-only block: no data to look at
+    assert plain.position == ("", 7)
+    cursor = ResumeCursor.for_config(OPENAI)
+    cursor.observe(openai_event("d", 3))
+    cursor.resuming()
+    assert cursor.take([Event(None, None, "x"), Event('{"type": "x"}'), openai_event("d", 4)]) == [
+        Event(None, None, "x"),
+        Event('{"type": "x"}'),
+        openai_event("d", 4),
+    ]
+
+
+def test_thirty_digits_are_still_a_counter() -> None:
+    assert id_position("r-" + "9" * 30) == ("r-", int("9" * 30))
+
+
+def test_a_resume_url_keeps_the_kept_encoding_and_escapes_what_it_adds() -> None:
+    config = UpstreamResume(enabled=True, header=None, query={"a/b": "{id}", "after": "{id}"})
+    cursor = ResumeCursor.for_config(config)
+    cursor.observe(token("x/y"))
+    kept = KeptRequest("GET", "http://u/p%7Eq?after=1=2&keep=%7e", ())
+    again = resume_request(kept, config, cursor)
+    assert again is not None
+    assert again.url == "http://u/p%7Eq?keep=%7e&a%2Fb=x%2Fy&after=x%2Fy"
+
+
+def test_a_kept_body_keeps_its_content_type_even_when_empty() -> None:
+    cursor = ResumeCursor(last_id="1")
+    kept = KeptRequest("POST", "http://u/", (("Content-Type", "application/json"),), None)
+    again = resume_request(kept, UpstreamResume(enabled=True), cursor)
+    assert again is not None
+    assert again.headers == (("Content-Type", "application/json"), ("Last-Event-ID", "1"))

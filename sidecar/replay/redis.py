@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -50,10 +50,11 @@ from sidecar.redisconn import (
     queue_script,
 )
 from sidecar.replay import redis_scripts as lua
-from sidecar.replay.base import FORBIDDEN, Entry
+from sidecar.replay import redis_takeover
+from sidecar.replay.base import FORBIDDEN, Entry, NotTaken, Taken
 from sidecar.replay.redis_append import Appends
 from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms, text
-from sidecar.replay.redis_scripts import Keys, pointer_key, run_prefixes
+from sidecar.replay.redis_scripts import Keys, entries_of, pointer_key, run_prefixes
 
 _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, its one retry included
 #: A live run's keys expire this long after its last append (a crashed replica's
@@ -72,17 +73,6 @@ def _own_seq(run_id: str, event_id: str) -> str:
     return ""
 
 
-def _entry(raw_id: bytes, fields: Mapping[bytes, bytes] | Sequence[bytes]) -> Entry:
-    if not isinstance(fields, Mapping):  # a script's reply: a flat field list
-        fields = dict(zip(fields[::2], fields[1::2], strict=True))
-    seq = int(raw_id.split(b"-", 1)[1])
-    return Entry(seq, fields[b"i"].decode(), fields[b"d"], fields[b"t"] == b"1")
-
-
-def _entries(raw: Sequence[Any]) -> list[Entry]:
-    return [_entry(raw_id, fields) for raw_id, fields in raw]
-
-
 class RedisReplayLog:
     """The log of one run, as any process sees it.
 
@@ -99,7 +89,7 @@ class RedisReplayLog:
         caps: tuple[int, int] | None,
         binding: str,
         *,
-        owned: bool = False,
+        owner: str = "",
     ) -> None:
         self._store = store
         self.keys = keys
@@ -107,11 +97,19 @@ class RedisReplayLog:
         self.binding = binding
         #: (max_events, max_bytes); None for a found log until it appends (it never does).
         self._caps = caps
-        self._local: LocalTail | None = LocalTail(*caps) if owned and caps else None
+        #: The run's owner token ("" for a found log): appends under a stale
+        #: one are refused, so a replica whose run was taken over writes no more.
+        self.owner = owner
+        self.fenced = False
+        self._on_fenced: list[Callable[[], None]] = []
+        self._local: LocalTail | None = LocalTail(*caps) if owner and caps else None
         #: Appended here, not yet in Redis (the run's own log only).
         self._pending: list[Entry] = []
         self._sending: list[Entry] = []
         self._flush_error: BackendUnavailable | None = None
+        #: Where the upstream stood at the newest append, and what the next round sends.
+        self._cursor_of: Callable[[], bytes] | None = None
+        self._cursor = self._cursor_sending = b""
 
     @property
     def run_id(self) -> str:
@@ -130,6 +128,11 @@ class RedisReplayLog:
         if not entries:
             return
         local.add(entries)
+        if self.fenced:
+            return  # its own followers still get its end; Redis belongs to the new owner
+        if self._cursor_of is not None:
+            # Taken with the entries, so a round stores the cursor of its newest one.
+            self._cursor = self._cursor_of()
         self._pending += entries
         # Redis unreachable for a whole buffer (or far behind): its copy
         # loses the oldest rather than this process holding them unbounded.
@@ -146,14 +149,40 @@ class RedisReplayLog:
     def take(self) -> list[Entry]:
         """What the store's next append round sends for this log."""
         self._sending, self._pending = self._pending, []
+        self._cursor_sending = self._cursor
         return self._sending
 
-    def sent(self, error: BackendUnavailable | None) -> None:
+    def sent(self, error: BackendUnavailable | None, reply: object = None) -> None:
         """The round is over: its batch is in Redis, or goes back in front of what came since."""
         if error is not None:
             self._pending[:0] = self._sending
         self._sending = []
         self._flush_error = error
+        if reply == -1:
+            self.fence()
+
+    def held(self, entries: Sequence[Entry]) -> None:
+        """A taken-over run's log as Redis holds it: its followers here read it from memory."""
+        if self._local is not None:
+            self._local.add(entries)
+
+    def keep_cursor(self, cursor: Callable[[], bytes]) -> None:
+        self._cursor_of = cursor
+
+    def when_fenced(self, callback: Callable[[], None]) -> None:
+        self._on_fenced.append(callback)
+
+    def fence(self) -> None:
+        """Another process took the run over: nothing of this one's reaches Redis again."""
+        if self.fenced:
+            return
+        self.fenced = True
+        self._pending = []
+        self._store.appends.unqueue(self)
+        self._store.disown(self)
+        callbacks, self._on_fenced = self._on_fenced, []
+        for callback in callbacks:
+            callback()
 
     async def add_to(self, pipe: Any, entries: Sequence[Entry]) -> None:
         """Queue the append script for ``entries`` on a pipeline."""
@@ -161,7 +190,8 @@ class RedisReplayLog:
         max_events, max_bytes = self._caps
         k = self.keys
         args: list[str | bytes | int] = [
-            self._run_id, ms(self._store.live_ttl), max_events, max_bytes,
+            self._run_id, ms(self._store.live_ttl), max_events, max_bytes, self.owner,
+            self._cursor_sending,
         ]  # fmt: skip
         for e in entries:
             args += [e.seq, e.event_id, e.data, int(e.terminal)]
@@ -171,6 +201,8 @@ class RedisReplayLog:
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""
+        if self.fenced:
+            return  # what it still had for Redis is not its to write
         await self._store.appends.flushed(self)
         if self.unsent:
             raise self._flush_error or BackendUnavailable(
@@ -180,7 +212,9 @@ class RedisReplayLog:
     async def _send(self, entries: Sequence[Entry]) -> None:
         max_events, max_bytes = self._caps or await self._stored_caps()
         store, k = self._store, self.keys
-        args: list[str | bytes | int] = [self._run_id, ms(store.live_ttl), max_events, max_bytes]
+        args: list[str | bytes | int] = [
+            self._run_id, ms(store.live_ttl), max_events, max_bytes, self.owner, b"",
+        ]  # fmt: skip
         for e in entries:
             args += [e.seq, e.event_id, e.data, int(e.terminal)]
         async with store.backend():
@@ -204,7 +238,7 @@ class RedisReplayLog:
         args = [event_id, _own_seq(self._run_id, event_id)]
         async with self._store.backend():
             raw = await self._store.scripts["after"](keys=[k.stream, k.index], args=args)
-        return None if raw is None else _entries(raw)
+        return None if raw is None else entries_of(raw)
 
     async def last(self) -> Entry | None:
         if self._local is not None and self._local.entries:
@@ -212,7 +246,7 @@ class RedisReplayLog:
         await self.flush()
         async with self._store.backend() as redis:
             raw = await redis.xrevrange(self.keys.stream, count=1)
-        return _entries(raw)[0] if raw else None
+        return entries_of(raw)[0] if raw else None
 
     async def read(self, after_seq: int, block: float | None) -> list[Entry]:
         if self._local is not None:
@@ -234,16 +268,18 @@ class RedisReplayLog:
             pipe.xrange(self.keys.stream, f"(0-{after_seq}", "+")
             pipe.hget(self.keys.index, "finished")
             raw, finished = await pipe.execute()
-        return _entries(raw), finished is not None
+        return entries_of(raw), finished is not None
 
     async def finish(self, retention: float) -> None:
         if self._local is not None:
             self._local.finish()
             self._store.disown(self)
+        if self.fenced:
+            return  # the run is another process's now: it finishes it
         await self.flush()
         k = self.keys
         # PEXPIRE 0 deletes at once, as a retention of 0 means.
-        args: list[str | int] = [self._run_id, max(0, round(retention * 1000))]
+        args: list[str | int] = [self._run_id, max(0, round(retention * 1000)), self.owner]
         async with self._store.backend():
             await self._store.scripts["finish"](
                 keys=[k.stream, k.index, k.pointer, k.live], args=args
@@ -334,6 +370,8 @@ class RedisReplayStore:
             "finish": lua.FINISH,
             "drop": lua.DROP,
             "open": lua.OPEN,
+            "live": lua.LIVE,
+            "takeover": lua.TAKEOVER,
         }
         self.scripts = {name: redis.register_script(src) for name, src in sources.items()}
         self._opens = ScriptRounds(redis)  # a burst of new runs: one round trip per round
@@ -366,13 +404,9 @@ class RedisReplayStore:
         while True:
             await asyncio.sleep(self.lease / 3)
             logs = list(self._owned.values())
-            if not logs:
-                continue
-            with contextlib.suppress(BackendUnavailable):
-                async with self.backend() as redis, redis.pipeline(transaction=False) as pipe:
-                    for log in logs:
-                        pipe.pexpire(log.keys.live, ms(self.lease))
-                    await pipe.execute()
+            if logs:
+                with contextlib.suppress(BackendUnavailable):
+                    await redis_takeover.renew(self, logs)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task of the store's, cancelled when it closes."""
@@ -403,14 +437,15 @@ class RedisReplayStore:
         return Keys.of(self.prefix, route, key, run_id)
 
     async def open(
-        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int, binding: str = ""
-    ) -> RedisReplayLog:
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int,
+        binding: str = "", kept: bytes = b"",
+    ) -> RedisReplayLog:  # fmt: skip
         keys = self._keys(route, key, run_id)
         # The previous run's log goes now, as in memory. Its run, if it still
         # appends (to end with error/replaced), writes a short-lived stream
         # its own followers can still read.
-        args: list[str | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
-        args += [ms(self.lease), *run_prefixes(self.prefix, route, key)]
+        args: list[str | bytes | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
+        args += [ms(self.lease), *run_prefixes(self.prefix, route, key), kept]
         async with self.backend():
             assert self._opens is not None
             opened = await self._opens.call(
@@ -420,12 +455,27 @@ class RedisReplayStore:
             )
         if not opened:
             raise SessionForbidden(FORBIDDEN)
-        log = RedisReplayLog(self, keys, run_id, (max_events, max_bytes), binding, owned=True)
-        old = self._owned.get(keys.pointer)
-        if old is not None:
-            old.replaced()
-        self._owned[keys.pointer] = log
+        log = RedisReplayLog(self, keys, run_id, (max_events, max_bytes), binding, owner="1")
+        self.own(log)
         return log
+
+    def own(self, log: RedisReplayLog) -> None:
+        """This process runs the log's run now: it renews its liveness, a newer run replaces it."""
+        old = self._owned.get(log.keys.pointer)
+        if old is not None and old is not log:
+            old.replaced()
+        self._owned[log.keys.pointer] = log
+
+    async def take_over(self, log: object) -> Taken | NotTaken:
+        if not isinstance(log, RedisReplayLog) or log.owner:
+            return "impossible"  # not a log of Redis's, or this process's own run
+        got = await redis_takeover.claim(self, log.keys, log.run_id)
+        if isinstance(got, str):
+            return got
+        taken = RedisReplayLog(self, log.keys, log.run_id, got.caps, log.binding, owner=got.owner)
+        taken.held(got.entries)
+        self.own(taken)
+        return Taken(taken, got.kept, got.cursor, got.last_seq)
 
     def disown(self, log: RedisReplayLog) -> None:
         """The run has ended or its log was dropped: a newer run no longer replaces it here."""
@@ -452,8 +502,10 @@ class RedisReplayStore:
             await log.flush()  # so no append of the run's lands after the drop
         log.forget()
         self.disown(log)
+        if log.fenced:
+            return  # the run is another process's now
         k = log.keys
         async with self.backend():
             await self.scripts["drop"](
-                keys=[k.stream, k.index, k.follow, k.pointer, k.live], args=[log.run_id]
+                keys=[k.stream, k.index, k.follow, k.pointer, k.live], args=[log.run_id, log.owner]
             )

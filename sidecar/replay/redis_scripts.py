@@ -13,6 +13,7 @@ from typing import Any
 
 from sidecar.rediskeys import key_part, session_tag
 from sidecar.replay.base import Entry
+from sidecar.sessions.redis_scripts import fence_key, owner_key
 
 # KEYS: stream, index, pointer. ARGV: run, ttl_ms, max_events, max_bytes, owner
 # token ('' for a log that is not the run's own), resume cursor ('' for
@@ -158,14 +159,18 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: stream, index, pointer, live. ARGV: run, lease_ms. Takes over a run
-# whose owner is gone: the session's current run, unfinished, its liveness key
-# lapsed, with a kept request. Returns -1 when it cannot be taken over (not the
-# current run, its index gone, no kept request or no cursor: nothing to resume
-# it with), 0 when its owner
-# is alive or another replica took it first (follow it then), else
-# {token, kept request, cursor, max_events, max_bytes, entries}: a fresh owner
-# token and the log as it is. Atomic, so of two replicas racing, one wins.
+# KEYS: stream, index, pointer, live, the session's owner and fence keys
+# (sidecar/sessions/redis_scripts.py). ARGV: run, lease_ms, fence_ttl_ms.
+# Takes over a run whose owner is gone: the session's current, unfinished run
+# whose liveness key lapsed, with a kept request and a cursor. Returns -1 when
+# it cannot be taken over (not the current run, its index gone, nothing to
+# resume it with), 0 when its owner is alive or another replica took it first
+# (follow it then), else {token, kept request, cursor, max_events, max_bytes,
+# entries}: a fresh owner token and the log as it is. Atomic, so of replicas
+# racing exactly one wins. The session's claim is the dead owner's (a run
+# opens its log, moving the pointer, before it claims): it goes, and a fresh
+# fencing token is drawn, so the taker's claim is free at once and the old
+# owner's renewal of it fails even before that claim lands.
 TAKEOVER = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
 local h = redis.call('HMGET', KEYS[2], 'finished', 'gen', 'req', 'cur', 'max_events', 'max_bytes')
@@ -174,7 +179,10 @@ if h[1] or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if not h[3] or h[3] == '' or not h[4] or h[4] == '' then return -1 end
 local token = redis.call('HINCRBY', KEYS[2], 'gen', 1)
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
-return {token, h[3], h[4] or '', h[5], h[6], redis.call('XRANGE', KEYS[1], '-', '+')}
+redis.call('DEL', KEYS[5])
+redis.call('INCR', KEYS[6])
+redis.call('PEXPIRE', KEYS[6], ARGV[3])
+return {token, h[3], h[4], h[5], h[6], redis.call('XRANGE', KEYS[1], '-', '+')}
 """
 
 
@@ -186,6 +194,9 @@ class Keys:
     #: Exists while the run's process is alive (renewed every lease/3).
     live: str
     pointer: str
+    #: The session's claim and its fencing counter (the session store's keys).
+    session: str
+    fence: str
 
     @classmethod
     def of(cls, prefix: str, route: str, key: str, run_id: str) -> Keys:
@@ -197,6 +208,8 @@ class Keys:
             follow=follow + run,
             live=live + run,
             pointer=pointer_key(prefix, route, key),
+            session=owner_key(prefix, route, key),
+            fence=fence_key(prefix, route, key),
         )
 
 

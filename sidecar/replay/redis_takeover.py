@@ -7,7 +7,9 @@ so a replica that stalled past its lease and comes back never writes to a
 log another replica took over. Taking over is one script: the session's
 current, unfinished run whose liveness key lapsed, with a kept request and a
 cursor, gets a fresh token and the liveness key at once, so of two replicas
-racing exactly one wins and the other sees the run alive and follows it.
+racing exactly one wins and the other sees the run alive and follows it. The
+same step frees the session of its dead owner's claim and draws a fresh
+fencing token, so the run that goes on claims the session at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sidecar.redisconn import Client, queue_script
 from sidecar.replay.base import Entry, NotTaken
 from sidecar.replay.redis_follow import ms
 from sidecar.replay.redis_scripts import Keys, entries_of
+from sidecar.sessions.redis_scripts import fence_ttl
 
 
 class Store(Protocol):
@@ -74,10 +77,11 @@ def claimed(reply: Any) -> Claimed | NotTaken:
 
 async def claim(store: Store, keys: Keys, run_id: str) -> Claimed | NotTaken:
     """Take the run over if its owner is gone (BackendUnavailable when Redis cannot say)."""
-    args: list[str | int] = [run_id, ms(store.lease)]
+    args: list[str | int] = [run_id, ms(store.lease), ms(fence_ttl(store.lease))]
+    k = keys
     async with store.backend():
         reply = await store.scripts["takeover"](
-            keys=[keys.stream, keys.index, keys.pointer, keys.live], args=args
+            keys=[k.stream, k.index, k.pointer, k.live, k.session, k.fence], args=args
         )
     return claimed(reply)
 

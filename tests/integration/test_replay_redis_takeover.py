@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from sidecar.replay import redis_takeover
 from sidecar.replay.base import Entry, Taken
 from sidecar.replay.redis import RedisReplayLog, RedisReplayStore
+from sidecar.sessions.redis import RedisSessionStore
 
 pytestmark = pytest.mark.redis
 
@@ -215,3 +216,41 @@ async def test_runs_that_cannot_be_taken_over(stores, raw):
     assert await b.take_over(old) == "impossible"
     # The run's own process never takes over its own log.
     assert await a.take_over(newer) == "impossible"
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    def stop(self, code: str) -> None:
+        self.codes.append(code)
+
+
+async def test_a_takeover_frees_the_session_of_its_dead_owner_with_a_fresh_token(
+    stores, redis_server, raw
+):
+    a, b = await stores(), await stores()
+    prefix = a.prefix
+    old_sessions = RedisSessionStore(redis_server.url, prefix=prefix, lease=0.6)
+    new_sessions = RedisSessionStore(redis_server.url, prefix=prefix, lease=0.6)
+    await old_sessions.start()
+    await new_sessions.start()
+    try:
+        log = await started_run(a)
+        old_owner = Holder()
+        old_claim = await old_sessions.claim("chat", "k", "reject", old_owner)
+        await owner_gone(raw, log)
+        found = await b.find("chat", "k")
+        assert found is not None
+        assert isinstance(await b.take_over(found), Taken)
+        # The run that goes on claims the session at once, even under reject.
+        claim = await new_sessions.claim("chat", "k", "reject", Holder())
+        assert claim.token > old_claim.token + 1
+        # The old owner's next renewal finds the session lost: it stops its stream.
+        async with asyncio.timeout(2.0):
+            while not old_owner.codes:
+                await asyncio.sleep(0.05)
+        assert old_owner.codes == ["replaced"]
+    finally:
+        await old_sessions.close()
+        await new_sessions.close()

@@ -107,9 +107,9 @@ class RedisReplayLog:
         self._pending: list[Entry] = []
         self._sending: list[Entry] = []
         self._flush_error: BackendUnavailable | None = None
-        #: Where the upstream stood at the newest append, and what the next round sends.
+        #: Where the upstream stands, read as a round takes the entries, and what it sends.
         self._cursor_of: Callable[[], bytes] | None = None
-        self._cursor = self._cursor_sending = b""
+        self._cursor_sending = b""
 
     @property
     def run_id(self) -> str:
@@ -130,9 +130,6 @@ class RedisReplayLog:
         local.add(entries)
         if self.fenced:
             return  # its own followers still get its end; Redis belongs to the new owner
-        if self._cursor_of is not None:
-            # Taken with the entries, so a round stores the cursor of its newest one.
-            self._cursor = self._cursor_of()
         self._pending += entries
         # Redis unreachable for a whole buffer (or far behind): its copy
         # loses the oldest rather than this process holding them unbounded.
@@ -149,7 +146,9 @@ class RedisReplayLog:
     def take(self) -> list[Entry]:
         """What the store's next append round sends for this log."""
         self._sending, self._pending = self._pending, []
-        self._cursor_sending = self._cursor
+        # The run updates its cursor before it appends an event, and a round
+        # takes everything appended: read now, it is the cursor of the newest.
+        self._cursor_sending = self._cursor_of() if self._cursor_of is not None else b""
         return self._sending
 
     def sent(self, error: BackendUnavailable | None, reply: object = None) -> None:

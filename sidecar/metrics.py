@@ -27,6 +27,9 @@ _DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _SILENCE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 
 #: Every outcome a stream can end with (the ``outcome`` label).
+#: What became of a run whose replica was gone (the ``result`` of run_takeovers_total).
+TAKEOVER_RESULTS = ("taken", "followed", "impossible")
+
 OUTCOMES = (
     "completed",  # the upstream's own terminal event
     "upstream_closed",  # clean upstream end without one: event end
@@ -153,6 +156,13 @@ class Metrics:
             ["route", "policy"],
             registry=r,
         )
+        self.run_takeovers = Counter(
+            p + "run_takeovers",
+            "Runs whose replica was gone, found by a client here: taken over, followed "
+            "(alive, or another replica took it), or impossible (nothing to resume it with)",
+            ["route", "result"],
+            registry=r,
+        )
         self.resume = Counter(
             p + "resume", "Reconnects with Last-Event-ID, by result", ["route", "result"],
             registry=r,
@@ -247,6 +257,8 @@ class Metrics:
             self.events.labels(route, kind)
         for policy in ("replace", "reject"):
             self.session_conflicts.labels(route, policy)
+        for result in TAKEOVER_RESULTS:
+            self.run_takeovers.labels(route, result)
         for result in ("hit", "gap", "miss", "forbidden"):
             self.resume.labels(route, result)
         for result in UPSTREAM_RESUME_RESULTS:

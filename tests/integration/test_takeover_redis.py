@@ -25,6 +25,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from sidecar.examples.producer import ANSWER, create_app
+from tests.integration.processes import SidecarProcess
 from tests.integration.streams import read_stream
 from tests.integration.test_resume import data_events, read_until
 from tests.integration.test_resume_redis import Pair, pair_config, running_pair
@@ -238,6 +239,44 @@ async def test_a_live_follower_on_the_other_replica_takes_the_run_over(example_p
     assert "event: done" in rest.strip().split("\n\n")[-1]
     stats = await producer_stats(pair, example)
     assert (stats["started"], stats["resumed"]) == (1, 1)
+
+
+async def test_two_replicas_with_followers_race_and_one_takes_the_run_over(
+    tmp_path, redis_server, example
+):
+    """A dies with followers on B and C: one of them resumes the producer, the other follows."""
+    config = takeover_config(redis_server, example)
+    c = SidecarProcess(tmp_path, config, "c")
+    await c.start()
+    try:
+        async for pair in running_pair(tmp_path, config):
+            async with pair.http.get(pair.a.url + f"/s?s=race&{RUN}") as resp:
+                first = await read_tokens(resp, 3)
+                resp.connection.transport.abort()
+            headers = {"Last-Event-ID": first[-1][0]}
+            async with (
+                pair.http.get(pair.b.url + "/s?s=race", headers=headers) as on_b,
+                pair.http.get(c.url + "/s?s=race", headers=headers) as on_c,
+            ):
+                await read_tokens(on_b, 2)
+                await read_tokens(on_c, 2)
+                pair.a.kill()
+                async with asyncio.timeout(20):
+                    rest = await asyncio.gather(on_b.content.read(), on_c.content.read())
+            for got in rest:
+                texts = texts_of(got)
+                assert "".join(texts).split() == ANSWER.split()[5:TOKENS]  # each once, in order
+                assert b"event: done" in got.strip().split(b"\n\n")[-1]
+            stats = await producer_stats(pair, example)
+            assert (stats["started"], stats["resumed"]) == (1, 1)  # one resume request
+            results = [
+                {r: await pair.metric(p, "sse_sidecar_run_takeovers_total", result=r)
+                 for r in ("taken", "followed")}
+                for p in (pair.b, c)
+            ]  # fmt: skip
+            assert sorted(r["taken"] for r in results) == [0.0, 1.0]
+    finally:
+        c.kill()
 
 
 async def test_a_stale_owner_never_writes_to_the_log_again(pair, producer, redis_server):

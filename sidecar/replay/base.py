@@ -35,7 +35,7 @@ class Taken:
     log: ReplayLog
     #: The run's upstream request as kept at its start (sidecar/upstream/resumption.py).
     kept: bytes
-    #: Where the upstream stood at the last logged event ('' when nothing was logged).
+    #: Where the upstream stood at the last logged event (a run without one is not taken).
     cursor: bytes
     #: The seq of the newest entry logged; the run's next event is the one after.
     last_seq: int

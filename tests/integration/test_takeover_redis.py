@@ -224,6 +224,29 @@ async def test_without_a_resumable_producer_the_buffered_events_then_a_terminal_
     assert producer.resumes == [f"ev-{data[-1]}"]  # it was asked, and said no
 
 
+async def test_a_run_whose_upstream_set_no_id_ends_as_before(example_pair, example):
+    """Nothing to resume from (the sidecar numbered the events): what was logged, then the end."""
+    pair = example_pair
+    async with pair.http.get(pair.a.url + f"/s?s=noid&tokens={TOKENS}&silence=0") as resp:
+        first = await read_tokens(resp, 5)
+        await asyncio.sleep(0.3)  # the events reach Redis: the reconnect replays them
+        pair.a.kill()
+    loop = asyncio.get_running_loop()
+    died = loop.time()
+    got = await read_stream(
+        pair.http, "GET", pair.b.url + "/s?s=noid",
+        headers={"Last-Event-ID": first[2][0]}, limit_s=10.0,
+    )  # fmt: skip
+    ended = loop.time()
+    assert texts_of(got.raw)[:2] == [t for _, t in first[3:5]]
+    assert got.error()["code"] == "upstream_disconnected"
+    assert ended - died < LEASE + 1.0 + 1.0  # lease + 1 s, and a margin for a loaded machine
+    stats = await producer_stats(pair, example)
+    assert (stats["started"], stats["resumed"], stats["resume_misses"]) == (1, 0, 0)
+    impossible = {"route": "test", "result": "impossible"}
+    assert await pair.metric(pair.b, "sse_sidecar_run_takeovers_total", **impossible) >= 1
+
+
 async def test_a_live_follower_on_the_other_replica_takes_the_run_over(example_pair, example):
     pair = example_pair
     async with pair.http.get(pair.a.url + f"/s?s=erin&{RUN}") as resp:

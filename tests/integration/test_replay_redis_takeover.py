@@ -9,7 +9,6 @@ the same log. The replica that stalled and came back writes nothing more.
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 import pytest
 from redis.asyncio import Redis
@@ -18,6 +17,9 @@ from sidecar.replay import redis_takeover
 from sidecar.replay.base import Entry, Taken
 from sidecar.replay.redis import RedisReplayLog, RedisReplayStore
 from sidecar.sessions.redis import RedisSessionStore
+from tests.integration.test_replay_redis import stores
+
+__all__ = ["stores"]  # the replay tests' fixture: stores that are replicas of one Redis
 
 pytestmark = pytest.mark.redis
 
@@ -31,26 +33,19 @@ def entries(start: int, count: int, run: str = "up") -> list[Entry]:
     ]
 
 
-@pytest.fixture
-async def stores(redis_server):
-    """Stores sharing one key prefix: each is one replica's view of the same Redis."""
-    made: list[RedisReplayStore] = []
-    prefix = f"test-{secrets.token_hex(4)}:"
-
-    async def make(**kwargs) -> RedisReplayStore:
-        store = RedisReplayStore(redis_server.url, prefix=prefix, **kwargs)
-        await store.start()
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        await store.close()
-
-
 async def owner_gone(raw: Redis, log: RedisReplayLog) -> None:
     """The owner's liveness lapses, as when its process stalls or dies past its lease."""
     await raw.delete(log.keys.live)
+
+
+async def taken_over(raw: Redis, log: RedisReplayLog, store: RedisReplayStore) -> Taken:
+    """The log's owner is gone and ``store``'s replica takes the run over."""
+    await owner_gone(raw, log)
+    found = await store.find("chat", "k")
+    assert found is not None
+    taken = await store.take_over(found)
+    assert isinstance(taken, Taken)
+    return taken
 
 
 async def started_run(store: RedisReplayStore, *, kept: bytes = KEPT, cursor: bytes = b"c3"):
@@ -88,12 +83,7 @@ async def test_a_live_owners_run_is_not_taken_over(stores):
 
 async def test_a_run_whose_owner_is_gone_is_taken_over_with_its_state(stores, raw):
     a, b = await stores(), await stores()
-    log = await started_run(a)
-    await owner_gone(raw, log)
-    found = await b.find("chat", "k")
-    assert found is not None
-    taken = await b.take_over(found)
-    assert isinstance(taken, Taken)
+    taken = await taken_over(raw, await started_run(a), b)
     assert (taken.kept, taken.cursor, taken.last_seq) == (KEPT, b"c3", 3)
     assert taken.log.run_id == "r"
     # The same log goes on: the new owner's entries continue its seq.
@@ -131,11 +121,7 @@ async def test_a_stale_owner_never_writes_to_the_log_again(stores, raw):
     log = await started_run(a)
     fenced: list[str] = []
     log.when_fenced(lambda: fenced.append("fenced"))
-    await owner_gone(raw, log)
-    found = await b.find("chat", "k")
-    assert found is not None
-    taken = await b.take_over(found)
-    assert isinstance(taken, Taken)
+    taken = await taken_over(raw, log, b)
     await taken.log.append(entries(4, 1, run="new"))
     await taken.log.flush()
     # The old owner wakes up: its append round is refused, and it learns so.
@@ -163,10 +149,7 @@ async def test_the_owners_renewal_fences_a_stale_owner_with_nothing_to_append(st
     log = await started_run(a)
     fenced: list[str] = []
     log.when_fenced(lambda: fenced.append("fenced"))
-    await owner_gone(raw, log)
-    found = await b.find("chat", "k")
-    assert found is not None
-    assert isinstance(await b.take_over(found), Taken)
+    await taken_over(raw, log, b)
     await redis_takeover.renew(a, [log])
     assert fenced == ["fenced"]
 
@@ -239,10 +222,7 @@ async def test_a_takeover_frees_the_session_of_its_dead_owner_with_a_fresh_token
         log = await started_run(a)
         old_owner = Holder()
         old_claim = await old_sessions.claim("chat", "k", "reject", old_owner)
-        await owner_gone(raw, log)
-        found = await b.find("chat", "k")
-        assert found is not None
-        assert isinstance(await b.take_over(found), Taken)
+        await taken_over(raw, log, b)
         # The run that goes on claims the session at once, even under reject.
         claim = await new_sessions.claim("chat", "k", "reject", Holder())
         assert claim.token > old_claim.token + 1

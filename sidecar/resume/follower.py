@@ -251,7 +251,13 @@ class Follower:
             if self.run is not None and self.run.done:
                 if await self.log.read(self.after_seq, 0):
                     continue  # it ended while we looked: write the rest first
-                return "completed"  # it ended without a terminal entry (abandoned)
+                # It ended without a terminal entry (abandoned as this client came,
+                # or refused its start: a run taken over whose session claim
+                # failed); the client still gets an end.
+                message = "the stream ended before its terminal event"
+                data = self.dialect.error("upstream_disconnected", message, partial=True)
+                await self.sink.write(data)
+                return "upstream_disconnected"
             if remote and await self.log.abandoned():
                 if await self.log.read(self.after_seq, 0):
                     continue  # what it wrote before it died comes first

@@ -97,6 +97,51 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets ``pid`` holds open."""
+    inodes: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, PermissionError):
+        return inodes
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def _established_on(port: int, state: str = "01") -> set[int]:
+    """Inodes of the TCP sockets on local port ``port`` in ``state`` (01: established)."""
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 01 is ESTABLISHED, 0A LISTEN.
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def listening(pids: list[int], port: int) -> list[int]:
+    """Those of ``pids`` that listen on ``port`` (a supervisor's workers, not its helpers)."""
+    sockets = _established_on(port, "0A")
+    return [pid for pid in pids if _socket_inodes(pid) & sockets]
+
+
+def connections_by_process(pids: list[int], port: int) -> list[int]:
+    """How many client connections to ``port`` each of ``pids`` holds (a worker's streams)."""
+    established = _established_on(port)
+    return [len(_socket_inodes(pid) & established) for pid in pids]
+
+
 def machine_busy_s() -> float:
     """CPU seconds all cores have spent busy since boot (/proc/stat), for what else ran."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]

@@ -186,6 +186,11 @@ def _deployed_targets(doc: dict[str, Any], get: Any, add: Any) -> None:
     r = _ratio(two, one)
     add("steady via workers2-redis: CPU per event vs one worker", "µs", None, two, None,
         "≤ 1.1× resume-redis", None if r is None else r <= 1.1)  # fmt: skip
+    two_workers = _find(doc, "steady", "workers2-redis")
+    split = (two_workers or {}).get("proxy", {}).get("streams_per_worker")
+    share = min(split) / sum(split) if split and sum(split) else None
+    add("steady via workers2-redis: the fewest streams a worker got", "share", None, share,
+        None, "≥ 0.4 (each 40–60 %)", None if share is None else share >= 0.4)  # fmt: skip
     many = _find(doc, "many-redis", "resume-redis")
     ok = None if many is None else bool(many["all_delivered"] and not many["errors"])
     add("many-redis: every event, no errors", "events", get("many-redis", "nginx", "events"),

@@ -70,17 +70,27 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class PeakRss(threading.Thread):
-    """Samples a path's RSS (its proxy processes) four times a second; ``peak`` is the highest."""
+    """Samples a path's RSS (its proxy processes) four times a second; ``peak`` is the highest.
+
+    With workers, also how many client connections each worker holds; ``split``
+    is the sample with the most connections in all (the streams' spread).
+    """
 
     def __init__(self, target: targets.Target) -> None:
         super().__init__(daemon=True)
         self.target = target
         self.peak = target.usage().rss_kib
+        self.split: list[int] = []
         self.done = threading.Event()
 
     def run(self) -> None:
+        workers = self.target.worker_pids()
         while not self.done.wait(0.25):
             self.peak = max(self.peak, self.target.usage().rss_kib)
+            if workers:
+                counts = procs.connections_by_process(workers, self.target.port)
+                if sum(counts) > sum(self.split):
+                    self.split = counts
 
     def __enter__(self) -> PeakRss:
         self.start()
@@ -146,6 +156,8 @@ def _flow(scn: Scenario, target: targets.Target, streams: int, workdir: Path) ->
         "rss_base_kib": base.rss_kib,
         "rss_peak_kib": peak.peak,
     }
+    if peak.split:
+        out["proxy"]["streams_per_worker"] = peak.split
     if len(end_parts) > 1:
         # Each process of a path apart (a remote follower's run and its follower).
         out["proxy"]["parts"] = {

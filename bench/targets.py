@@ -95,6 +95,10 @@ class Target:
         """The processes whose CPU and memory together are the proxy's, by role."""
         return {} if self.pid is None else {"proxy": self.pid}
 
+    def worker_pids(self) -> list[int]:
+        """The worker processes under a supervisor (workers > 1), else none."""
+        return []
+
     def usage(self) -> Usage:
         """CPU time and RSS of all the proxy's processes together."""
         parts = [Usage.of(pid) for pid in self.pids().values()]
@@ -252,6 +256,12 @@ class Sidecar(Target):
         except BaseException:
             self.stop()
             raise
+
+    def worker_pids(self) -> list[int]:
+        if MODES[self.name].workers <= 1 or self.child is None:
+            return []
+        supervisor = self.child.pid
+        return procs.listening([p for p in procs.tree(supervisor) if p != supervisor], self.port)
 
     def follow_url(self, query: str) -> str:
         if self.follower is None:

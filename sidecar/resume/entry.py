@@ -23,7 +23,7 @@ from sidecar.client import json_error, start_response
 from sidecar.context import StreamHandle
 from sidecar.dialects import Dialect
 from sidecar.errors import BackendUnavailable, SessionForbidden
-from sidecar.replay.base import FORBIDDEN
+from sidecar.replay.base import FORBIDDEN, Entry, ReplayLog
 from sidecar.resume.follower import Follower, unavailable
 from sidecar.resume.run import ResumableRun
 from sidecar.services import RouteServices
@@ -96,7 +96,11 @@ class ResumeEntry:
                     # Before anything else: the run's process must not abandon it
                     # while this follower gets going.
                     await replay_log.follow(services.route.resume.grace)
-            entries = await replay_log.after(last_id) if replay_log is not None else None
+            entries = None
+            if replay_log is not None:
+                entries = await replay_log.after(last_id)
+                if entries is None and run is None:
+                    entries = await _arriving(replay_log, last_id)
             last = await replay_log.last() if replay_log is not None and not entries else None
         except BackendUnavailable as exc:
             services.metrics.rejected("backend_unavailable")
@@ -137,6 +141,30 @@ class ResumeEntry:
         services.ctx.metrics.resume.labels(services.route.name, "forbidden").inc()
         services.metrics.rejected(SessionForbidden.code)
         return json_error(403, SessionForbidden.code, FORBIDDEN)
+
+
+#: How long a reconnect to another process waits for its Last-Event-ID to reach Redis.
+ARRIVAL_WAIT = 0.5
+
+
+async def _arriving(replay_log: ReplayLog, last_id: str) -> list[Entry] | None:
+    """The entries after ``last_id`` once Redis has it, or None if it does not come.
+
+    The run's process writes each event to its client an append round before
+    Redis has it, so a client that reconnects to another process at once may
+    name an id that is still on its way: it is waited for, briefly, rather
+    than answered with resume_gap.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ARRIVAL_WAIT
+    pause = 0.01
+    while loop.time() < deadline:
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.1)
+        entries = await replay_log.after(last_id)
+        if entries is not None:
+            return entries
+    return None
 
 
 async def _gap(

@@ -11,10 +11,11 @@ import math
 import os
 import resource
 import shutil
+import socket
 
 import pytest
 
-from bench import conn, report, run
+from bench import conn, procs, report, run
 from bench.scenarios import SMOKE
 
 
@@ -109,8 +110,32 @@ def test_every_deployed_mode_delivers_the_smoke_flow(tmp_path, mode):
         assert r["backend"]["clients"] >= 1
     else:
         assert "backend" not in r
+    if mode == "workers2-redis":
+        # One count per worker, when a sample caught streams open (the smoke's
+        # five last a fraction of a second: too few and too short to judge the spread).
+        split = r["proxy"].get("streams_per_worker", [0, 0])
+        assert len(split) == 2
+        assert sum(split) <= scn.streams
+    else:
+        assert "streams_per_worker" not in r["proxy"]
     table = report.markdown(_doc("steady", [r]))
     assert f"| steady | {mode} |" in table
+
+
+def test_connections_are_counted_per_process_that_holds_them():
+    """The /proc reading behind the workers' split: accepted sockets on the port, by holder."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        accepted = [server.accept()[0] for _ in clients]
+        try:
+            me = os.getpid()
+            assert procs.listening([me, 1], port) == [me]
+            # The client ends' local ports are not the server's: only the accepted three.
+            assert procs.connections_by_process([me], port) == [3]
+        finally:
+            for sock in clients + accepted:
+                sock.close()
 
 
 @pytest.mark.redis

@@ -138,6 +138,26 @@ async def test_reconnect_to_the_other_process_gets_exactly_the_missed_events(pai
     assert replayed >= 10  # what A logged while nobody followed came to B as replay
 
 
+async def test_a_reconnect_to_the_other_process_at_once_waits_for_its_id_to_reach_redis(
+    pair, upstream
+):
+    """The client has each event a round before Redis: its id is waited for, not a gap."""
+    upstream.script = numbered(30, gap=0.002)
+    for i in range(10):
+        async with pair.http.get(pair.a.url + f"/s?s=quick{i}") as resp:
+            first = await read_until(resp, 3)
+            resp.connection.transport.abort()
+        got = await read_stream(
+            pair.http,
+            "GET",
+            pair.b.url + f"/s?s=quick{i}",
+            headers={"Last-Event-ID": first[-1][0]},
+            limit_s=15.0,
+        )
+        assert data_events(got) == [str(n) for n in range(4, 31)], got.raw
+        assert got.kinds()[-1] == "done"
+
+
 async def test_finished_stream_replays_its_tail_on_the_other_process(pair, upstream):
     upstream.script = numbered(5, gap=0.01)
     whole = await read_stream(pair.http, "GET", pair.a.url + "/s?s=frank")

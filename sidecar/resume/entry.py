@@ -116,7 +116,9 @@ class ResumeEntry:
                     resumed = await self.takeover.take_for(request, key, replay_log, last_id)
                     if isinstance(resumed, list):  # it was on its way to Redis after all
                         entries, resumed = resumed, None
-            last = await replay_log.last() if replay_log is not None and not entries else None
+            last = None
+            if replay_log is not None and entries == []:
+                entries, last = await _caught_up(replay_log, last_id)
         except BackendUnavailable as exc:
             services.metrics.rejected("backend_unavailable")
             response = await start_response(request, None, request_id)
@@ -169,6 +171,25 @@ class ResumeEntry:
         services.ctx.metrics.resume.labels(services.route.name, "forbidden").inc()
         services.metrics.rejected(SessionForbidden.code)
         return json_error(403, SessionForbidden.code, FORBIDDEN)
+
+
+async def _caught_up(
+    replay_log: ReplayLog, last_id: str
+) -> tuple[list[Entry] | None, Entry | None]:
+    """Nothing after ``last_id`` was logged: the log's newest entry, which should be it.
+
+    The run may append between the two reads; then what came after the id is
+    read again, so the client starts right after its id, never after a
+    newer entry it does not have (nor before one it has).
+    """
+    for _ in range(3):
+        last = await replay_log.last()
+        if last is None or last.event_id == last_id:
+            return [], last
+        entries = await replay_log.after(last_id)
+        if entries != []:
+            return entries, None  # what came after it (or None: evicted meanwhile)
+    return None, None  # a log moving too fast to place the client: a gap, never a guess
 
 
 #: How long a reconnect to another process waits for its Last-Event-ID to reach Redis.

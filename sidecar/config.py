@@ -27,6 +27,7 @@ from sidecar.cors import CorsPolicy, validate_cors
 from sidecar.dialects import DialectName
 from sidecar.errors import ConfigError
 from sidecar.typedconf import Duration, EnvValue, Size, build, parse_duration, parse_size
+from sidecar.upstream.resume_config import UpstreamResume, validate_upstream_resume
 from sidecar.upstream.ws_profile import WebSocketProfile, validate_profile
 
 # The typed loader is part of this module's API (the WS profile uses Duration
@@ -178,6 +179,8 @@ class Route:
     terminal: Terminal = field(default_factory=Terminal)
     session: Session = field(default_factory=Session)
     resume: Resume = field(default_factory=Resume)
+    #: Re-request a broken upstream after its last event id (sidecar/upstream/resumption.py).
+    upstream_resume: UpstreamResume = field(default_factory=UpstreamResume)
     limits: Limits = field(default_factory=Limits)
     stream: Stream = field(default_factory=Stream)
     #: For ws:// and wss:// upstreams: the gateway's protocol (default: the
@@ -402,6 +405,9 @@ def _validate_route(route: Route, key: str) -> None:
             raise ConfigError(f"{key}.limits.{name}: must be greater than 0")
     if route.cors is not None:
         validate_cors(route.cors, f"{key}.cors")
+    validate_upstream_resume(
+        route.upstream_resume, f"{key}.upstream_resume", websocket=route.is_websocket
+    )
     if route.resume.enabled and route.resume.buffer_events < 1:
         raise ConfigError(f"{key}.resume.buffer_events: must be at least 1 when resume is on")
     if route.resume.enabled and route.resume.buffer_bytes < limits.max_event_bytes:

@@ -171,3 +171,9 @@ class BackendUnavailable(SessionError):
     """The session/replay backend (Redis) cannot be reached."""
 
     code = "backend_unavailable"
+
+
+class InvalidResumeState(SidecarError):
+    """A stored upstream-resume state (a kept request, a cursor) that does not parse."""
+
+    code = "resume_state"

@@ -27,6 +27,9 @@ _DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _SILENCE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 
 #: Every outcome a stream can end with (the ``outcome`` label).
+#: What became of a run whose replica was gone (the ``result`` of run_takeovers_total).
+TAKEOVER_RESULTS = ("taken", "followed", "impossible")
+
 OUTCOMES = (
     "completed",  # the upstream's own terminal event
     "upstream_closed",  # clean upstream end without one: event end
@@ -62,6 +65,9 @@ EVENT_KINDS = (
     "opening",
     "replayed",
 )
+
+#: What an upstream resume ended as (the ``result`` label of upstream_resumes_total).
+UPSTREAM_RESUME_RESULTS = ("resumed", "failed", "no_id", "exhausted")
 
 
 class Metrics:
@@ -150,10 +156,24 @@ class Metrics:
             ["route", "policy"],
             registry=r,
         )
+        self.run_takeovers = Counter(
+            p + "run_takeovers",
+            "Runs whose replica was gone, found by a client here: taken over, followed "
+            "(alive, or another replica took it), or impossible (nothing to resume it with)",
+            ["route", "result"],
+            registry=r,
+        )
         self.resume = Counter(
             p + "resume", "Reconnects with Last-Event-ID, by result", ["route", "result"],
             registry=r,
         )  # fmt: skip
+        self.upstream_resumes = Counter(
+            p + "upstream_resumes",
+            "Upstream resumes (upstream_resume): attempts that resumed or failed, and breaks "
+            "that could not resume (no_id) or ran out of attempts (exhausted)",
+            ["route", "result"],
+            registry=r,
+        )
         self.upstream_after_client = Histogram(
             p + "upstream_after_client_gone_seconds",
             "Seconds the upstream request stayed open after the client had gone",
@@ -237,8 +257,12 @@ class Metrics:
             self.events.labels(route, kind)
         for policy in ("replace", "reject"):
             self.session_conflicts.labels(route, policy)
+        for result in TAKEOVER_RESULTS:
+            self.run_takeovers.labels(route, result)
         for result in ("hit", "gap", "miss", "forbidden"):
             self.resume.labels(route, result)
+        for result in UPSTREAM_RESUME_RESULTS:
+            self.upstream_resumes.labels(route, result)
         self.bytes_in.labels(route)
         self.bytes_out.labels(route)
         self.slow_clients.labels(route)
@@ -284,6 +308,9 @@ class RouteMetrics:
 
     def rejected(self, reason: str) -> None:
         self.metrics.rejected.labels(self.route, reason).inc()
+
+    def upstream_resume(self, result: str) -> None:
+        self.metrics.upstream_resumes.labels(self.route, result).inc()
 
 
 class Tally:

@@ -13,6 +13,13 @@ body (whose fields win): ``mode``, ``tokens``, ``prompt``, ``silence``,
 ``quiet``, ``keepalive``, ``delay``, ``ids``. Every duration is in seconds at
 speed 1 and is divided by the app's ``speed``.
 
+``resumable=1`` makes the run outlive its connection, as producers that
+resume by event id do (sidecar/examples/runs.py): ids name the run
+(``<run>-<n>``) and a request with ``Last-Event-ID`` gets the rest without
+a restart; ``style=responses`` speaks OpenAI's background Responses form
+instead (``sequence_number``, resumed by ``GET …/responses/<id>?starting_after=N``).
+``cut``, ``cuts``, ``cut_how`` and ``repeat`` break its connections on purpose.
+
 Strategy: each stream is a short script run by :class:`_Stream`. Every wait is
 a loop of sleeps of at most 0.1 s that checks the socket and the shutdown flag,
 so a client that left is noticed within ~0.2 s even while nothing is written
@@ -27,135 +34,44 @@ import asyncio
 import json
 import math
 import sys
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
-from typing import Literal, cast, get_args
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
-from sidecar.examples.running import arg_parser, run, until_signalled
-
-Mode = Literal["normal", "crash", "error500", "garbage", "hang", "noterm", "slow-headers"]
-MODES: tuple[str, ...] = get_args(Mode)
-Outcome = Literal["active", "finished", "client_gone"]
-
-TOKEN_INTERVAL = 0.05
-DEFAULT_TOKENS = 24
-DEFAULT_SILENCE = 20.0
-KEEPALIVE_INTERVAL = 2.0
-DEFAULT_DELAY = 3.0
-GARBAGE_LINGER = 1.0
-MAX_TOKENS = 10_000
-MAX_SECONDS = 3600.0
-# Real seconds, never scaled: how late a departed client or a shutdown is noticed.
-POLL_STEP = 0.1
-RECORDS_KEPT = 1000
-
-ANSWER = (
-    "Sure — here is a streamed answer. Each word arrives as its own token event, "
-    "like a model writing it. After a third of them the model stops to think for "
-    "a while, then the rest of the answer flows in, déjà vu for anyone who has "
-    "watched a chat interface, until one final done event closes the stream."
+from sidecar.examples import runs as resumable
+from sidecar.examples.producer_params import (
+    ANSWER,
+    DEFAULT_TOKENS,
+    GARBAGE_LINGER,
+    POLL_STEP,
+    TOKEN_INTERVAL,
+    BadRequest,
+    StreamParams,
+    parse_params,
 )
-# Modes that think (stay silent) mid-answer unless ?silence= says otherwise.
-_THINKING_MODES = frozenset({"normal", "slow-headers"})
-_TRUTHY = frozenset({"1", "true", "yes", "on"})
-_FALSY = frozenset({"0", "false", "no", "off", ""})
+from sidecar.examples.producer_stats import STATS, Outcome, ProducerStats, StreamRecord
+from sidecar.examples.running import arg_parser, run, until_signalled
+from sidecar.examples.runs import RunLog, Runs
 
-
-@dataclass(slots=True)
-class StreamRecord:
-    """One stream request as the producer received it, and how it ended."""
-
-    method: str
-    path: str
-    query_string: str
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    mode: str
-    outcome: Outcome = "active"
-
-
-@dataclass(slots=True)
-class ProducerStats:
-    """What the producer saw: stream requests started, finished, and left by their client.
-
-    ``finished`` counts streams the producer ended itself (including ``crash``
-    and ``error500``); ``client_gone`` counts streams whose connection went
-    away before that (client disconnect, or the handler was cancelled).
-    """
-
-    started: int = 0
-    finished: int = 0
-    client_gone: int = 0
-    records: deque[StreamRecord] = field(default_factory=lambda: deque(maxlen=RECORDS_KEPT))
-    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    @property
-    def active(self) -> int:
-        return self.started - self.finished - self.client_gone
-
-    def as_json(self) -> dict[str, int]:
-        return {
-            "started": self.started,
-            "finished": self.finished,
-            "client_gone": self.client_gone,
-            "active": self.active,
-        }
-
-    async def wait_until(self, predicate: Callable[[ProducerStats], bool]) -> None:
-        """Return once ``predicate(self)`` holds; bound it with ``asyncio.timeout``."""
-        while not predicate(self):
-            await self._changed.wait()
-
-    def _begin(self, record: StreamRecord) -> None:
-        self.started += 1
-        self.records.append(record)
-        self._notify()
-
-    def _end(self, record: StreamRecord, outcome: Outcome) -> None:
-        record.outcome = outcome
-        if outcome == "client_gone":
-            self.client_gone += 1
-        else:
-            self.finished += 1
-        self._notify()
-
-    def _notify(self) -> None:
-        # Wake every waiter once; the next change needs a fresh event.
-        self._changed.set()
-        self._changed = asyncio.Event()
+# The producer's vocabulary, where its users (tests, the demo) look for it.
+__all__ = [
+    "ANSWER",
+    "DEFAULT_TOKENS",
+    "STATS",
+    "ProducerStats",
+    "StreamParams",
+    "StreamRecord",
+    "create_app",
+    "main",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class _Settings:
     speed: float
     stopping: asyncio.Event
-
-
-STATS = web.AppKey("sse_sidecar_example_producer_stats", ProducerStats)
-_SETTINGS = web.AppKey("sse_sidecar_example_producer_settings", _Settings)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamParams:
-    """One request's parameters; durations in seconds at speed 1."""
-
-    mode: Mode = "normal"
-    tokens: int = DEFAULT_TOKENS
-    prompt: str = ""
-    silence: float = 0.0
-    quiet: float = 0.0
-    keepalive: float = KEEPALIVE_INTERVAL
-    delay: float = DEFAULT_DELAY
-    ids: bool = False
-
-
-class _BadRequest(Exception):
-    pass
 
 
 class _ClientGone(Exception):
@@ -166,76 +82,8 @@ class _ServerStopping(Exception):
     pass
 
 
-def _scalar(raw: Mapping[str, object], name: str) -> str | None:
-    value = raw.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise _BadRequest(f"{name} must be a string or a number")
-
-
-def _seconds(raw: Mapping[str, object], name: str, default: float) -> float:
-    text = _scalar(raw, name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise _BadRequest(f"{name} must be a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
-        raise _BadRequest(f"{name} must be between 0 and {MAX_SECONDS:g} seconds")
-    return value
-
-
-def _parse_params(raw: Mapping[str, object]) -> StreamParams:
-    mode = _scalar(raw, "mode") or "normal"
-    if mode not in MODES:
-        raise _BadRequest(f"mode must be one of {', '.join(MODES)}")
-    tokens_text = _scalar(raw, "tokens")
-    try:
-        tokens = DEFAULT_TOKENS if tokens_text is None else int(tokens_text)
-    except ValueError:
-        raise _BadRequest(f"tokens must be an integer, got {tokens_text!r}") from None
-    if not 0 <= tokens <= MAX_TOKENS:
-        raise _BadRequest(f"tokens must be between 0 and {MAX_TOKENS}")
-    ids = (_scalar(raw, "ids") or "").lower()
-    if ids not in _TRUTHY | _FALSY:
-        raise _BadRequest("ids must be 1 or 0")
-    silence = _seconds(raw, "silence", DEFAULT_SILENCE if mode in _THINKING_MODES else 0.0)
-    keepalive = _seconds(raw, "keepalive", KEEPALIVE_INTERVAL)
-    if keepalive == 0:
-        raise _BadRequest("keepalive must be more than 0 seconds")
-    # By default keepalive comments cover two intervals (at most half of the
-    # silence) and the rest is quiet: no bytes at all, long enough for the
-    # sidecar's default 15 s heartbeat to show through.
-    quiet = _seconds(raw, "quiet", silence - min(2 * keepalive, silence / 2))
-    return StreamParams(
-        mode=cast(Mode, mode),  # checked against MODES above
-        tokens=tokens,
-        prompt=_prompt(raw),
-        silence=silence,
-        quiet=min(quiet, silence),
-        keepalive=keepalive,
-        delay=_seconds(raw, "delay", DEFAULT_DELAY),
-        ids=ids in _TRUTHY,
-    )
-
-
-def _prompt(raw: Mapping[str, object]) -> str:
-    prompt = raw.get("prompt")
-    messages = raw.get("messages")
-    if prompt is None and isinstance(messages, list) and messages:
-        # An OpenAI-style body: echo the last message.
-        last = messages[-1]
-        prompt = last.get("content") if isinstance(last, dict) else None
-    if prompt is None:
-        return ""
-    if not isinstance(prompt, str):
-        raise _BadRequest("prompt must be a string")
-    return prompt
+_SETTINGS = web.AppKey("sse_sidecar_example_producer_settings", _Settings)
+RUNS = web.AppKey("sse_sidecar_example_producer_runs", Runs)
 
 
 def _answer_tokens(prompt: str, count: int) -> list[str]:
@@ -246,19 +94,35 @@ def _answer_tokens(prompt: str, count: int) -> list[str]:
 
 
 class _Stream:
-    """One streamed answer: the write path and the clock of a single request."""
+    """One streamed answer: the write path and the clock of a single request.
 
-    def __init__(self, request: web.Request, params: StreamParams, settings: _Settings) -> None:
+    With a ``run`` (a resumable run) the answer goes into the run's log
+    instead, whatever connection follows it; ``abandoned`` says nobody
+    read it for so long that it may stop.
+    """
+
+    def __init__(
+        self,
+        request: web.Request,
+        params: StreamParams,
+        settings: _Settings,
+        run: RunLog | None = None,
+        abandoned: Callable[[], bool] = bool,
+    ) -> None:
         self.request = request
         self.params = params
         self.response: web.StreamResponse | None = None
         self._settings = settings
         self._tokens = _answer_tokens(params.prompt, params.tokens)
         self._next_id = 1
+        self._run = run
+        self._abandoned = abandoned
 
     def check(self) -> None:
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
+        if self._run is not None:
+            if self._abandoned():
+                raise _ClientGone
+        elif (transport := self.request.transport) is None or transport.is_closing():
             raise _ClientGone
         if self._settings.stopping.is_set():
             raise _ServerStopping
@@ -275,6 +139,10 @@ class _Stream:
 
     async def start(self) -> None:
         self.check()
+        if self._run is not None:
+            if self._run.style == "responses":
+                self._run.event("created", "")
+            return
         self.response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -284,14 +152,21 @@ class _Stream:
             raise _ClientGone from exc
 
     async def send(self, chunk: bytes) -> None:
-        assert self.response is not None, "start() first"
         self.check()
+        if self._run is not None:
+            self._run.comment(chunk)  # the script sends comments; events go by event()
+            return
+        assert self.response is not None, "start() first"
         try:
             await self.response.write(chunk)
         except ConnectionResetError as exc:
             raise _ClientGone from exc
 
     async def event(self, name: str, data: str) -> None:
+        if self._run is not None:
+            self.check()
+            self._run.event(name, data)
+            return
         lines = []
         if self.params.ids:
             lines.append(f"id: {self._next_id}")
@@ -325,7 +200,7 @@ async def _answer(stream: _Stream, *, terminal: bool = True) -> None:
         await stream.event("done", "[DONE]")
 
 
-async def _play(stream: _Stream) -> web.StreamResponse:
+async def _play(stream: _Stream) -> web.StreamResponse | None:
     """Run the script of the request's mode; return the response to finish."""
     mode = stream.params.mode
     if mode == "error500":
@@ -350,8 +225,7 @@ async def _play(stream: _Stream) -> web.StreamResponse:
         else:  # hang
             await stream.tokens(0, 1)
             await stream.pause(math.inf)
-    assert stream.response is not None
-    return stream.response
+    return stream.response  # None for a resumable run: its connections have theirs
 
 
 async def _read_params(request: web.Request) -> tuple[StreamParams, bytes]:
@@ -361,17 +235,23 @@ async def _read_params(request: web.Request) -> tuple[StreamParams, bytes]:
         try:
             decoded = json.loads(body)
         except ValueError:
-            raise _BadRequest("the body must be a JSON object") from None
+            raise BadRequest("the body must be a JSON object") from None
         if not isinstance(decoded, dict):
-            raise _BadRequest("the body must be a JSON object")
+            raise BadRequest("the body must be a JSON object")
         raw.update(decoded)
-    return _parse_params(raw), body
+    return parse_params(raw), body
 
 
 async def _handle_stream(request: web.Request) -> web.StreamResponse:
+    target = resumable.resume_target(request)
+    if target is not None:
+        app = request.app
+        return await resumable.serve_resume(
+            request, target, app[RUNS], app[STATS], app[_SETTINGS].stopping.is_set
+        )
     try:
         params, body = await _read_params(request)
-    except _BadRequest as exc:
+    except BadRequest as exc:
         error = {"type": "invalid_request", "message": str(exc)}
         return web.json_response({"error": error}, status=400)
     stats = request.app[STATS]
@@ -379,10 +259,13 @@ async def _handle_stream(request: web.Request) -> web.StreamResponse:
         request.method, request.path, request.query_string, request.headers, body, params.mode
     )
     stats._begin(record)
+    if params.resumable:
+        return await _start_run(request, params, record)
     stream = _Stream(request, params, request.app[_SETTINGS])
     outcome: Outcome = "client_gone"
     try:
         response = await _play(stream)
+        assert response is not None
         outcome = "finished"
     except _ClientGone:
         # aiohttp's write_eof on the dead connection fails quietly.
@@ -394,6 +277,39 @@ async def _handle_stream(request: web.Request) -> web.StreamResponse:
     finally:
         stats._end(record, outcome)
     return response
+
+
+async def _start_run(
+    request: web.Request, params: StreamParams, record: StreamRecord
+) -> web.StreamResponse:
+    """A resumable run: its answer goes on in a task of its own; this request follows it."""
+    app = request.app
+    runs = app[RUNS]
+    run = RunLog(
+        params.style, cut=params.cut, cuts=params.cuts, cut_how=params.cut_how, repeat=params.repeat
+    )
+    runs.add(run)
+    stream = _Stream(request, params, app[_SETTINGS], run, lambda: runs.abandoned(run))
+    task = asyncio.get_running_loop().create_task(_generate(stream, run, app[STATS], record))
+    runs.tasks.add(task)
+    task.add_done_callback(runs.tasks.discard)
+    return await resumable.serve(request, run, 0, app[_SETTINGS].stopping.is_set)
+
+
+async def _generate(
+    stream: _Stream, run: RunLog, stats: ProducerStats, record: StreamRecord
+) -> None:
+    outcome: Outcome = "client_gone"  # nobody read it for RUN_KEEP
+    try:
+        await _play(stream)
+        outcome = "finished"
+    except _ClientGone:
+        pass
+    except _ServerStopping:
+        outcome = "finished"
+    finally:
+        run.finish()
+        stats._end(record, outcome)
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -415,6 +331,11 @@ async def _on_shutdown(app: web.Application) -> None:
     app[_SETTINGS].stopping.set()
 
 
+async def _on_cleanup(app: web.Application) -> None:
+    tasks = list(app[RUNS].tasks)  # resumable runs end within POLL_STEP of stopping
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def create_app(*, speed: float = 1.0) -> web.Application:
     """The example producer; ``speed`` divides every delay (100 = a hundred times faster)."""
     if not (math.isfinite(speed) and speed > 0):
@@ -422,7 +343,9 @@ def create_app(*, speed: float = 1.0) -> web.Application:
     app = web.Application()
     app[STATS] = ProducerStats()
     app[_SETTINGS] = _Settings(speed=speed, stopping=asyncio.Event())
+    app[RUNS] = Runs()
     app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/_stats", _stats)
     app.router.add_get("/demo", _demo)

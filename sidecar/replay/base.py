@@ -10,9 +10,9 @@ never reaches another session's events.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 #: What a request that presents other credentials than the run's is told.
 FORBIDDEN = "this session's stream belongs to other credentials"
@@ -26,6 +26,24 @@ class Entry:
     #: The encoded event as the client gets it, its ``id:`` line included.
     data: bytes
     terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A run whose owner is gone, now this process's: its log goes on under a fresh owner token."""
+
+    log: ReplayLog
+    #: The run's upstream request as kept at its start (sidecar/upstream/resumption.py).
+    kept: bytes
+    #: Where the upstream stood at the last logged event (a run without one is not taken).
+    cursor: bytes
+    #: The seq of the newest entry logged; the run's next event is the one after.
+    last_seq: int
+
+
+#: Why a takeover did not happen: the run's owner is alive (or another replica
+#: took it first) so follow it, or it cannot be taken over at all.
+NotTaken = Literal["owned", "impossible"]
 
 
 class ReplayLog(Protocol):
@@ -80,6 +98,14 @@ class ReplayLog(Protocol):
         """Whether a client on another process follows it (the run keeps going then)."""
         ...
 
+    def keep_cursor(self, cursor: Callable[[], bytes]) -> None:
+        """Store ``cursor()`` with the appends, for a takeover to resume from (Redis only)."""
+        ...
+
+    def when_fenced(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once if another process takes the run over (Redis only)."""
+        ...
+
 
 class ReplayStore(Protocol):
     kind: str
@@ -89,9 +115,13 @@ class ReplayStore(Protocol):
     async def close(self) -> None: ...
 
     async def open(
-        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int, binding: str = ""
-    ) -> ReplayLog:
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int,
+        binding: str = "", kept: bytes = b"",
+    ) -> ReplayLog:  # fmt: skip
         """A new, empty log for a run; it replaces the session's previous log.
+
+        ``kept``: the run's upstream request, with which another process can
+        take the run over if this one dies (b"": it cannot be).
 
         Raises :class:`~sidecar.errors.SessionForbidden` while the previous
         log's run is live and bound to other credentials: knowing a session
@@ -105,4 +135,8 @@ class ReplayStore(Protocol):
 
     async def drop(self, log: ReplayLog) -> None:
         """Forget a log now (a run abandoned by its client)."""
+        ...
+
+    async def take_over(self, log: ReplayLog) -> Taken | NotTaken:
+        """Own the run of a found log whose owner is gone; exactly one caller wins."""
         ...

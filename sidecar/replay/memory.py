@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 from sidecar.errors import SessionForbidden
-from sidecar.replay.base import FORBIDDEN, Entry
+from sidecar.replay.base import FORBIDDEN, Entry, NotTaken, ReplayLog
 from sidecar.sessions.binding import same_credentials
 
 DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
@@ -118,6 +118,12 @@ class MemoryReplayLog:
     async def followed(self) -> bool:
         return False
 
+    def keep_cursor(self, cursor: Callable[[], bytes]) -> None:
+        return None  # no other process can take the run over
+
+    def when_fenced(self, callback: Callable[[], None]) -> None:
+        return None
+
     def cancel_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
@@ -149,8 +155,9 @@ class MemoryReplayStore:
         return len(self._logs)
 
     async def open(
-        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int, binding: str = ""
-    ) -> MemoryReplayLog:
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int,
+        binding: str = "", kept: bytes = b"",
+    ) -> MemoryReplayLog:  # fmt: skip
         slot = (route, key)
         old = self._logs.get(slot)
         if old is not None:
@@ -167,6 +174,9 @@ class MemoryReplayStore:
     async def drop(self, log: object) -> None:
         if isinstance(log, MemoryReplayLog):
             self.forget(log)
+
+    async def take_over(self, log: ReplayLog) -> NotTaken:
+        return "impossible"  # a run lives and dies with this process
 
     def forget(self, log: MemoryReplayLog) -> None:
         log.cancel_expiry()

@@ -26,6 +26,11 @@ wait together: one connection per process blocks in one ``XREAD`` over all
 their streams and wakes whoever has news. Every other call shares one pool of
 ``pool_size`` connections, which waits for a free one rather than failing.
 
+A run's writes name its owner token, so a run taken over by another
+replica (its owner gone) is written by that replica only
+(sidecar/replay/redis_takeover.py). One run's log is
+:class:`~sidecar.replay.redis_log.RedisReplayLog`; this module is the store.
+
 Memory has a global cap across logs; here that is Redis's own ``maxmemory``
 (every key has a TTL, so a ``volatile-*`` policy applies to all of them).
 """
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -47,12 +52,13 @@ from sidecar.redisconn import (
     Connection,
     ScriptRounds,
     connect,
-    queue_script,
 )
 from sidecar.replay import redis_scripts as lua
-from sidecar.replay.base import FORBIDDEN, Entry
+from sidecar.replay import redis_takeover
+from sidecar.replay.base import FORBIDDEN, NotTaken, Taken
 from sidecar.replay.redis_append import Appends
-from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms, text
+from sidecar.replay.redis_follow import Wakeups, ms, text
+from sidecar.replay.redis_log import RedisReplayLog
 from sidecar.replay.redis_scripts import Keys, pointer_key, run_prefixes
 
 _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, its one retry included
@@ -61,223 +67,6 @@ _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, its one retry inclu
 LIVE_TTL = 3600.0
 #: Connections of the shared pool (every call but the shared reader's).
 POOL_SIZE = 6
-_DEFAULT_CAPS = (1000, 4 * 1024 * 1024)  # caps of a found log whose index is gone
-
-
-def _own_seq(run_id: str, event_id: str) -> str:
-    """The seq of an id in the sidecar's form ``{run}-{seq}``, else ''."""
-    head, sep, tail = event_id.rpartition("-")
-    if sep and head == run_id and tail.isascii() and tail.isdigit() and str(int(tail)) == tail:
-        return tail
-    return ""
-
-
-def _entry(raw_id: bytes, fields: Mapping[bytes, bytes] | Sequence[bytes]) -> Entry:
-    if not isinstance(fields, Mapping):  # a script's reply: a flat field list
-        fields = dict(zip(fields[::2], fields[1::2], strict=True))
-    seq = int(raw_id.split(b"-", 1)[1])
-    return Entry(seq, fields[b"i"].decode(), fields[b"d"], fields[b"t"] == b"1")
-
-
-def _entries(raw: Sequence[Any]) -> list[Entry]:
-    return [_entry(raw_id, fields) for raw_id, fields in raw]
-
-
-class RedisReplayLog:
-    """The log of one run, as any process sees it.
-
-    The run's own log (from :meth:`RedisReplayStore.open`) holds its entries
-    in memory too: reads are answered from there, appends reach Redis in
-    the background. A log found by another process reads Redis.
-    """
-
-    def __init__(
-        self,
-        store: RedisReplayStore,
-        keys: Keys,
-        run_id: str,
-        caps: tuple[int, int] | None,
-        binding: str,
-        *,
-        owned: bool = False,
-    ) -> None:
-        self._store = store
-        self.keys = keys
-        self._run_id = run_id
-        self.binding = binding
-        #: (max_events, max_bytes); None for a found log until it appends (it never does).
-        self._caps = caps
-        self._local: LocalTail | None = LocalTail(*caps) if owned and caps else None
-        #: Appended here, not yet in Redis (the run's own log only).
-        self._pending: list[Entry] = []
-        self._sending: list[Entry] = []
-        self._flush_error: BackendUnavailable | None = None
-
-    @property
-    def run_id(self) -> str:
-        return self._run_id
-
-    async def append(self, entries: Sequence[Entry]) -> None:
-        if self._local is None:
-            if entries:
-                await self._send(entries)
-            return
-        self.append_nowait(entries)
-
-    def append_nowait(self, entries: Sequence[Entry]) -> None:
-        local = self._local
-        assert local is not None, "only the run's own log is appended to without waiting"
-        if not entries:
-            return
-        local.add(entries)
-        self._pending += entries
-        # Redis unreachable for a whole buffer (or far behind): its copy
-        # loses the oldest rather than this process holding them unbounded.
-        keep = local.max_events * (1 if self._flush_error is not None else 4)
-        if len(self._pending) > keep:
-            del self._pending[:-keep]
-        self._store.appends.queue(self)
-
-    @property
-    def unsent(self) -> bool:
-        """Entries appended here that Redis does not have yet (queued or on their way)."""
-        return bool(self._pending or self._sending)
-
-    def take(self) -> list[Entry]:
-        """What the store's next append round sends for this log."""
-        self._sending, self._pending = self._pending, []
-        return self._sending
-
-    def sent(self, error: BackendUnavailable | None) -> None:
-        """The round is over: its batch is in Redis, or goes back in front of what came since."""
-        if error is not None:
-            self._pending[:0] = self._sending
-        self._sending = []
-        self._flush_error = error
-
-    async def add_to(self, pipe: Any, entries: Sequence[Entry]) -> None:
-        """Queue the append script for ``entries`` on a pipeline."""
-        assert self._caps is not None  # the run's own log knows its caps
-        max_events, max_bytes = self._caps
-        k = self.keys
-        args: list[str | bytes | int] = [
-            self._run_id, ms(self._store.live_ttl), max_events, max_bytes,
-        ]  # fmt: skip
-        for e in entries:
-            args += [e.seq, e.event_id, e.data, int(e.terminal)]
-        # On a pipeline this only queues the call (the await returns at once).
-        keys = [k.stream, k.index, k.pointer]
-        await queue_script(self._store.scripts["append"], pipe, keys, args)
-
-    async def flush(self) -> None:
-        """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""
-        await self._store.appends.flushed(self)
-        if self.unsent:
-            raise self._flush_error or BackendUnavailable(
-                "the replay backend (redis) is not keeping up; retry shortly"
-            )
-
-    async def _send(self, entries: Sequence[Entry]) -> None:
-        max_events, max_bytes = self._caps or await self._stored_caps()
-        store, k = self._store, self.keys
-        args: list[str | bytes | int] = [self._run_id, ms(store.live_ttl), max_events, max_bytes]
-        for e in entries:
-            args += [e.seq, e.event_id, e.data, int(e.terminal)]
-        async with store.backend():
-            await store.scripts["append"](keys=[k.stream, k.index, k.pointer], args=args)
-
-    async def _stored_caps(self) -> tuple[int, int]:
-        async with self._store.backend() as redis:
-            raw = await redis.hmget(self.keys.index, ["max_events", "max_bytes"])
-        if raw[0] is None or raw[1] is None:
-            self._caps = _DEFAULT_CAPS
-        else:
-            self._caps = (int(raw[0]), int(raw[1]))
-        return self._caps
-
-    async def after(self, event_id: str) -> list[Entry] | None:
-        if self._local is not None and (held := self._local.after_id(event_id)) is not None:
-            # The run's own entries: a reconnect here needs no Redis (it may be down).
-            return held
-        await self.flush()
-        k = self.keys
-        args = [event_id, _own_seq(self._run_id, event_id)]
-        async with self._store.backend():
-            raw = await self._store.scripts["after"](keys=[k.stream, k.index], args=args)
-        return None if raw is None else _entries(raw)
-
-    async def last(self) -> Entry | None:
-        if self._local is not None and self._local.entries:
-            return self._local.entries[-1]
-        await self.flush()
-        async with self._store.backend() as redis:
-            raw = await redis.xrevrange(self.keys.stream, count=1)
-        return _entries(raw)[0] if raw else None
-
-    async def read(self, after_seq: int, block: float | None) -> list[Entry]:
-        if self._local is not None:
-            return await self._local.read(after_seq, block)
-        loop = asyncio.get_running_loop()
-        deadline = None if block is None else loop.time() + block
-        while True:
-            entries, finished = await self._poll(after_seq)
-            wait = MAX_BLOCK * 5 if deadline is None else deadline - loop.time()
-            if entries or finished or wait <= 0:
-                return entries
-            # The shared reader says when the stream has entries after after_seq;
-            # registering before it looks means no wakeup is lost.
-            if not await self._store.wakeups.wait(self.keys.stream, after_seq, wait):
-                return []
-
-    async def _poll(self, after_seq: int) -> tuple[list[Entry], bool]:
-        async with self._store.backend() as redis, redis.pipeline(transaction=False) as pipe:
-            pipe.xrange(self.keys.stream, f"(0-{after_seq}", "+")
-            pipe.hget(self.keys.index, "finished")
-            raw, finished = await pipe.execute()
-        return _entries(raw), finished is not None
-
-    async def finish(self, retention: float) -> None:
-        if self._local is not None:
-            self._local.finish()
-            self._store.disown(self)
-        await self.flush()
-        k = self.keys
-        # PEXPIRE 0 deletes at once, as a retention of 0 means.
-        args: list[str | int] = [self._run_id, max(0, round(retention * 1000))]
-        async with self._store.backend():
-            await self._store.scripts["finish"](
-                keys=[k.stream, k.index, k.pointer, k.live], args=args
-            )
-
-    def forget(self) -> None:
-        """Stop sending appends (the log is dropped); local followers see it finished."""
-        self._pending = []
-        self._store.appends.unqueue(self)
-        if self._local is not None:
-            self._local.finish()
-
-    def replaced(self) -> None:
-        """A newer run of the session opened its log here: this one's entries are gone."""
-        if self._local is not None:
-            self._local.clear()
-
-    async def abandoned(self) -> bool:
-        """Whether the run's process is gone: unfinished, and its liveness key expired."""
-        if self._local is not None:
-            return False
-        async with self._store.backend() as redis, redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self.keys.index, "finished")
-            pipe.exists(self.keys.live)
-            finished, live = await pipe.execute()
-        return finished is None and not live
-
-    async def follow(self, ttl: float) -> None:
-        async with self._store.backend() as redis:
-            await redis.set(self.keys.follow, b"1", px=ms(ttl))
-
-    async def followed(self) -> bool:
-        async with self._store.backend() as redis:
-            return bool(await redis.exists(self.keys.follow))
 
 
 class RedisReplayStore:
@@ -334,6 +123,8 @@ class RedisReplayStore:
             "finish": lua.FINISH,
             "drop": lua.DROP,
             "open": lua.OPEN,
+            "live": lua.LIVE,
+            "takeover": lua.TAKEOVER,
         }
         self.scripts = {name: redis.register_script(src) for name, src in sources.items()}
         self._opens = ScriptRounds(redis)  # a burst of new runs: one round trip per round
@@ -366,13 +157,9 @@ class RedisReplayStore:
         while True:
             await asyncio.sleep(self.lease / 3)
             logs = list(self._owned.values())
-            if not logs:
-                continue
-            with contextlib.suppress(BackendUnavailable):
-                async with self.backend() as redis, redis.pipeline(transaction=False) as pipe:
-                    for log in logs:
-                        pipe.pexpire(log.keys.live, ms(self.lease))
-                    await pipe.execute()
+            if logs:
+                with contextlib.suppress(BackendUnavailable):
+                    await redis_takeover.renew(self, logs)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task of the store's, cancelled when it closes."""
@@ -403,14 +190,15 @@ class RedisReplayStore:
         return Keys.of(self.prefix, route, key, run_id)
 
     async def open(
-        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int, binding: str = ""
-    ) -> RedisReplayLog:
+        self, route: str, key: str, run_id: str, max_events: int, max_bytes: int,
+        binding: str = "", kept: bytes = b"",
+    ) -> RedisReplayLog:  # fmt: skip
         keys = self._keys(route, key, run_id)
         # The previous run's log goes now, as in memory. Its run, if it still
         # appends (to end with error/replaced), writes a short-lived stream
         # its own followers can still read.
-        args: list[str | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
-        args += [ms(self.lease), *run_prefixes(self.prefix, route, key)]
+        args: list[str | bytes | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
+        args += [ms(self.lease), *run_prefixes(self.prefix, route, key), kept]
         async with self.backend():
             assert self._opens is not None
             opened = await self._opens.call(
@@ -420,12 +208,27 @@ class RedisReplayStore:
             )
         if not opened:
             raise SessionForbidden(FORBIDDEN)
-        log = RedisReplayLog(self, keys, run_id, (max_events, max_bytes), binding, owned=True)
-        old = self._owned.get(keys.pointer)
-        if old is not None:
-            old.replaced()
-        self._owned[keys.pointer] = log
+        log = RedisReplayLog(self, keys, run_id, (max_events, max_bytes), binding, owner="1")
+        self.own(log)
         return log
+
+    def own(self, log: RedisReplayLog) -> None:
+        """This process runs the log's run now: it renews its liveness, a newer run replaces it."""
+        old = self._owned.get(log.keys.pointer)
+        if old is not None and old is not log:
+            old.replaced()
+        self._owned[log.keys.pointer] = log
+
+    async def take_over(self, log: object) -> Taken | NotTaken:
+        if not isinstance(log, RedisReplayLog) or log.owner:
+            return "impossible"  # not a log of Redis's, or this process's own run
+        got = await redis_takeover.claim(self, log.keys, log.run_id)
+        if isinstance(got, str):
+            return got
+        taken = RedisReplayLog(self, log.keys, log.run_id, got.caps, log.binding, owner=got.owner)
+        taken.held(got.entries)
+        self.own(taken)
+        return Taken(taken, got.kept, got.cursor, got.last_seq)
 
     def disown(self, log: RedisReplayLog) -> None:
         """The run has ended or its log was dropped: a newer run no longer replaces it here."""
@@ -452,8 +255,10 @@ class RedisReplayStore:
             await log.flush()  # so no append of the run's lands after the drop
         log.forget()
         self.disown(log)
+        if log.fenced:
+            return  # the run is another process's now
         k = log.keys
         async with self.backend():
             await self.scripts["drop"](
-                keys=[k.stream, k.index, k.follow, k.pointer, k.live], args=[log.run_id]
+                keys=[k.stream, k.index, k.follow, k.pointer, k.live], args=[log.run_id, log.owner]
             )

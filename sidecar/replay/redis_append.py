@@ -28,7 +28,7 @@ class Log(Protocol):
 
     def take(self) -> list[Entry]: ...
 
-    def sent(self, error: BackendUnavailable | None) -> None: ...
+    def sent(self, error: BackendUnavailable | None, reply: object = None) -> None: ...
 
     async def add_to(self, pipe: Any, entries: Sequence[Entry]) -> None: ...
 
@@ -74,6 +74,7 @@ class Appends:
                 self._queued.clear()
                 batches = [(log, log.take()) for log in logs]
                 error: BackendUnavailable | None = None
+                replies: list[Any] = [None] * len(batches)
                 try:
                     async with (
                         self._store.backend() as redis,
@@ -81,11 +82,11 @@ class Appends:
                     ):
                         for log, batch in batches:
                             await log.add_to(pipe, batch)
-                        await pipe.execute()
+                        replies = await pipe.execute()
                 except BackendUnavailable as exc:
                     error = exc
-                for log, _ in batches:
-                    log.sent(error)
+                for (log, _), reply in zip(batches, replies, strict=True):
+                    log.sent(error, reply)  # -1: the run was taken over (fenced)
                     if error is not None and log.unsent:
                         self._queued.setdefault(log, None)
                 self._round_done()

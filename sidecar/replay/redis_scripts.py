@@ -1,27 +1,39 @@
 """Key names and Lua scripts of the Redis replay backend (sidecar/replay/redis.py).
 
 Each script is one atomic step on one run's keys; the comments say what goes
-in (KEYS, ARGV) and what comes out.
+in (KEYS, ARGV) and what comes out. Stream entries come back as log entries
+through :func:`entries_of`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar.rediskeys import key_part, session_tag
+from sidecar.replay.base import Entry
+from sidecar.sessions.redis_scripts import fence_key, owner_key
 
-# KEYS: stream, index, pointer. ARGV: run, ttl_ms, max_events, max_bytes, then
-# seq, event id, data, terminal (0/1) per entry. Entries at or below the last
-# appended seq are skipped, so a retried append (reply lost) is harmless.
-# Evicts oldest first while over either cap, never the newest entry (it may be
-# the terminal event); returns how many went.
+# KEYS: stream, index, pointer. ARGV: run, ttl_ms, max_events, max_bytes, owner
+# token ('' for a log that is not the run's own), resume cursor ('' for
+# unchanged), then seq, event id, data, terminal (0/1) per entry. Entries at or
+# below the last appended seq are skipped, so a retried append (reply lost) is
+# harmless. Evicts oldest first while over either cap, never the newest entry
+# (it may be the terminal event); returns how many went, or -1 when another
+# owner holds the run (taken over): a fenced owner never writes again. A log
+# whose index is gone (a newer run of the session replaced it) takes the
+# append: the replaced run's own followers still read its end.
 APPEND = """
 local stream, index = KEYS[1], KEYS[2]
 local run = ARGV[1]
+local owner = redis.call('HGET', index, 'gen')
+if ARGV[5] ~= '' and owner and owner ~= ARGV[5] then return -1 end
+if ARGV[6] ~= '' then redis.call('HSET', index, 'cur', ARGV[6]) end
 local max_events, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local last = tonumber(redis.call('HGET', index, 'last') or '0')
 local added = 0
-for i = 5, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   local seq, id, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if tonumber(seq) > last then
     redis.call('XADD', stream, '0-' .. seq, 'i', id, 'd', data, 't', ARGV[i + 3])
@@ -85,8 +97,11 @@ if not first or tonumber(seq) < tonumber(string.sub(first[1], 3)) - 1 then retur
 return redis.call('XRANGE', stream, '(0-' .. seq, '+')
 """
 
-# KEYS: stream, index, pointer, live. ARGV: run, retention_ms.
+# KEYS: stream, index, pointer, live. ARGV: run, retention_ms, owner token.
+# Returns 0 (and changes nothing) when another owner holds the run.
 FINISH = """
+local owner = redis.call('HGET', KEYS[2], 'gen')
+if owner and owner ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[2], 'finished', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -97,10 +112,11 @@ return 1
 
 # KEYS: pointer, stream, index, follow, live. ARGV: run, ttl_ms, max_events,
 # max_bytes, binding, lease_ms, then the key prefixes of this session's runs
-# (stream, index, follow, live) that the previous run's id completes. Refuses
-# (returns 0) while the previous run is live (its owner's liveness key is
-# there) and bound to other credentials; else drops the previous log (as
-# memory does) and starts an empty one, live for a lease.
+# (stream, index, follow, live) that the previous run's id completes, then the
+# kept request ('' when the run cannot be taken over). Refuses (returns 0)
+# while the previous run is live (its owner's liveness key is there) and bound
+# to other credentials; else drops the previous log (as memory does) and
+# starts an empty one, live for a lease, owned under token 1.
 OPEN = """
 local old = redis.call('GET', KEYS[1])
 if old and old ~= ARGV[1] then
@@ -111,17 +127,62 @@ if old and old ~= ARGV[1] then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-redis.call('HSET', KEYS[3], 'max_events', ARGV[3], 'max_bytes', ARGV[4], 'bind', ARGV[5])
+redis.call('HSET', KEYS[3], 'max_events', ARGV[3], 'max_bytes', ARGV[4], 'bind', ARGV[5],
+  'gen', '1')
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[3], 'req', ARGV[11]) end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[5], '1', 'PX', ARGV[6])
 return 1
 """
 
-# KEYS: stream, index, follow, pointer, live. ARGV: run.
+# KEYS: stream, index, follow, pointer, live. ARGV: run, owner token ('' for any).
+# Returns 0 (and drops nothing) when another owner holds the run.
 DROP = """
+local owner = redis.call('HGET', KEYS[2], 'gen')
+if ARGV[2] ~= '' and owner and owner ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5])
 if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 return 1
+"""
+
+
+# KEYS: index, live. ARGV: owner token, lease_ms. The owner's liveness, renewed
+# every lease/3: 1, or -1 when another owner holds the run (then nothing is
+# renewed). A key that lapsed while its owner stalled is set again, so a run
+# nobody took over meanwhile is its owner's still; the takeover script's check
+# of the same key makes the two exclusive.
+LIVE = """
+local owner = redis.call('HGET', KEYS[1], 'gen')
+if not owner then return redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+if owner ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: stream, index, pointer, live, the session's owner and fence keys
+# (sidecar/sessions/redis_scripts.py). ARGV: run, lease_ms, fence_ttl_ms.
+# Takes over a run whose owner is gone: the session's current, unfinished run
+# whose liveness key lapsed, with a kept request and a cursor. Returns -1 when
+# it cannot be taken over (not the current run, its index gone, nothing to
+# resume it with), 0 when its owner is alive or another replica took it first
+# (follow it then), else {token, kept request, cursor, max_events, max_bytes,
+# entries}: a fresh owner token and the log as it is. Atomic, so of replicas
+# racing exactly one wins. The session's claim is the dead owner's (a run
+# opens its log, moving the pointer, before it claims): it goes, and a fresh
+# fencing token is drawn, so the taker's claim is free at once and the old
+# owner's renewal of it fails even before that claim lands.
+TAKEOVER = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
+local h = redis.call('HMGET', KEYS[2], 'finished', 'gen', 'req', 'cur', 'max_events', 'max_bytes')
+if not h[2] then return -1 end
+if h[1] or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if not h[3] or h[3] == '' or not h[4] or h[4] == '' then return -1 end
+local token = redis.call('HINCRBY', KEYS[2], 'gen', 1)
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
+redis.call('DEL', KEYS[5])
+redis.call('INCR', KEYS[6])
+redis.call('PEXPIRE', KEYS[6], ARGV[3])
+return {token, h[3], h[4], h[5], h[6], redis.call('XRANGE', KEYS[1], '-', '+')}
 """
 
 
@@ -133,6 +194,9 @@ class Keys:
     #: Exists while the run's process is alive (renewed every lease/3).
     live: str
     pointer: str
+    #: The session's claim and its fencing counter (the session store's keys).
+    session: str
+    fence: str
 
     @classmethod
     def of(cls, prefix: str, route: str, key: str, run_id: str) -> Keys:
@@ -144,6 +208,8 @@ class Keys:
             follow=follow + run,
             live=live + run,
             pointer=pointer_key(prefix, route, key),
+            session=owner_key(prefix, route, key),
+            fence=fence_key(prefix, route, key),
         )
 
 
@@ -160,3 +226,15 @@ def run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str, str]
 
 def pointer_key(prefix: str, route: str, key: str) -> str:
     return f"{prefix}replay-run:{session_tag(route, key)}"
+
+
+def entry_of(raw_id: bytes, fields: Mapping[bytes, bytes] | Sequence[bytes]) -> Entry:
+    """A log entry from a stream entry (an ``XRANGE`` reply's, or a script's flat field list)."""
+    if not isinstance(fields, Mapping):
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    seq = int(raw_id.split(b"-", 1)[1])
+    return Entry(seq, fields[b"i"].decode(), fields[b"d"], fields[b"t"] == b"1")
+
+
+def entries_of(raw: Sequence[Any]) -> list[Entry]:
+    return [entry_of(raw_id, fields) for raw_id, fields in raw]

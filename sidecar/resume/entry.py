@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 
 import structlog
@@ -26,6 +27,7 @@ from sidecar.errors import BackendUnavailable, SessionForbidden
 from sidecar.replay.base import FORBIDDEN, Entry, ReplayLog
 from sidecar.resume.follower import Follower, unavailable
 from sidecar.resume.run import ResumableRun
+from sidecar.resume.takeover import Resumed, Takeover
 from sidecar.services import RouteServices
 from sidecar.sessions.binding import CredentialBinding, same_credentials
 
@@ -39,6 +41,7 @@ class ResumeEntry:
         self.services = services
         self.runs: dict[str, ResumableRun] = {}
         self.binding = CredentialBinding(services.route.resume.bind)
+        self.takeover = Takeover(services, self.runs)
 
     async def start(
         self, request: web.Request, url: URL, body: bytes | None, key: str
@@ -48,6 +51,8 @@ class ResumeEntry:
         ctx = services.ctx
         route = services.route
         resume = route.resume
+        handle = StreamHandle(secrets.token_hex(8), route.name)
+        kept = self.takeover.kept(request, url, body, handle.id)
         try:
             replay_log = await ctx.replay.open(
                 route.name,
@@ -56,11 +61,14 @@ class ResumeEntry:
                 resume.buffer_events,
                 resume.buffer_bytes,
                 self.credentials_of(request, key),
+                kept.to_bytes() if kept is not None else b"",
             )
         except SessionForbidden:
             return self.forbidden()
-        handle = StreamHandle(secrets.token_hex(8), route.name)
-        run = ResumableRun(services, request, handle, url, body, key, replay_log, self.runs)
+        run = ResumableRun(
+            services, request, handle, url, body, key, replay_log, self.runs, kept=kept
+        )
+        self.takeover.watch(run)
         handle.task = ctx.spawn(run.serve())
         self.runs[key] = run
         run.attach()
@@ -97,10 +105,17 @@ class ResumeEntry:
                     # while this follower gets going.
                     await replay_log.follow(services.route.resume.grace)
             entries = None
+            resumed: Resumed | list[Entry] | None = None
             if replay_log is not None:
                 entries = await replay_log.after(last_id)
                 if entries is None and run is None:
                     entries = await _arriving(replay_log, last_id)
+                if entries is None and run is None:
+                    # Not come yet: its replica may have died with it (takeover).
+                    assert key is not None
+                    resumed = await self.takeover.take_for(request, key, replay_log, last_id)
+                    if isinstance(resumed, list):  # it was on its way to Redis after all
+                        entries, resumed = resumed, None
             last = None
             if replay_log is not None and entries == []:
                 entries, last = await _caught_up(replay_log, last_id)
@@ -110,6 +125,13 @@ class ResumeEntry:
             with contextlib.suppress(ConnectionResetError):
                 await response.write(unavailable(str(exc), services.normalizer.dialect))
             return response
+        if isinstance(resumed, tuple):
+            # Its replica died before Redis had the client's last events: the
+            # upstream resumes from the client's id, in the same log.
+            ctx.metrics.resume.labels(route, "hit").inc()
+            taken, after_seq = resumed
+            follower = Follower(services, request, taken.log, after_seq, taken, request_id)
+            return await follower.serve(None)
         if replay_log is None or entries is None:
             result = "miss" if replay_log is None else "gap"
             ctx.metrics.resume.labels(route, result).inc()
@@ -129,7 +151,13 @@ class ResumeEntry:
         ctx.metrics.resume.labels(route, "hit").inc()
         log.info("stream_resumed", route=route, request_id=request_id, replayed=len(entries))
         until = entries[-1].seq if entries else after_seq
-        follower = Follower(services, request, replay_log, after_seq, run, request_id, until)
+        take_over = None
+        if run is None and self.takeover.enabled:
+            assert key is not None
+            take_over = functools.partial(self.takeover.take, request, key)
+        follower = Follower(
+            services, request, replay_log, after_seq, run, request_id, until, take_over
+        )
         return await follower.serve(run.stream_headers if run is not None else None)
 
     def credentials_of(self, request: web.Request, key: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
@@ -22,7 +23,7 @@ from aiohttp import web
 from sidecar.dialects import Dialect
 from sidecar.errors import BackendUnavailable, ClientGone, SlowClient
 from sidecar.headers import Headers
-from sidecar.replay.base import ReplayLog
+from sidecar.replay.base import NotTaken, ReplayLog
 from sidecar.services import RouteServices
 from sidecar.stream.pacing import Pacing
 from sidecar.stream.sink import ClientSink
@@ -41,6 +42,9 @@ class FollowedRun(Protocol):
     @property
     def done(self) -> bool: ...
 
+    @property
+    def log(self) -> ReplayLog: ...
+
     def attach(self, follower: Follower) -> None: ...
 
     def detach(self, follower: Follower) -> None: ...
@@ -50,6 +54,10 @@ class FollowedRun(Protocol):
         ...
 
     def release(self, client: Follower) -> None: ...
+
+
+#: Takes over the run of a log whose owner is gone (sidecar/resume/takeover.py).
+TakeOver = Callable[[ReplayLog], Awaitable[FollowedRun | NotTaken]]
 
 
 def unavailable(message: str, dialect: Dialect) -> bytes:
@@ -69,6 +77,7 @@ class Follower:
         run: FollowedRun | None,
         request_id: str,
         replay_until: int = 0,
+        take_over: TakeOver | None = None,
     ) -> None:
         self.services = services
         self.route = services.route
@@ -79,6 +88,8 @@ class Follower:
         self.request_id = request_id
         #: Entries up to this seq were in the log before this client came: "replayed".
         self.replay_until = replay_until
+        #: For a run on another process: taking it over if that process is gone.
+        self.take_over = take_over
         self.loop = asyncio.get_running_loop()
         self.state = StreamState(
             services.metrics,
@@ -177,6 +188,18 @@ class Follower:
         await self.sink.write(self.dialect.error("upstream_disconnected", message, partial=True))
         return "upstream_disconnected"
 
+    async def _taken_over(self) -> bool:
+        """Whether the run of a gone process goes on: taken over here, or by another replica."""
+        if self.take_over is None:
+            return False
+        got = await self.take_over(self.log)
+        if got == "impossible":
+            return False
+        if not isinstance(got, str):  # taken over here: follow the run's own log
+            self.run, self.log = got, got.log
+            got.attach(self)
+        return True
+
     async def _follow(self) -> str:
         """Write the log out until its end; the outcome of this client's stream."""
         m = self.services.metrics
@@ -228,10 +251,19 @@ class Follower:
             if self.run is not None and self.run.done:
                 if await self.log.read(self.after_seq, 0):
                     continue  # it ended while we looked: write the rest first
-                return "completed"  # it ended without a terminal entry (abandoned)
+                # It ended without a terminal entry (abandoned as this client came,
+                # or refused its start: a run taken over whose session claim
+                # failed); the client still gets an end.
+                message = "the stream ended before its terminal event"
+                data = self.dialect.error("upstream_disconnected", message, partial=True)
+                await self.sink.write(data)
+                return "upstream_disconnected"
             if remote and await self.log.abandoned():
                 if await self.log.read(self.after_seq, 0):
                     continue  # what it wrote before it died comes first
+                if await self._taken_over():
+                    remote = self.run is None
+                    continue
                 return await self._gone()
             # A run of this process has the same limit on its upstream and
             # always ends with a terminal entry (or resumes its upstream):

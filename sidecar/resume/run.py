@@ -25,6 +25,7 @@ from sidecar.replay.base import Entry, ReplayLog
 from sidecar.services import RouteServices
 from sidecar.stream.run import StreamRun
 from sidecar.stream.state import StreamState
+from sidecar.upstream.resumption import KeptRequest, ResumeCursor
 
 if TYPE_CHECKING:
     from sidecar.stream.sink import ClientSink
@@ -203,14 +204,21 @@ class ResumableRun:
         session_key: str,
         replay_log: ReplayLog,
         registry: dict[str, ResumableRun],
+        *,
+        kept: KeptRequest | None = None,
+        resume_from: ResumeCursor | None = None,
     ) -> None:
+        """``kept``, ``resume_from``: as :class:`StreamRun` (sidecar/resume/takeover.py)."""
         self.services = services
         self.route = services.route
         self.session_key = session_key
         self.handle = handle
         self.log = replay_log
         self.sink = LogSink(replay_log, self.route.name)
-        self.stream = StreamRun(services, request, handle, url, body, session_key, self.sink)
+        self.stream = StreamRun(
+            services, request, handle, url, body, session_key, self.sink,
+            kept=kept, resume_from=resume_from,
+        )  # fmt: skip
         self.sink.state = self.stream.state
         self.request_id = self.stream.request_id
         self.loop = self.stream.loop
@@ -224,6 +232,11 @@ class ResumableRun:
         self._grace: asyncio.TimerHandle | None = None
         self._detached_at: float | None = None
         self._unsure = False
+
+    def continues(self, last_seq: int) -> None:
+        """A run taken over: its events go on in its log after ``last_seq``."""
+        assert self.sink.ids is not None
+        self.sink.ids.seq = self.sink.last_seq = last_seq
 
     @property
     def ready(self) -> asyncio.Future[web.StreamResponse | None]:

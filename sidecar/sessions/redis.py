@@ -42,7 +42,7 @@ from sidecar.redisconn import (
 )
 from sidecar.redisconn import pubsub as open_pubsub
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
-from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, owner_key
+from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, fence_ttl, owner_key
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -50,7 +50,6 @@ _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, retry included
 _RETRY_MIN, _RETRY_MAX = 0.05, 1.0  # subscriber reconnect backoff
 _DOWN_POLL = 0.5  # lease loop period while Redis is unreachable, to notice its return
 _PUBSUB_TICK, _PUBSUB_DEAD = 1.0, 3.0  # ping a quiet subscription; silence this long = dead
-_FENCE_TTL = 86400.0  # a fence counter outlives every claim drawn from it by a day
 _RECENT = 1024  # released values remembered for claims that ask after the message came
 _BATCH = 1000  # renewals per pipeline round trip
 _START_WAIT = 2.0
@@ -103,7 +102,7 @@ class RedisSessionStore:
         self.owner_id = owner or secrets.token_hex(8)
         self.channel = f"{prefix}replace"
         self._lease_ms = str(max(1, round(lease * 1000)))
-        self._fence_ms = str(round(max(_FENCE_TTL, 10 * lease) * 1000))
+        self._fence_ms = str(round(fence_ttl(lease) * 1000))
         self._seq = itertools.count(1)
         self._redis: Client | None = None
         self._conn: Connection | None = None

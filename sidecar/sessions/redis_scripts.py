@@ -60,6 +60,15 @@ return 0
 """
 
 
+#: A fence counter outlives every claim drawn from it by a day.
+FENCE_TTL = 86400.0
+
+
+def fence_ttl(lease: float) -> float:
+    """How long a session's fence counter is kept past its last claim or renewal."""
+    return max(FENCE_TTL, 10 * lease)
+
+
 def owner_key(prefix: str, route: str, key: str) -> str:
     return f"{prefix}session:{session_tag(route, key)}"
 

@@ -7,7 +7,9 @@ by the awaiting pump (sidecar/stream/pump.py). Every error that ends a
 committed stream becomes its terminal event here, written through the Sink.
 Stopping a stream from outside (shutdown, replace) cancels its task with a
 reason; it then writes the terminal event itself. A resumable run is this
-class with the run's log as its Sink (sidecar/resume/run.py).
+class with the run's log as its Sink (sidecar/resume/run.py). With a route's
+``upstream_resume``, a broken upstream is asked again after the last event
+forwarded (sidecar/stream/resumer.py); a run taken over starts from a cursor.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from sidecar import headers as hdrs
 from sidecar.alarm import Alarm
 from sidecar.client import json_error, ms
 from sidecar.context import StreamHandle
@@ -31,7 +32,9 @@ from sidecar.errors import (
     SessionConflict,
     SlowClient,
     UpstreamBadHead,
+    UpstreamDisconnected,
     UpstreamError,
+    UpstreamTimeout,
     UpstreamUnreachable,
 )
 from sidecar.logs import session_hash
@@ -40,6 +43,7 @@ from sidecar.sessions.base import Claim
 from sidecar.stream import source as sources
 from sidecar.stream.pacing import Pacing
 from sidecar.stream.pump import Pacer, pump
+from sidecar.stream.resumer import UpstreamResumer
 from sidecar.stream.sink import ClientSink, Sink
 from sidecar.stream.splice import Splice
 from sidecar.stream.state import StreamState
@@ -47,6 +51,7 @@ from sidecar.upstream import http as upstream_http
 from sidecar.upstream import ws_sources
 from sidecar.upstream.gateway import GatewayRunSource
 from sidecar.upstream.http import Upstream
+from sidecar.upstream.resumption import KeptRequest, ResumeCursor
 from sidecar.upstream.websocket import WebSocketSource
 
 T = TypeVar("T")
@@ -71,7 +76,12 @@ class StreamRun:
         body: bytes | None,
         session_key: str | None,
         sink: Sink | None = None,
+        *,
+        resume_from: ResumeCursor | None = None,
+        kept: KeptRequest | None = None,
     ) -> None:
+        """``resume_from``: the first upstream request is already a resume after this
+        cursor (with ``kept``, the request to resume; else this one's)."""
         self.services = services
         self.route = services.route
         self.metrics = services.metrics
@@ -100,6 +110,21 @@ class StreamRun:
         self.pacing = Pacing.of(self.route.limits, heartbeat)
         self.pacer = Pacer(self.pacing, self.state, self.sink, services.normalizer.keepalive)
         self.alarm: Alarm | None = None
+        #: With upstream_resume: the request as sent, and where the stream stands.
+        self._resumer: UpstreamResumer | None = None
+        self._resuming = resume_from is not None
+        if self.route.upstream_resume.enabled and not self.route.is_websocket:
+            if kept is None:
+                headers = services.admission.upstream_headers(request, self.request_id)
+                kept = KeptRequest(request.method, str(url), tuple(headers.items()), body)
+            self._resumer = UpstreamResumer(
+                self.route, kept, resume_from, self.state, self.pacing, self.metrics,
+                self._await_upstream,
+            )  # fmt: skip
+        elif resume_from is not None:
+            raise ValueError(f"route {self.route.name!r} has no upstream_resume to resume with")
+        self.kept = self._resumer.kept if self._resumer is not None else None
+        self.cursor = self._resumer.cursor if self._resumer is not None else None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -169,13 +194,17 @@ class StreamRun:
                 if self.route.is_websocket:
                     refused = await self._run_websocket()
                     return refused if refused is not None else self.sink.response
+                if self._resuming:  # a run taken over: its first request resumes
+                    return await self._taken_over()
                 self.opener = asyncio.ensure_future(self._open())
                 self.upstream = await self._await_upstream(self.opener)
                 self.opener = None  # done: no need to hold the task for the stream's life
                 self.state.upstream_seen = True
                 if not state.committed:
                     if not sources.is_stream(self.upstream):
-                        return await self._passthrough(self.upstream)
+                        return await sources.passthrough(
+                            self.upstream, self.route, self.state, self.services.ctx.metrics
+                        )
                     await self._commit(self.upstream)
                 else:
                     sources.check_late(self.upstream)
@@ -229,6 +258,8 @@ class StreamRun:
     # --- upstream --------------------------------------------------------------
 
     def _open(self) -> Awaitable[Upstream]:
+        if self.kept is not None:
+            return sources.open_kept(self.kept, self.route)
         headers = self.services.admission.upstream_headers(self.request, self.request_id)
         return sources.open_http(self.request, self.url, self.body, headers, self.route)
 
@@ -250,7 +281,36 @@ class StreamRun:
             if self.state.committed:
                 await self.pacer.tick()
 
+    async def _taken_over(self) -> web.StreamResponse | None:
+        if not self.state.committed:
+            await self._commit(None)
+        lost = UpstreamDisconnected("the run's upstream was lost with its replica")
+        await self._ended(await self._resumed(lost))
+        return self.sink.response
+
+    async def _resumed(self, error: UpstreamError | None) -> bool:
+        """The body; after each break that upstream_resume heals, the resumed connection's.
+
+        ``error``: the first request is already a resume (a run taken over).
+        """
+        assert self._resumer is not None
+        while True:
+            if error is not None:
+                if self.upstream is not None:
+                    self.upstream.close()
+                self.upstream = await self._resumer.reopen(error)
+                self.state.upstream_seen = True
+            assert self.upstream is not None
+            try:
+                return await self._read(self.upstream)
+            except (UpstreamDisconnected, UpstreamTimeout) as exc:
+                error = exc
+
     def _body(self, upstream: Upstream) -> Awaitable[bool]:
+        """The body, resumed after breaks where the route says (upstream_resume)."""
+        return self._read(upstream) if self._resumer is None else self._resumed(None)
+
+    def _read(self, upstream: Upstream) -> Awaitable[bool]:
         """How the body is read: by the splice if the Sink allows it, else by the pump.
 
         A plain function returning the awaitable, so a long-lived stream
@@ -270,12 +330,16 @@ class StreamRun:
                 normalizer=services.normalizer,
                 raw_events=services.raw_events,
                 wheel=services.ctx.timers,
+                cursor=self.cursor,
             ).forward()
-        return self._pump(sources.HttpItems(upstream, self.route, self.metrics.counts))
+        items = sources.HttpItems(upstream, self.route, self.metrics.counts, self.cursor)
+        return self._pump(items)
 
     def _pump(self, source: sources.ItemSource) -> Awaitable[bool]:
         task = asyncio.current_task()
         assert task is not None
+        if self.alarm is not None:
+            self.alarm.close()  # the last connection's (upstream_resume)
         self.alarm = Alarm(task)
         normalizer = self.services.normalizer
         return pump(source, self.sink, self.state, self.pacer, self.alarm, normalizer)
@@ -326,26 +390,6 @@ class StreamRun:
             for kind, count in source.malformed.items():
                 self.services.ctx.metrics.protocol_errors.labels(self.route.name, kind).inc(count)
         return None
-
-    async def _passthrough(self, upstream: Upstream) -> web.StreamResponse:
-        """Hand a non-stream (or error) response to the client as it is."""
-        try:
-            body = await sources.passthrough_body(upstream, self.route)
-        except UpstreamError as exc:
-            self.state.outcome = "upstream_disconnected"
-            return json_error(502, "bad_upstream_response", str(exc))
-        self.state.outcome = "passthrough"
-        self.services.ctx.metrics.passthrough.labels(
-            self.route.name, f"{upstream.status // 100}xx"
-        ).inc()
-        resp = web.Response(
-            status=upstream.status,
-            reason=upstream.reason,
-            body=body,
-            headers=hdrs.passthrough_response(upstream.headers),
-        )
-        resp.headers["X-Request-ID"] = self.request_id
-        return resp
 
     # --- the client's side, through the Sink -----------------------------------
 

@@ -1,4 +1,4 @@
-"""The upstream side of a stream: opening it, and reading it as items for the pump.
+"""The upstream side of a stream: opening it, reading it as items, or passing it through.
 
 An HTTP upstream is read as bytes through the decoder; a WebSocket gateway
 already yields events. Both look the same to the pump (sidecar/stream/pump.py):
@@ -14,14 +14,18 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from sidecar import headers as hdrs
+from sidecar.client import json_error
 from sidecar.config import Route
-from sidecar.errors import UpstreamStatus
-from sidecar.metrics import Tally
+from sidecar.errors import UpstreamError, UpstreamStatus
+from sidecar.metrics import Metrics, Tally
 from sidecar.sse import Decoder, Item
+from sidecar.stream.state import StreamState
 from sidecar.upstream import http as upstream_http
 from sidecar.upstream import ws_sources
 from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
 from sidecar.upstream.http import HeadLimits, Upstream
+from sidecar.upstream.resumption import KeptRequest, ResumeCursor
 from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
 
 
@@ -34,13 +38,17 @@ class ItemSource(Protocol):
 class HttpItems:
     """An HTTP body as items: bytes in, decoded events and comments out."""
 
-    __slots__ = ("_counts", "_decoder", "_error", "_upstream")
+    __slots__ = ("_counts", "_cursor", "_decoder", "_error", "_upstream")
 
-    def __init__(self, upstream: Upstream, route: Route, counts: Tally) -> None:
+    def __init__(
+        self, upstream: Upstream, route: Route, counts: Tally, cursor: ResumeCursor | None = None
+    ) -> None:
         limits = route.limits
         self._upstream = upstream
         self._decoder = Decoder(limits.max_line_bytes, limits.max_event_bytes)
         self._counts = counts
+        #: With upstream_resume: every event passes the cursor (its id, its repeats).
+        self._cursor = cursor
         self._error: Exception | None = None
 
     async def read(self) -> Sequence[Item] | None:
@@ -54,6 +62,8 @@ class HttpItems:
         self._counts.bytes_in += len(chunk)
         decoder = self._decoder
         items = decoder.feed(chunk)
+        if self._cursor is not None:
+            items = self._cursor.take(items)
         if decoder.error is not None:
             if not items:
                 raise decoder.error
@@ -88,6 +98,22 @@ async def open_http(
     )
     return await upstream_http.open_stream(
         request.method, url, headers, body, limits.connect_timeout, head
+    )
+
+
+async def open_kept(request: KeptRequest, route: Route) -> Upstream:
+    """Send a kept request (an upstream resume) as it is; the connection once its head is in."""
+    limits = route.limits
+    head = HeadLimits(
+        limits.max_upstream_head_bytes, limits.max_upstream_headers, limits.max_upstream_interim
+    )
+    return await upstream_http.open_stream(
+        request.method,
+        URL(request.url, encoded=True),
+        CIMultiDict(request.headers),
+        request.body,
+        limits.connect_timeout,
+        head,
     )
 
 
@@ -133,6 +159,22 @@ def check_late(upstream: Upstream) -> None:
         )
 
 
-async def passthrough_body(upstream: Upstream, route: Route) -> bytes:
-    """A non-stream answer's body, up to limits.max_passthrough_bytes (or UpstreamError)."""
-    return await upstream.read_body(route.limits.max_passthrough_bytes)
+async def passthrough(
+    upstream: Upstream, route: Route, state: StreamState, metrics: Metrics
+) -> web.StreamResponse:
+    """Hand a non-stream (or error) response to the client as it is."""
+    try:
+        body = await upstream.read_body(route.limits.max_passthrough_bytes)
+    except UpstreamError as exc:
+        state.outcome = "upstream_disconnected"
+        return json_error(502, "bad_upstream_response", str(exc))
+    state.outcome = "passthrough"
+    metrics.passthrough.labels(route.name, f"{upstream.status // 100}xx").inc()
+    resp = web.Response(
+        status=upstream.status,
+        reason=upstream.reason,
+        body=body,
+        headers=hdrs.passthrough_response(upstream.headers),
+    )
+    resp.headers["X-Request-ID"] = state.request_id
+    return resp

@@ -40,6 +40,7 @@ from sidecar.stream.sink import SpliceTarget
 from sidecar.stream.state import StreamState
 from sidecar.timers import TimerWheel
 from sidecar.upstream.http import Upstream
+from sidecar.upstream.resumption import ResumeCursor
 
 #: How the body ended, when not with an error.
 COMPLETED = "completed"  # the upstream's own terminal event went out
@@ -52,6 +53,7 @@ class Splice:
     __slots__ = (
         "_boundary",
         "_congested",
+        "_cursor",
         "_decoder",
         "_end",
         "_ids",
@@ -82,6 +84,7 @@ class Splice:
         normalizer: Normalizer,
         raw_events: Callable[[bytes], int],
         wheel: TimerWheel,
+        cursor: ResumeCursor | None = None,
     ) -> None:
         sink.take_transport()
         self.upstream = upstream
@@ -100,6 +103,9 @@ class Splice:
         self._congested = False
         #: The decoder holds nothing: a read may go out as it is.
         self._boundary = False  # until the decoder has seen (and dropped) any BOM
+        #: With upstream_resume, every event's id must be seen: no read goes out
+        #: as it is (``_boundary`` stays False), each passes the cursor.
+        self._cursor = cursor
         #: COMPLETED, CLOSED, or what the task raises (None while running).
         self._end: str | Exception | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -230,6 +236,9 @@ class Splice:
         """Decode, normalise and send; True when the upstream's terminal event went out."""
         items = self._decoder.feed(data)
         self._boundary = self._decoder.at_boundary
+        if self._cursor is not None:  # upstream_resume: every id seen, repeats dropped
+            self._boundary = False  # so no read goes out undecoded
+            items = self._cursor.take(items)
         if items:
             batch = self._normalizer.batch(items, self._ids)
             self._state.counted(batch)

@@ -101,8 +101,11 @@ def texts(items: list[Item]) -> list[str]:
     return [json.loads(i.data or "null")["text"] for i in items if i.kind == "token"]
 
 
-def counts(started: int, finished: int, client_gone: int, active: int) -> dict[str, int]:
-    return {"started": started, "finished": finished, "client_gone": client_gone, "active": active}
+def counts(
+    started: int, finished: int, client_gone: int, active: int, resumed: int = 0, misses: int = 0
+) -> dict[str, int]:
+    return {"started": started, "finished": finished, "client_gone": client_gone, "active": active,
+            "resumed": resumed, "resume_misses": misses}  # fmt: skip
 
 
 async def drain(resp, into: bytearray) -> None:
@@ -345,3 +348,99 @@ async def test_module_runs_prints_where_it_listens_and_stops_on_sigterm():
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+# --- resumable runs (Last-Event-ID, OpenAI's starting_after) -----------------------------
+
+
+async def read_until_cut(resp) -> bytes:
+    received = bytearray()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await drain(resp, received)
+    return bytes(received)
+
+
+@pytest.mark.parametrize("cut_how", ["reset", "fin"])
+async def test_a_resumable_run_goes_on_without_its_connection(client, stats, cut_how):
+    params = {"resumable": "1", "tokens": "9", "silence": "0", "cut": "3", "cut_how": cut_how}
+    async with client.get("/v1/chat", params=params) as resp:
+        first = decode(await read_until_cut(resp))
+    run = first[0].id.rsplit("-", 1)[0]
+    assert [i.id for i in first] == [f"{run}-{n}" for n in (1, 2, 3)]
+    # The answer is produced meanwhile, whether or not anyone reads it.
+    async with asyncio.timeout(2):
+        await stats.wait_until(lambda s: s.finished == 1)
+    headers = {"Last-Event-ID": f"{run}-3"}
+    async with client.get("/v1/chat", params=params, headers=headers) as resp:
+        rest = decode(await resp.read())
+    assert [i.id for i in rest] == [f"{run}-{n}" for n in range(4, 11)]
+    assert kinds(rest) == ["token"] * 6 + ["done"]
+    assert "".join(texts(first + rest)) == " ".join(ANSWER.split()[:9])
+    assert stats.as_json() == counts(1, 1, 0, 0, resumed=1)
+    assert stats.records[-1].resume_of == (run, 3)
+
+
+async def test_a_stalled_connection_is_resumed_while_it_is_still_open(client, stats):
+    params = {"resumable": "1", "tokens": "6", "silence": "0", "cut": "2", "cut_how": "stall"}
+    async with client.get("/", params=params) as stalled:
+        received = b""
+        while received.count(b"\n\n") < 2:
+            received += await stalled.content.readany()
+        run = decode(received)[-1].id
+        async with client.get("/", headers={"Last-Event-ID": run}) as resp:
+            rest = decode(await resp.read())
+        assert kinds(rest) == ["token"] * 4 + ["done"]
+        with pytest.raises(asyncio.TimeoutError):  # the stalled one got nothing more
+            async with asyncio.timeout(0.3):
+                await stalled.content.readany()
+    assert stats.resumed == 1
+
+
+async def test_a_resume_may_repeat_events_before_the_asked_id(client):
+    params = {"resumable": "1", "tokens": "5", "silence": "0", "cut": "4", "repeat": "2"}
+    async with client.get("/", params=params) as resp:
+        first = decode(await read_until_cut(resp))
+    async with client.get("/", headers={"Last-Event-ID": first[-1].id}) as resp:
+        rest = decode(await resp.read())
+    assert [i.id for i in rest] == [i.id for i in first[2:]] + [
+        first[0].id.replace("-1", f"-{n}") for n in (5, 6)
+    ]
+
+
+async def test_a_run_it_no_longer_has_is_a_404(client, stats):
+    async with client.get("/", headers={"Last-Event-ID": "0123456789ab-4"}) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"]["type"] == "not_found"
+    # An id of another form is no resume: the request starts a stream as before.
+    async with client.get("/", params={"tokens": "1", "silence": "0"},
+                          headers={"Last-Event-ID": "41"}) as resp:  # fmt: skip
+        assert kinds(decode(await resp.read())) == ["token", "done"]
+    assert stats.as_json() == counts(1, 1, 0, 0, misses=1)
+
+
+async def test_the_responses_style_resumes_by_starting_after(client, stats):
+    params = {"resumable": "1", "style": "responses", "tokens": "4", "silence": "0", "cut": "3"}
+    async with client.post("/v1/responses", params=params) as resp:
+        first = decode(await read_until_cut(resp))
+    assert kinds(first) == ["response.created"] + ["response.output_text.delta"] * 2
+    assert all(i.id is None for i in first)
+    response_id = json.loads(first[0].data or "")["response"]["id"]
+    query = {"stream": "true", "starting_after": "2"}
+    async with client.get(f"/v1/responses/{response_id}", params=query) as resp:
+        rest = decode(await resp.read())
+    assert [json.loads(i.data or "")["sequence_number"] for i in rest] == [3, 4, 5]
+    assert kinds(rest)[-1] == "response.completed"
+    deltas = [json.loads(i.data or "")["delta"] for i in first[1:] + rest[:-1]]
+    assert "".join(deltas) == " ".join(ANSWER.split()[:4])
+    assert stats.resumed == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["cut=2", "style=responses", "resumable=1&mode=crash", "resumable=1&cut_how=gently",
+     "resumable=1&repeat=-1"],
+)  # fmt: skip
+async def test_bad_resumable_parameters_are_a_400(client, query):
+    async with client.get(f"/?{query}") as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["type"] == "invalid_request"

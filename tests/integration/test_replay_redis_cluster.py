@@ -67,7 +67,7 @@ def test_a_sessions_keys_share_one_slot_and_sessions_spread():
     slots = set()
     for n in range(50):
         k = Keys.of("p:", "chat", f"user-{n}", "run-1")
-        names = (k.stream, k.index, k.follow, k.live, k.pointer)
+        names = (k.stream, k.index, k.follow, k.live, k.pointer, k.session, k.fence)
         owned = {key_slot(name.encode()) for name in names}
         assert len(owned) == 1
         slots |= owned

@@ -14,7 +14,6 @@ script and each transaction-free pipeline entry touches one slot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +170,18 @@ async def queue_script(
         await script(keys=keys, args=args, client=pipe)
 
 
+def raise_if_cancelled() -> None:
+    """Raise the CancelledError of a cancel that a Redis call let pass unraised.
+
+    redis-py's asyncio client can finish a command (a pipeline's execute, for
+    one) as if the task's cancel had not come, or turn it into a connection
+    error; a loop that goes on after such a call would then never end.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 #: A queued script call: the script, its keys and args, and where its result goes.
 _Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -211,6 +222,7 @@ class ScriptRounds:
                         for script, keys, args, _ in calls:
                             await queue_script(script, pipe, keys, args)
                         results = await pipe.execute(raise_on_error=False)
+                    raise_if_cancelled()
                 except Exception as exc:  # the whole round failed: each caller learns why
                     for *_, future in calls:
                         if not future.done():
@@ -233,5 +245,4 @@ class ScriptRounds:
     async def aclose(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await asyncio.wait({self._runner}, timeout=2 * OP_TIMEOUT)

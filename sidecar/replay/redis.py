@@ -52,6 +52,7 @@ from sidecar.redisconn import (
     Connection,
     ScriptRounds,
     connect,
+    raise_if_cancelled,
 )
 from sidecar.replay import redis_scripts as lua
 from sidecar.replay import redis_takeover
@@ -134,7 +135,9 @@ class RedisReplayStore:
         await self.wakeups.close()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: closing must not wait on Redis (a cancel lost in its client).
+            await asyncio.wait(self._tasks, timeout=2 * OP_TIMEOUT)
         if self._opens is not None:
             await self._opens.aclose()
         conn, self._conn, self._redis = self._conn, None, None
@@ -179,7 +182,9 @@ class RedisReplayStore:
         try:
             async with asyncio.timeout(budget):
                 yield redis
+            raise_if_cancelled()
         except (RedisError, OSError) as exc:  # OSError covers the budget's TimeoutError
+            raise_if_cancelled()
             # The type only: Redis's messages name internal addresses; the cause keeps them.
             what = type(exc).__name__
             raise BackendUnavailable(

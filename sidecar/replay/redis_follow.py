@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable
-from sidecar.redisconn import Client
+from sidecar.redisconn import OP_TIMEOUT, Client
 from sidecar.replay.base import Entry
 
 #: The longest single ``XREAD BLOCK`` of the shared reader; a follower that
@@ -253,7 +253,7 @@ class Wakeups:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a cancel that the Redis client lets pass must not hang closing.
+            await asyncio.wait({self._task}, timeout=2 * OP_TIMEOUT)
             self._task = None
         await self._disconnect()

@@ -66,3 +66,20 @@ def test_a_route_with_valid_cors_loads() -> None:
     cors = loaded.routes[0].cors
     assert cors is not None
     assert cors.origins == origins
+
+
+def test_a_routes_upstream_resume_is_checked_under_its_own_key() -> None:
+    bad = route(name="b", path="/b", upstream_resume={"enabled": True, "attempts": 0})
+    assert error_of(config(route(), bad)) == (
+        "routes[1].upstream_resume.attempts: must be at least 1, got 0"
+    )
+
+
+def test_upstream_resume_is_refused_on_a_websocket_route_and_taken_on_http() -> None:
+    ws = route(upstream="ws://127.0.0.1:9000", upstream_resume={"enabled": True})
+    assert error_of(config(ws)) == (
+        "routes[0].upstream_resume.enabled: only for http(s) upstreams (a WebSocket "
+        "gateway's run is not resumed by id)"
+    )
+    http = from_mapping(config(route(upstream_resume={"enabled": True})))
+    assert http.routes[0].upstream_resume.enabled

@@ -74,6 +74,11 @@ _REGEX_MAX = 512
 
 #: First bytes that keep a block off the fast path: a comment, a blank line, a BOM.
 _NOT_FIRST = frozenset({b":", b"\n", b"\xef"})
+#: Numbering on bytes: an event's data line; its own leading id (one optional
+#: space, not empty, no NUL: else the decoder's rules apply); an id line after it.
+_DATA_LINE = re.compile(rb"(?:^|\n)data:")
+_OWN_ID = re.compile(rb"id: ?+([^\n\x00]+)\n")  # possessive: the space is never the value
+_ID_LINE = re.compile(rb"\nid(?::|\n|$)")
 
 
 class Normalizer:
@@ -162,33 +167,28 @@ class Normalizer:
         """
         pieces = block.split(b"\n\n")
         pieces.pop()  # the block ends with a blank line: nothing after it
-        own: list[str | None] = []
+        own: list[str] = []
         for piece in pieces:
-            if not (piece.startswith(b"data:") or b"\ndata:" in piece):
+            if _DATA_LINE.search(piece) is None:
                 return None
-            rest = piece
-            event_id = None
-            if piece.startswith(b"id:"):
-                line_end = piece.find(b"\n")  # there is one: a data line follows
-                value = piece[3:line_end]
-                value = value[1:] if value.startswith(b" ") else value
-                if not value or b"\0" in value:
-                    return None
-                event_id = value.decode()
-                rest = piece[line_end:]
-            elif piece.startswith(b"id\n"):
-                return None
-            if b"\nid:" in rest or b"\nid\n" in rest or rest.endswith(b"\nid"):
+            event_id, rest_at = "", 0
+            if piece.startswith(b"id"):
+                found = _OWN_ID.match(piece)
+                if found is None:
+                    return None  # empty, with NUL, or another field that starts so
+                event_id, rest_at = found.group(1).decode(), found.end() - 1
+            if _ID_LINE.search(piece, rest_at) is not None:
                 return None
             own.append(event_id)
+        # Numbered only once the whole block is known to pass (a refusal takes no seq).
         batch = Batch(forwarded=len(pieces))
         entries = batch.entries
         for piece, event_id in zip(pieces, own, strict=True):
             seq, ours = ids.next()
-            if event_id is None:
-                entries.append(Entry(seq, ours, b"id: %b\n%b\n\n" % (ours.encode(), piece)))
-            else:
+            if event_id:
                 entries.append(Entry(seq, event_id, piece + b"\n\n"))
+            else:
+                entries.append(Entry(seq, ours, b"id: %b\n%b\n\n" % (ours.encode(), piece)))
         batch.data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
         return batch
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 #: What a request that presents other credentials than the run's is told.
 FORBIDDEN = "this session's stream belongs to other credentials"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One entry of a run's log (a tuple: built once per event on the hot path)."""
+
     seq: int
     #: "" for a keepalive: followers write it, but no one resumes from it.
     event_id: str

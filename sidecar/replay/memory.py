@@ -39,6 +39,8 @@ class MemoryReplayLog:
         self.last_seq = 0
         self.finished = False
         self._changed = asyncio.Event()
+        #: Readers waiting on ``_changed`` (an append wakes them, else costs no Event).
+        self._readers = 0
         self._expiry: asyncio.TimerHandle | None = None
 
     @property
@@ -63,9 +65,10 @@ class MemoryReplayLog:
         ):
             self.evict_oldest()
         self._store.grew(self, added)
-        # Wake every reader: they wait on the event of the moment they looked.
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._readers:
+            # Wake every reader: they wait on the event of the moment they looked.
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def evict_oldest(self) -> None:
         old = self.entries.popleft()
@@ -92,9 +95,13 @@ class MemoryReplayLog:
             changed = self._changed
             # A timeout that fires in the same turn as an append must not
             # hide the entries: look at the log either way.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(block):
-                    await changed.wait()
+            self._readers += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(block):
+                        await changed.wait()
+            finally:
+                self._readers -= 1
         if not self.entries or self.entries[-1].seq <= after_seq:
             return []
         # Entries are numbered without gaps, so the start is an offset.

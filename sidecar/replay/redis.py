@@ -96,7 +96,8 @@ class RedisReplayStore:
         self._redis: Client | None = None
         self._conn: Connection | None = None
         self.scripts: dict[str, AsyncScript] = {}
-        self._opens: ScriptRounds | None = None
+        #: Opens and remote followers' reads of many streams: one round trip per round.
+        self.rounds: ScriptRounds | None = None
         self.wakeups = Wakeups(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self.appends = Appends(self)
@@ -124,11 +125,12 @@ class RedisReplayStore:
             "finish": lua.FINISH,
             "drop": lua.DROP,
             "open": lua.OPEN,
+            "poll": lua.POLL,
             "live": lua.LIVE,
             "takeover": lua.TAKEOVER,
         }
         self.scripts = {name: redis.register_script(src) for name, src in sources.items()}
-        self._opens = ScriptRounds(redis)  # a burst of new runs: one round trip per round
+        self.rounds = ScriptRounds(redis)
         self.spawn(self._keep_alive())
 
     async def close(self) -> None:
@@ -138,8 +140,8 @@ class RedisReplayStore:
         if self._tasks:
             # Bounded: closing must not wait on Redis (a cancel lost in its client).
             await asyncio.wait(self._tasks, timeout=2 * OP_TIMEOUT)
-        if self._opens is not None:
-            await self._opens.aclose()
+        if self.rounds is not None:
+            await self.rounds.aclose()
         conn, self._conn, self._redis = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -205,8 +207,8 @@ class RedisReplayStore:
         args: list[str | bytes | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
         args += [ms(self.lease), *run_prefixes(self.prefix, route, key), kept]
         async with self.backend():
-            assert self._opens is not None
-            opened = await self._opens.call(
+            assert self.rounds is not None
+            opened = await self.rounds.call(
                 self.scripts["open"],
                 [keys.pointer, keys.stream, keys.index, keys.follow, keys.live],
                 args,

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from redis.commands.core import AsyncScript
 
 from sidecar.errors import BackendUnavailable
-from sidecar.redisconn import Client, queue_script
+from sidecar.redisconn import Client, ScriptRounds, queue_script
 from sidecar.replay.base import Entry
 from sidecar.replay.redis_append import Appends
 from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms
@@ -31,6 +31,7 @@ class Store(Protocol):
 
     live_ttl: float
     scripts: dict[str, AsyncScript]
+    rounds: ScriptRounds | None
     appends: Appends
     wakeups: Wakeups
 
@@ -242,11 +243,15 @@ class RedisReplayLog:
                 return []
 
     async def _poll(self, after_seq: int) -> tuple[list[Entry], bool]:
-        async with self._store.backend() as redis, redis.pipeline(transaction=False) as pipe:
-            pipe.xrange(self.keys.stream, f"(0-{after_seq}", "+")
-            pipe.hget(self.keys.index, "finished")
-            raw, finished = await pipe.execute()
-        return entries_of(raw), finished is not None
+        # Every remote follower of the process reads in the store's rounds: a
+        # wake-up of many followers is one round trip, not one pooled call each.
+        store = self._store
+        assert store.rounds is not None
+        async with store.backend():
+            finished, raw = await store.rounds.call(
+                store.scripts["poll"], [self.keys.stream, self.keys.index], [after_seq]
+            )
+        return entries_of(raw), bool(finished)
 
     async def finish(self, retention: float) -> None:
         if self._local is not None:

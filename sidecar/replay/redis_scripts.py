@@ -97,6 +97,13 @@ if not first or tonumber(seq) < tonumber(string.sub(first[1], 3)) - 1 then retur
 return redis.call('XRANGE', stream, '(0-' .. seq, '+')
 """
 
+# KEYS: stream, index. ARGV: seq. Whether the run finished (1/0), then the
+# entries after seq: a follower's read, one script so a round carries many.
+POLL = """
+return {redis.call('HEXISTS', KEYS[2], 'finished'),
+        redis.call('XRANGE', KEYS[1], '(0-' .. ARGV[1], '+')}
+"""
+
 # KEYS: stream, index, pointer, live. ARGV: run, retention_ms, owner token.
 # Returns 0 (and changes nothing) when another owner holds the run.
 FINISH = """

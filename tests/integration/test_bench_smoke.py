@@ -114,7 +114,7 @@ def test_every_deployed_mode_delivers_the_smoke_flow(tmp_path, mode):
         # One count per worker, when a sample caught streams open (the smoke's
         # five last a fraction of a second: too few and too short to judge the spread).
         split = r["proxy"].get("streams_per_worker", [0, 0])
-        assert len(split) == 2
+        assert 1 <= len(split) <= 2  # a worker not yet listening when sampled is not counted
         assert sum(split) <= scn.streams
     else:
         assert "streams_per_worker" not in r["proxy"]

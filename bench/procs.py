@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import resource
 import selectors
 import signal
@@ -46,12 +47,40 @@ def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(main)
 
 
-def free_port() -> int:
-    """A loopback port free right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(below: int = 65536) -> int:
+    """A loopback port free right now (the caller binds it soon after), below ``below``.
+
+    Never one of the kernel's ephemeral ports: a port that bind(0) returned is in
+    that range, so between its release and the caller's bind an outgoing connection
+    of any process (a client, a Redis pool) may take it as its local port. Ports
+    already handed out by this process are not handed out again.
+    """
+    low, high = ephemeral_range()
+    spans = [(a, b) for a, b in ((10000, min(low, below)), (high + 1, below)) if b - a > 1000]
+    for _ in range(1000):
+        start, end = random.choice(spans)
+        port = random.randrange(start, end)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError("no free loopback port outside the ephemeral range")
 
 
 # --- /proc -----------------------------------------------------------------------

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_redis import free_port, redis_server_binary
+from bench.procs import ephemeral_range, free_port
+from tests.fixtures_redis import redis_server_binary
 
 #: How long a master may be silent before its replica takes over (ms). Short,
 #: so a failover test is over in seconds.
@@ -28,10 +29,9 @@ NODE_TIMEOUT_MS = 1000
 
 def cluster_port() -> int:
     """A free port P with P + 10000 (its cluster bus port) free too."""
+    # Both below the ephemeral range, or an outgoing connection may take the bus port.
     while True:
-        port = free_port()
-        if port > 55535:
-            continue
+        port = free_port(below=ephemeral_range()[0] - 10000)
         with socket.socket() as bus:
             try:
                 bus.bind(("127.0.0.1", port + 10000))

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -24,16 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.procs import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TAG = "localhost/sse-sidecar:test"
 pytestmark = pytest.mark.image
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run(*args: str, timeout: float = 60) -> str:

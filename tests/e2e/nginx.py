@@ -17,13 +17,14 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from bench.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "deploy" / "nginx" / "sse-sidecar.conf"
@@ -102,13 +103,6 @@ def render_conf(tmp: Path, snippet: str) -> str:
         "events { worker_connections 256; }\n"
         f"http {{\n    access_log off;\n{temp_paths}\n{snippet}\n}}\n"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

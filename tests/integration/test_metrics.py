@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 
 import structlog
 
+from bench.procs import free_port
 from tests.conftest import Script, make_config
 from tests.integration.streams import read_stream
 
@@ -21,12 +21,6 @@ def samples(text: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_exact_counters_after_a_scripted_set_of_streams(upstream, start_sidecar):
@@ -99,7 +93,7 @@ async def test_exact_counters_after_a_scripted_set_of_streams(upstream, start_si
 async def test_unreachable_and_rejections_are_counted(start_sidecar):
     sc = await start_sidecar(
         make_config(
-            f"http://127.0.0.1:{_closed_port()}",
+            f"http://127.0.0.1:{free_port()}",
             session={"from": "query:k"},
             limits={"max_body_bytes": 10},
         )

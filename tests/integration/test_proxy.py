@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from bench.procs import free_port
 from tests.conftest import Script, make_config
 from tests.integration.streams import read_stream
 
@@ -185,15 +186,9 @@ async def test_late_error_status_becomes_upstream_status(upstream, start_sidecar
     assert (err["code"], err["status"], err["partial"]) == ("upstream_status", 503, False)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_unreachable_upstream(start_sidecar):
     # Refused before commit: an HTTP error, so resp.ok is false and EventSource stops.
-    sc = await start_sidecar(make_config(f"http://127.0.0.1:{_closed_port()}"))
+    sc = await start_sidecar(make_config(f"http://127.0.0.1:{free_port()}"))
     got = await read_stream(sc.http, "GET", sc.url + "/s")
     assert got.status == 502
     assert got.headers["Content-Type"].startswith("application/json")
@@ -389,7 +384,7 @@ async def test_newline_injection_never_reaches_the_wire(upstream, start_sidecar)
     got = await read_stream(sc.http, "GET", sc.url + f"/s/a%0Ab?x={evil}")
     assert got.kinds() == ["message", "done"]
     assert upstream.requests[0].path == "/a\nb"
-    sc2 = await start_sidecar(make_config(f"http://127.0.0.1:{_closed_port()}"))
+    sc2 = await start_sidecar(make_config(f"http://127.0.0.1:{free_port()}"))
     got = await read_stream(sc2.http, "GET", sc2.url + f"/s/{evil}?{evil}")
     assert got.status == 502
     assert got.events == []

@@ -18,6 +18,7 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
+from bench.procs import free_port
 from sidecar.errors import (
     UpstreamBadHead,
     UpstreamDisconnected,
@@ -192,12 +193,6 @@ async def read_until_error(upstream: Upstream) -> tuple[bytes, Exception | None]
     except UpstreamError as exc:
         return got, exc
     return got, None
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the head ------------------------------------------------------------------
@@ -500,7 +495,7 @@ async def test_gzip_body_cut_before_its_end_is_a_disconnect(serve, opened):
 
 
 async def test_connection_refused_is_unreachable():
-    url = URL(f"http://127.0.0.1:{closed_port()}/")
+    url = URL(f"http://127.0.0.1:{free_port()}/")
     with pytest.raises(UpstreamUnreachable, match="cannot connect"):
         await open_stream("GET", url, CIMultiDict(), None, 2.0)
 
@@ -660,7 +655,7 @@ async def test_cancel_pending_closes_an_answered_request(serve):
 
 async def test_cancel_pending_ignores_no_task_and_a_failed_one():
     cancel_pending(None)
-    url = URL(f"http://127.0.0.1:{closed_port()}/")
+    url = URL(f"http://127.0.0.1:{free_port()}/")
     task = asyncio.ensure_future(open_stream("GET", url, CIMultiDict(), None, 2.0))
     await asyncio.wait({task})
     cancel_pending(task)  # does not raise the task's error

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
+
+#: The code of the sidecar's JSON error answer.
+_CODE = re.compile(rb'"code": ?"([a-z_]+)"')
 
 SAMPLE_CAP = 100_000  # latencies kept per process (reservoir sample beyond this)
 TICK = b"data: T"
@@ -130,16 +134,19 @@ class Conn(asyncio.Protocol):
                 return
             head, data = self.head[:end], self.head[end + 4 :]
             self.head = b""
-            if not self._read_head(head, now) or not data:
+            if not self._read_head(head, now, data) or not data:
                 return
         if not self.finished:
             self._events(self._dechunk(data) if self.chunked else data, now)
 
-    def _read_head(self, head: bytes, now: int) -> bool:
+    def _read_head(self, head: bytes, now: int, data: bytes = b"") -> bool:
         self.head_done = True
         status = head[9:12]
         if status != b"200":
-            self.stats.errors[f"status_{status.decode(errors='replace')}"] += 1
+            # The error's code too, when its JSON body came with the head.
+            code = _CODE.search(data)
+            why = f" {code[1].decode(errors='replace')}" if code else ""
+            self.stats.errors[f"status_{status.decode(errors='replace')}{why}"] += 1
             self.opened.set_result(False)
             self._close()
             return False

@@ -182,8 +182,17 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-#: A queued script call: the script, its keys and args, and where its result goes.
-_Call = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+class _Call:
+    """A queued script call: the script, its keys and args, when it was sent, its result."""
+
+    __slots__ = ("args", "future", "keys", "script", "sent")
+
+    def __init__(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], future: Any
+    ) -> None:
+        self.script, self.keys, self.args = script, keys, args
+        self.future: asyncio.Future[Any] = future
+        self.sent: float | None = None
 
 
 class ScriptRounds:
@@ -193,53 +202,77 @@ class ScriptRounds:
     pool's few connections one round trip each, and on a busy loop the wait
     outlasts a caller's budget. Calls made while a round is out go in the
     next one, however many they are; each caller gets its own result or
-    error, and bounds its own wait (the script still runs if it stops
-    waiting: callers that must know, shield the call).
+    error. A caller's budget runs from when its call is sent: a call still
+    queued waits as long as rounds keep coming back (Redis answers, the
+    burst is only long), and gives up when none has for a whole budget (an
+    outage shows within it). The script still runs if its caller stopped
+    waiting after it was sent: callers that must know, shield the call.
     """
 
     def __init__(self, client: Client, max_per_round: int = 512) -> None:
         self._client = client
         self._max = max_per_round
-        self._queued: list[
-            tuple[AsyncScript, Sequence[Any], Sequence[Any], asyncio.Future[Any]]
-        ] = []
+        self._queued: list[_Call] = []
         self._runner: asyncio.Task[None] | None = None
+        #: When a round last came back (or the first was sent): the queue moves.
+        self._moved = 0.0
 
-    async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((script, keys, args, future))
+    async def call(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], budget: float
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        call = _Call(script, keys, args, loop.create_future())
+        self._queued.append(call)
         if self._runner is None:
+            self._moved = loop.time()
             self._runner = asyncio.ensure_future(self._rounds())
-        return await future
+        deadline = loop.time() + budget
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        return await asyncio.shield(call.future)
+                except TimeoutError:
+                    deadline = (self._moved if call.sent is None else call.sent) + budget
+                    if deadline <= loop.time():
+                        raise
+        finally:
+            if not call.future.done():
+                call.future.cancel()  # not sent yet: it never will be
 
     async def _rounds(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queued:
                 calls, self._queued = self._queued[: self._max], self._queued[self._max :]
-                calls = [c for c in calls if not c[3].done()]  # its caller stopped waiting
+                calls = [c for c in calls if not c.future.done()]  # its caller stopped waiting
+                sent = loop.time()
+                for call in calls:
+                    call.sent = sent
                 try:
                     async with self._client.pipeline(transaction=False) as pipe:
-                        for script, keys, args, _ in calls:
-                            await queue_script(script, pipe, keys, args)
+                        for call in calls:
+                            await queue_script(call.script, pipe, call.keys, call.args)
                         results = await pipe.execute(raise_on_error=False)
                     raise_if_cancelled()
                 except Exception as exc:  # the whole round failed: each caller learns why
-                    for *_, future in calls:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for call in calls:
+                        if not call.future.done():
+                            call.future.set_exception(exc)
                     continue
-                for (*_, future), result in zip(calls, results, strict=True):
-                    if future.done():
+                self._moved = loop.time()
+                for call, result in zip(calls, results, strict=True):
+                    if call.future.done():
                         continue
                     if isinstance(result, Exception):
-                        future.set_exception(result)
+                        call.future.set_exception(result)
                     else:
-                        future.set_result(result)
+                        call.future.set_result(result)
         finally:
             self._runner = None
-            for *_, future in self._queued:  # cancelled with calls still queued
-                if not future.done():
-                    future.set_exception(RedisConnectionError("the client closed"))
+            for call in self._queued:  # cancelled with calls still queued
+                if not call.future.done():
+                    call.future.set_exception(RedisConnectionError("the client closed"))
             self._queued = []
 
     async def aclose(self) -> None:

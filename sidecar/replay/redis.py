@@ -175,9 +175,12 @@ class RedisReplayStore:
 
     @contextlib.asynccontextmanager
     async def backend(
-        self, budget: float = _BUDGET, *, client: Client | None = None
+        self, budget: float | None = _BUDGET, *, client: Client | None = None
     ) -> AsyncIterator[Client]:
-        """The client, with Redis errors and slowness turned into BackendUnavailable."""
+        """The client, with Redis errors and slowness turned into BackendUnavailable.
+
+        ``budget`` bounds the whole block; None when the calls in it bound their own.
+        """
         redis = client or self._redis
         if redis is None:
             raise BackendUnavailable("the replay backend (redis) is not running")
@@ -206,12 +209,14 @@ class RedisReplayStore:
         # its own followers can still read.
         args: list[str | bytes | int] = [run_id, ms(self.live_ttl), max_events, max_bytes, binding]
         args += [ms(self.lease), *run_prefixes(self.prefix, route, key), kept]
-        async with self.backend():
+        # The rounds bound the wait: from when the call is sent, not queued.
+        async with self.backend(None):
             assert self.rounds is not None
             opened = await self.rounds.call(
                 self.scripts["open"],
                 [keys.pointer, keys.stream, keys.index, keys.follow, keys.live],
                 args,
+                self.budget,
             )
         if not opened:
             raise SessionForbidden(FORBIDDEN)

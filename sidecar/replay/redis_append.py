@@ -39,7 +39,7 @@ class Store(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
     def backend(
-        self, budget: float = ..., *, client: Client | None = None
+        self, budget: float | None = ..., *, client: Client | None = None
     ) -> AbstractAsyncContextManager[Client]: ...
 
 

@@ -50,7 +50,7 @@ class Store(Protocol):
     def client(self, *, single_connection: bool = False) -> Client: ...
 
     def backend(
-        self, budget: float = ..., *, client: Client | None = None
+        self, budget: float | None = ..., *, client: Client | None = None
     ) -> AbstractAsyncContextManager[Client]: ...
 
 

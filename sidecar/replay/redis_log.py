@@ -30,13 +30,14 @@ class Store(Protocol):
     """What a log needs of its store (sidecar/replay/redis.py)."""
 
     live_ttl: float
+    budget: float
     scripts: dict[str, AsyncScript]
     rounds: ScriptRounds | None
     appends: Appends
     wakeups: Wakeups
 
     def backend(
-        self, budget: float = ..., *, client: Client | None = None
+        self, budget: float | None = ..., *, client: Client | None = None
     ) -> AbstractAsyncContextManager[Client]: ...
 
     def disown(self, log: RedisReplayLog) -> None: ...
@@ -247,9 +248,10 @@ class RedisReplayLog:
         # wake-up of many followers is one round trip, not one pooled call each.
         store = self._store
         assert store.rounds is not None
-        async with store.backend():
+        async with store.backend(None):
+            keys = [self.keys.stream, self.keys.index]
             finished, raw = await store.rounds.call(
-                store.scripts["poll"], [self.keys.stream, self.keys.index], [after_seq]
+                store.scripts["poll"], keys, [after_seq], store.budget
             )
         return entries_of(raw), bool(finished)
 

@@ -33,7 +33,7 @@ class Store(Protocol):
     scripts: dict[str, AsyncScript]
 
     def backend(
-        self, budget: float = ..., *, client: Client | None = None
+        self, budget: float | None = ..., *, client: Client | None = None
     ) -> AbstractAsyncContextManager[Client]: ...
 
 

@@ -258,12 +258,12 @@ class RedisSessionStore:
     async def _take(self, redis: Client, entry: _Held, policy: Policy) -> tuple[int, str | None]:
         prefix, route, key = self.prefix, entry.route, entry.key
         assert self._claims is not None
-        async with asyncio.timeout(_BUDGET):
-            token, old = await self._claims.call(
-                self._claim_script,
-                [owner_key(prefix, route, key), fence_key(prefix, route, key)],
-                [entry.value, self._lease_ms, policy, self.channel, self._fence_ms, route, key],
-            )
+        token, old = await self._claims.call(
+            self._claim_script,
+            [owner_key(prefix, route, key), fence_key(prefix, route, key)],
+            [entry.value, self._lease_ms, policy, self.channel, self._fence_ms, route, key],
+            _BUDGET,
+        )
         return int(token), None if old is None else _text(old)
 
     async def _wait_for(self, old: str) -> None:

@@ -272,6 +272,15 @@ def test_backoff_doubles_up_to_its_cap_and_jitters_down_to_half() -> None:
     assert backoff_delay(config, 2, 0.0) == 0.25
 
 
+def test_backoff_stops_doubling_after_thirty_doublings() -> None:
+    """The exponent stops at 30, so any attempt number gives a finite wait."""
+    config = UpstreamResume(enabled=True, backoff=1.0, max_backoff=2.0**31)
+    assert backoff_delay(config, 30, 1.0) == 2.0**29
+    assert backoff_delay(config, 31, 1.0) == 2.0**30
+    assert backoff_delay(config, 32, 1.0) == 2.0**30  # under the cap, yet no 31st doubling
+    assert backoff_delay(config, 10**9, 1.0) == 2.0**30  # 2.0 ** 10**9 would overflow
+
+
 def test_only_cuts_and_silences_are_resumed() -> None:
     assert may_resume(UpstreamDisconnected("cut"), total_limit_reached=False)
     assert may_resume(UpstreamTimeout("idle"), total_limit_reached=False)
@@ -358,6 +367,7 @@ def test_the_default_form_parses_no_data() -> None:
 
 def test_a_cursor_drops_nothing_until_a_resume() -> None:
     cursor = ResumeCursor.from_bytes(ResumeCursor(last_id="5").to_bytes())
+    assert (cursor.catching_up, cursor.dropped) == (False, 0)
     assert cursor.take([token("3"), token("5")]) == [token("3"), token("5")]
     cursor.resuming()
     assert cursor.take([token("5")]) == []

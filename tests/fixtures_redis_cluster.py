@@ -4,6 +4,13 @@ Started once (``redis-cli --cluster create``); tests keep apart by key prefix.
 A test may kill a master: :meth:`RedisCluster.heal` restarts it (it rejoins as
 a replica of the node promoted in its place) and waits for the cluster to be
 whole again, so the next test finds six nodes and ``cluster_state:ok``.
+
+Whole means more than ``cluster_state:ok``: a replica refuses to fail over
+until it has synced with its master once (Redis counts a never-synced
+replica's data as infinitely old: "Disconnected from master for longer than
+allowed"), so a master killed before its replica's first sync stays failed
+for good. The cluster is handed to tests, and given back by heal(), only when
+every replica's link to its master is up and every node sees the same masters.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,10 @@ class ClusterNode:
         args += ["--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)]
         args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
         args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+        # A replica's first sync waits repl-diskless-sync-delay (5 s) for
+        # other replicas to share the transfer; each master here has one, so
+        # waiting only delays the moment the replica can take over.
+        args += ["--repl-diskless-sync-delay", "0"]
         log = (self.workdir / f"redis-{self.port}.log").open("ab")
         self.process = subprocess.Popen([self.exe, *args], stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -103,14 +114,67 @@ class RedisCluster:
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every running node says the cluster is whole and agrees on its masters."""
+        self._wait(self._serving, timeout, "the cluster did not settle")
+
+    def wait_whole(self, timeout: float = 30.0) -> None:
+        """As wait_ok, and every node runs, and every replica has synced with its master.
+
+        Only then can any master be killed and its replica take over.
+        """
+        self._wait(self._whole, timeout, "the cluster's replicas did not sync")
+
+    def _wait(self, check: Callable[[], str | None], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
-        while True:
-            states = [self.cli_on(n.port, "CLUSTER", "INFO") for n in self.nodes if n.running]
-            if states and all("cluster_state:ok" in s for s in states):
-                return
+        while (why := check()) is not None:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster did not settle: {states}")
+                raise RuntimeError(f"{what}: {why}")
             time.sleep(0.1)
+
+    def _serving(self) -> str | None:
+        """None when every running node says ``cluster_state:ok`` and all see one slot map."""
+        running = [n for n in self.nodes if n.running]
+        states = {n.port: self.cli_on(n.port, "CLUSTER", "INFO") for n in running}
+        if not states:
+            return "no node runs"
+        bad = {p: s for p, s in states.items() if "cluster_state:ok" not in s}
+        if bad:
+            return f"not ok: {bad}"
+        maps = {n.port: self._masters_seen_by(n.port) for n in running}
+        if len(set(maps.values())) != 1:
+            return f"the nodes disagree on the masters: {maps}"
+        return None
+
+    def _whole(self) -> str | None:
+        if not all(n.running for n in self.nodes):
+            return "a node is not running"
+        if (why := self._serving()) is not None:
+            return why
+        for node in self.nodes:
+            flags = [line.split()[2] for line in self.cli_on(node.port, "CLUSTER", "NODES")
+                     .splitlines() if len(line.split()) > 2]  # fmt: skip
+            # (noaddr: an entry of a node that is gone for good, not one of ours.)
+            if any(("fail" in f or "handshake" in f) and "noaddr" not in f for f in flags):
+                return f"{node.port} does not see every node connected: {flags}"
+            info = self.cli_on(node.port, "CLUSTER", "INFO")
+            if f"cluster_known_nodes:{len(self.nodes)}" not in info:
+                return f"{node.port} does not know every node: {info}"
+            replication = self.cli_on(node.port, "INFO", "replication")
+            if "role:slave" in replication and "master_link_status:up" not in replication:
+                return f"replica {node.port} has not synced: {replication}"
+            if "role:master" in replication and "connected_slaves:0" in replication:
+                return f"master {node.port} has no replica attached: {replication}"
+        return None
+
+    def _masters_seen_by(self, port: int) -> frozenset[tuple[str, str]]:
+        """(master address, its slot ranges) as ``port`` sees them, failed nodes left out."""
+        masters = set()
+        for line in self.cli_on(port, "CLUSTER", "NODES").splitlines():
+            parts = line.split()
+            if len(parts) < 8 or "master" not in parts[2] or "fail" in parts[2]:
+                continue
+            if parts[8:]:
+                masters.add((parts[1].split("@")[0], " ".join(sorted(parts[8:]))))
+        return frozenset(masters)
 
     def flush(self) -> None:
         """Empty every master, so a test finds no key of another (the cluster is shared)."""
@@ -119,18 +183,15 @@ class RedisCluster:
                 self.cli_on(node.port, "FLUSHALL")
 
     def heal(self) -> None:
-        """Restart every killed node (each rejoins from its nodes.conf) and wait until whole."""
+        """Restart every killed node (each rejoins from its nodes.conf) and wait until whole.
+
+        A restarted master rejoins as a replica of the node promoted in its
+        place and must sync before the next test may kill that one.
+        """
         for node in self.nodes:
             if not node.running:
                 node.start()
-        self.wait_ok()
-        deadline = time.monotonic() + 30
-        # Until the restarted node is known as connected again by the others.
-        while any("fail" in line for line in self.cli_on(self.nodes[0].port, "CLUSTER", "NODES")
-                  .splitlines() if "noaddr" not in line):  # fmt: skip
-            if time.monotonic() > deadline:
-                raise RuntimeError("a restarted node did not rejoin")
-            time.sleep(0.1)
+        self.wait_whole()
 
 
 @pytest.fixture
@@ -181,7 +242,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         )
         if created.returncode != 0:
             raise RuntimeError((created.stdout + created.stderr).decode(errors="replace"))
-        cluster.wait_ok()
+        cluster.wait_whole()
         yield cluster
     finally:
         for node in nodes:

@@ -25,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Socket connect/read timeout of one operation: an outage shows within about this.
@@ -51,6 +52,17 @@ class _GatedCluster(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self._gate:
             return await super().execute_command(*args, **kwargs)
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> _GatedCluster:
+        # A slot map that cannot be fetched (every node tried was down, as
+        # mid-failover) is an outage like any other: redis-py raises it as
+        # RedisClusterException, which is no RedisError, and callers would
+        # fail with an internal error instead of "backend unavailable".
+        try:
+            await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(str(exc)) from exc
+        return self
 
 
 #: Per-node connections beyond the gate: the lease or append pipeline, the subscription.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sidecar.redisconn import _plain_url, connect, wants_cluster
 from sidecar.rediskeys import session_tag
@@ -39,3 +41,11 @@ def test_a_sessions_keys_hash_to_one_slot_whatever_its_key_holds():
         names += [run.stream, run.index, run.follow, run.live]
         assert len({key_slot(n.encode()) for n in names}) == 1
         assert session_tag(route, key) in names[0]
+
+
+async def test_a_cluster_whose_slot_map_cannot_be_fetched_is_a_connection_error():
+    """An outage, as callers catch it (redis-py's own is no RedisError)."""
+    cluster = connect("redis+cluster://127.0.0.1:1", cluster=False, pool_size=3)
+    with pytest.raises(RedisConnectionError):
+        await cluster.client.initialize()
+    await cluster.aclose()

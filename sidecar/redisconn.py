@@ -14,7 +14,7 @@ script and each transaction-free pipeline entry touches one slot.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,13 @@ class _GatedCluster(RedisCluster):
         except RedisClusterException as exc:
             raise RedisConnectionError(str(exc)) from exc
         return self
+
+    async def refresh_slots(self) -> None:
+        """Fetch the slot map again now (not only after a command failed)."""
+        try:
+            await self.nodes_manager.initialize()
+        except RedisClusterException as exc:
+            raise RedisConnectionError(str(exc)) from exc
 
 
 #: Per-node connections beyond the gate: the lease or append pipeline, the subscription.
@@ -157,12 +164,27 @@ def connect(
     return Connection(Redis(connection_pool=pool), pool, pool_size)
 
 
-async def pubsub(client: Client) -> PubSub:
-    """A subscription. A cluster's picks the node of the channel's slot, so the
-    client first learns the slot map (a plain PUBLISH reaches every node)."""
-    if isinstance(client, RedisCluster):
-        await client.initialize()
-    return client.pubsub()
+async def pubsub(client: Client, channel: str, avoid: Collection[str] = ()) -> tuple[PubSub, str]:
+    """A subscription for ``channel`` and the name of the node it is on.
+
+    One server: that server. A cluster: plain PUBLISH reaches every node over
+    the cluster bus, so any node will do. The pick is the channel's slot
+    node, as redis-py's own, unless that is in ``avoid`` (a subscription
+    there just failed): then another master, then a replica. redis-py would
+    pick from a slot map that only ordinary commands refresh, and keep
+    dialling a dead master; so after a failure the map is fetched again too.
+    """
+    if not isinstance(client, RedisCluster):
+        return client.pubsub(), ""
+    await client.initialize()
+    if avoid and isinstance(client, _GatedCluster):
+        await client.refresh_slots()
+    preferred = client.get_node_from_key(channel)
+    nodes = [preferred, *client.get_primaries(), *client.get_replicas()]
+    node = next((n for n in nodes if n is not None and n.name not in avoid), preferred)
+    if node is None:
+        raise RedisConnectionError("the cluster's slot map has no node")
+    return client.pubsub(node=node), node.name
 
 
 async def queue_script(

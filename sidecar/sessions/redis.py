@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sidecar.errors import BackendUnavailable, SessionConflict
@@ -40,16 +38,14 @@ from sidecar.redisconn import (
     connect,
     queue_script,
 )
-from sidecar.redisconn import pubsub as open_pubsub
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
+from sidecar.sessions.channel import Subscriber
 from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, fence_ttl, owner_key
 
 log = structlog.get_logger("sse_sidecar")
 
 _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, retry included
-_RETRY_MIN, _RETRY_MAX = 0.05, 1.0  # subscriber reconnect backoff
 _DOWN_POLL = 0.5  # lease loop period while Redis is unreachable, to notice its return
-_PUBSUB_TICK, _PUBSUB_DEAD = 1.0, 3.0  # ping a quiet subscription; silence this long = dead
 _RECENT = 1024  # released values remembered for claims that ask after the message came
 _BATCH = 1000  # renewals per pipeline round trip
 _START_WAIT = 2.0
@@ -118,7 +114,7 @@ class RedisSessionStore:
         self._background: set[asyncio.Task[Any]] = set()
         self._contacted = asyncio.Event()
         self._up = False
-        self._listening = False
+        self._subscriber: Subscriber | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -134,8 +130,11 @@ class RedisSessionStore:
         self._claims = ScriptRounds(redis)  # a burst of claims: one round trip per round
         self._renew_script = redis.register_script(RENEW)
         self._release_script = redis.register_script(RELEASE)
+        self._subscriber = Subscriber(
+            redis, self.channel, self.owner_id, self._on_message, self._heard, self._unheard
+        )
         self._tasks = [
-            asyncio.create_task(self._listen(redis), name="sse-sidecar redis listener"),
+            asyncio.create_task(self._subscriber.run(), name="sse-sidecar redis listener"),
             asyncio.create_task(self._keep_leases(redis), name="sse-sidecar redis leases"),
         ]
         # Ready at once when Redis is up at start; unready (not failed) when it is not.
@@ -157,7 +156,8 @@ class RedisSessionStore:
         if self._claims is not None:
             await self._claims.aclose()
         conn, self._conn, self._redis = self._conn, None, None
-        self._up = self._listening = False
+        self._up = False
+        self._subscriber = None
         if conn is not None:
             with contextlib.suppress(RedisError, OSError):
                 await conn.aclose()
@@ -169,8 +169,8 @@ class RedisSessionStore:
         return self._conn.counts()
 
     def healthy(self) -> bool:
-        """Redis answered the last operation and the replace channel is subscribed."""
-        return self._up and self._listening
+        """Redis answered the last operation and the replace channel hears publishes."""
+        return self._up and self._subscriber is not None and self._subscriber.listening
 
     def owner(self, route: str, key: str) -> Claim | None:
         """The claim this process holds on ``key``, if any (what Redis says may differ)."""
@@ -385,52 +385,13 @@ class RedisSessionStore:
 
     # --- replace messages ----------------------------------------------------
 
-    async def _listen(self, redis: Client) -> None:
-        delay = _RETRY_MIN
-        while True:
-            pubsub: PubSub | None = None
-            try:
-                pubsub = await open_pubsub(redis)
-                await pubsub.subscribe(self.channel)
-                self._listening = True
-                self._ok()
-                self._contacted.set()
-                delay = _RETRY_MIN
-                await self._pump(pubsub)
-            except (RedisError, OSError) as exc:
-                self._failed(exc)
-            except Exception as exc:
-                # A bug (ours or redis-py's) must not silence the channel for good.
-                log.exception("backend_listener_error", backend=self.kind)
-                self._failed(exc)
-            finally:
-                self._listening = False
-                self._contacted.set()
-                if pubsub is not None:
-                    with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
-            _checkpoint()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX)
+    def _heard(self) -> None:
+        self._ok()
+        self._contacted.set()
 
-    async def _pump(self, pubsub: PubSub) -> None:
-        loop = asyncio.get_running_loop()
-        heard = pinged = loop.time()
-        while True:
-            _checkpoint()
-            message = await pubsub.get_message(timeout=_PUBSUB_TICK)
-            now = loop.time()
-            if message is not None:
-                heard = now
-                if message["type"] == "message":
-                    self._on_message(message["data"])
-            elif now - heard > _PUBSUB_DEAD:
-                # A half-open connection (no FIN from a vanished peer) reads
-                # as silence; our own pings must be answered.
-                raise RedisConnectionError("the replace channel stopped answering")
-            if now - heard >= _PUBSUB_TICK and now - pinged >= _PUBSUB_TICK:
-                await pubsub.ping()
-                pinged = now
+    def _unheard(self, exc: BaseException) -> None:
+        self._failed(exc)
+        self._contacted.set()
 
     def _on_message(self, data: bytes | str) -> None:
         try:

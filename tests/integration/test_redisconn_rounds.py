@@ -15,6 +15,18 @@ pytestmark = pytest.mark.redis
 
 BUDGET = 1.5
 
+
+@pytest.fixture
+async def conn(redis_server):
+    client = connect(redis_server.url, cluster=False, pool_size=2)
+    yield client
+    await client.aclose()
+
+
+def rounds_of(conn, max_per_round: int = 512) -> ScriptRounds:
+    return ScriptRounds(conn.client, max_per_round=max_per_round)
+
+
 #: Counts its calls in a key, fails when asked to (one caller's error is its own).
 SCRIPT = """
 if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end
@@ -23,10 +35,9 @@ return ARGV[1]
 """
 
 
-async def test_a_burst_of_calls_shares_rounds_on_one_connection(redis_server) -> None:
-    conn = connect(redis_server.url, cluster=False, pool_size=2)
+async def test_a_burst_of_calls_shares_rounds_on_one_connection(conn, redis_server):
     script = conn.client.register_script(SCRIPT)
-    rounds = ScriptRounds(conn.client)
+    rounds = rounds_of(conn)
     try:
         results = await asyncio.gather(
             *(rounds.call(script, ["calls"], [str(i)], BUDGET) for i in range(500))
@@ -37,13 +48,11 @@ async def test_a_burst_of_calls_shares_rounds_on_one_connection(redis_server) ->
         assert conn.counts()["open"] == 1
     finally:
         await rounds.aclose()
-        await conn.aclose()
 
 
-async def test_an_error_reaches_only_its_own_caller(redis_server) -> None:
-    conn = connect(redis_server.url, cluster=False, pool_size=2)
+async def test_an_error_reaches_only_its_own_caller(conn, redis_server):
     script = conn.client.register_script(SCRIPT)
-    rounds = ScriptRounds(conn.client)
+    rounds = rounds_of(conn)
     try:
         results = await asyncio.gather(
             rounds.call(script, ["calls"], ["a"], BUDGET),
@@ -57,13 +66,11 @@ async def test_an_error_reaches_only_its_own_caller(redis_server) -> None:
         assert "asked to fail" in str(results[1])
     finally:
         await rounds.aclose()
-        await conn.aclose()
 
 
-async def test_with_redis_gone_every_caller_of_the_round_gets_the_error(redis_server) -> None:
-    conn = connect(redis_server.url, cluster=False, pool_size=2)
+async def test_with_redis_gone_every_caller_of_the_round_gets_the_error(conn, redis_server):
     script = conn.client.register_script(SCRIPT)
-    rounds = ScriptRounds(conn.client)
+    rounds = rounds_of(conn)
     redis_server.kill()
     try:
         async with asyncio.timeout(10):
@@ -74,13 +81,13 @@ async def test_with_redis_gone_every_caller_of_the_round_gets_the_error(redis_se
         assert all(isinstance(r, RedisConnectionError | OSError) for r in results), results
     finally:
         await rounds.aclose()
-        await conn.aclose()
 
 
-async def test_a_caller_that_stops_waiting_leaves_the_others_their_results(redis_server) -> None:
-    conn = connect(redis_server.url, cluster=False, pool_size=2)
+async def test_a_caller_that_stops_waiting_leaves_the_others_their_results(
+    conn, redis_server
+) -> None:
     script = conn.client.register_script(SCRIPT)
-    rounds = ScriptRounds(conn.client)
+    rounds = rounds_of(conn)
     try:
         first = asyncio.ensure_future(rounds.call(script, ["calls"], ["x"], BUDGET))
         gone = asyncio.ensure_future(rounds.call(script, ["calls"], ["y"], BUDGET))
@@ -90,7 +97,6 @@ async def test_a_caller_that_stops_waiting_leaves_the_others_their_results(redis
         assert await rounds.call(script, ["calls"], ["z"], BUDGET) == b"z"
     finally:
         await rounds.aclose()
-        await conn.aclose()
 
 
 #: Holds Redis for ARGV[1] ms (a slow script: a round that takes that long).
@@ -104,13 +110,12 @@ return redis.call('INCR', KEYS[1])
 """
 
 
-async def test_a_queued_call_waits_while_rounds_come_back(redis_server) -> None:
+async def test_a_queued_call_waits_while_rounds_come_back(conn, redis_server):
     # Ten rounds of 100 ms each, one call per round: the last is answered after
     # about a second, far past its 0.3 s budget counted from when it queued; the
     # budget counts from when its round is sent, so none gives up.
-    conn = connect(redis_server.url, cluster=False, pool_size=2)
     slow = conn.client.register_script(SLOW)
-    rounds = ScriptRounds(conn.client, max_per_round=1)
+    rounds = rounds_of(conn, 1)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -119,13 +124,11 @@ async def test_a_queued_call_waits_while_rounds_come_back(redis_server) -> None:
         assert loop.time() - started >= 0.9
     finally:
         await rounds.aclose()
-        await conn.aclose()
 
 
-async def test_a_sent_call_gives_up_after_its_budget(redis_server) -> None:
-    conn = connect(redis_server.url, cluster=False, pool_size=2)
+async def test_a_sent_call_gives_up_after_its_budget(conn, redis_server):
     slow = conn.client.register_script(SLOW)
-    rounds = ScriptRounds(conn.client, max_per_round=1)
+    rounds = rounds_of(conn, 1)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -134,15 +137,13 @@ async def test_a_sent_call_gives_up_after_its_budget(redis_server) -> None:
         assert 0.2 <= loop.time() - started < 0.5
     finally:
         await rounds.aclose()
-        await conn.aclose()
 
 
-async def test_with_redis_stalled_queued_calls_give_up_within_a_budget(redis_server) -> None:
+async def test_with_redis_stalled_queued_calls_give_up_within_a_budget(conn, redis_server):
     # No round comes back: the queue does not move, so a call still queued
     # gives up a budget after the last round went out, as a sent one does.
-    conn = connect(redis_server.url, cluster=False, pool_size=2)
     script = conn.client.register_script(SCRIPT)
-    rounds = ScriptRounds(conn.client, max_per_round=1)
+    rounds = rounds_of(conn, 1)
     assert await rounds.call(script, ["calls"], ["warm"], BUDGET) == b"warm"
     assert redis_server.process is not None
     redis_server.process.send_signal(signal.SIGSTOP)
@@ -159,4 +160,3 @@ async def test_with_redis_stalled_queued_calls_give_up_within_a_budget(redis_ser
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
         await rounds.aclose()
-        await conn.aclose()

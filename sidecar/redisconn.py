@@ -28,8 +28,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-#: Socket connect/read timeout of one operation: an outage shows within about this.
+from sidecar import looptime
+
+#: Connect timeout, and what callers' budgets are built from: an outage shows
+#: within about this.
 OP_TIMEOUT = 1.0
+#: The read timeout of a socket: only a backstop. Every call runs under a
+#: budget in the loop's free time (sidecar/looptime.py) that ends it sooner;
+#: a socket timeout is a plain timer, which after a stall of the loop would
+#: fire before the reply already in the socket is read.
+SOCKET_TIMEOUT = OP_TIMEOUT + looptime.MAX_STRETCH
+#: The bound of one operation (its immediate retry on a dropped connection
+#: included), in the loop's free time: what the backends' calls wait at most.
+BUDGET = OP_TIMEOUT
 _CLUSTER_SUFFIX = "+cluster"
 
 #: Either client; both answer the commands the backends use.
@@ -100,8 +111,8 @@ def _retry(cluster: bool) -> Retry:
             supported_errors=(RedisConnectionError, RedisTimeoutError),
         )
     # One immediate retry on a dropped connection (a pooled socket from
-    # before a Redis restart), none on timeouts: a call waits about
-    # OP_TIMEOUT for Redis, never longer.
+    # before a Redis restart), none on timeouts: a call waits for Redis
+    # within its caller's budget, never longer.
     return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
@@ -142,7 +153,7 @@ def connect(
     *,
     cluster: bool,
     pool_size: int,
-    socket_timeout: float | None = OP_TIMEOUT,
+    socket_timeout: float | None = SOCKET_TIMEOUT,
     single_connection: bool = False,
 ) -> Connection:
     """A client that connects on first use (a Redis that is down is no error here)."""
@@ -158,9 +169,9 @@ def connect(
         return Connection(client, None, pool_size)
     if single_connection:
         return Connection(Redis.from_url(url, single_connection_client=True, **options), None, 1)
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=pool_size, timeout=OP_TIMEOUT, **options
-    )
+    # The wait for a free connection is bounded by the caller's budget
+    # (a pool timer would fire after a stall of the loop, as above).
+    pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=None, **options)
     return Connection(Redis(connection_pool=pool), pool, pool_size)
 
 
@@ -258,33 +269,39 @@ class ScriptRounds:
         call = _Call(script, keys, args, loop.create_future())
         self._queued.append(call)
         if self._runner is None:
-            self._moved = loop.time()
+            self._moved = looptime.free_time()
             self._runner = asyncio.ensure_future(self._rounds())
-        deadline = loop.time() + budget
+        # Stamps and deadlines in the loop's free time: a stall of the loop
+        # (which also holds the rounds back) spends nobody's budget.
+        deadline = looptime.free_time() + budget
         try:
             while True:
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with looptime.timeout(deadline - looptime.free_time()):
                         return await asyncio.shield(call.future)
                 except TimeoutError:
                     deadline = (self._moved if call.sent is None else call.sent) + budget
-                    if deadline <= loop.time():
+                    if deadline <= looptime.free_time():
                         raise
         finally:
             if not call.future.done():
                 call.future.cancel()  # not sent yet: it never will be
 
     async def _rounds(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._queued:
                 calls, self._queued = self._queued[: self._max], self._queued[self._max :]
                 calls = [c for c in calls if not c.future.done()]  # its caller stopped waiting
-                sent = loop.time()
+                sent = looptime.free_time()
                 for call in calls:
                     call.sent = sent
                 try:
-                    async with self._client.pipeline(transaction=False) as pipe:
+                    # A round no caller waits for any more ends too (its
+                    # callers' budgets run from ``sent``), and the next goes.
+                    async with (
+                        looptime.timeout(BUDGET),
+                        self._client.pipeline(transaction=False) as pipe,
+                    ):
                         for call in calls:
                             await queue_script(call.script, pipe, call.keys, call.args)
                         results = await pipe.execute(raise_on_error=False)
@@ -294,7 +311,7 @@ class ScriptRounds:
                         if not call.future.done():
                             call.future.set_exception(exc)
                     continue
-                self._moved = loop.time()
+                self._moved = looptime.free_time()
                 for call, result in zip(calls, results, strict=True):
                     if call.future.done():
                         continue

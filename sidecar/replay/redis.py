@@ -45,8 +45,10 @@ from typing import Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from sidecar import looptime
 from sidecar.errors import BackendUnavailable, SessionForbidden
 from sidecar.redisconn import (
+    BUDGET,
     OP_TIMEOUT,
     Client,
     Connection,
@@ -62,7 +64,6 @@ from sidecar.replay.redis_follow import Wakeups, ms, text
 from sidecar.replay.redis_log import RedisReplayLog
 from sidecar.replay.redis_scripts import Keys, pointer_key, run_prefixes
 
-_BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, its one retry included
 #: A live run's keys expire this long after its last append (a crashed replica's
 #: runs go away). Must exceed the routes' ``limits.idle_timeout``.
 LIVE_TTL = 3600.0
@@ -73,7 +74,7 @@ POOL_SIZE = 6
 class RedisReplayStore:
     kind = "redis"
     #: The backstop around one call (its one retry included).
-    budget = _BUDGET
+    budget = BUDGET
 
     def __init__(
         self,
@@ -175,7 +176,7 @@ class RedisReplayStore:
 
     @contextlib.asynccontextmanager
     async def backend(
-        self, budget: float | None = _BUDGET, *, client: Client | None = None
+        self, budget: float | None = BUDGET, *, client: Client | None = None
     ) -> AsyncIterator[Client]:
         """The client, with Redis errors and slowness turned into BackendUnavailable.
 
@@ -185,7 +186,7 @@ class RedisReplayStore:
         if redis is None:
             raise BackendUnavailable("the replay backend (redis) is not running")
         try:
-            async with asyncio.timeout(budget):
+            async with looptime.timeout(budget):
                 yield redis
             raise_if_cancelled()
         except (RedisError, OSError) as exc:  # OSError covers the budget's TimeoutError

@@ -28,9 +28,11 @@ import structlog
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from sidecar import looptime
 from sidecar.errors import BackendUnavailable, SessionConflict
 from sidecar.logs import session_hash
 from sidecar.redisconn import (
+    BUDGET,
     OP_TIMEOUT,
     Client,
     Connection,
@@ -44,7 +46,6 @@ from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, fen
 
 log = structlog.get_logger("sse_sidecar")
 
-_BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, retry included
 _DOWN_POLL = 0.5  # lease loop period while Redis is unreachable, to notice its return
 _RECENT = 1024  # released values remembered for claims that ask after the message came
 _BATCH = 1000  # renewals per pipeline round trip
@@ -236,7 +237,7 @@ class RedisSessionStore:
         if redis is None:
             raise BackendUnavailable("the session backend (redis) is not running")
         try:
-            async with asyncio.timeout(_BUDGET):
+            async with looptime.timeout(BUDGET):
                 value = await redis.get(owner_key(self.prefix, route, key))
                 if value is None:
                     return False
@@ -262,7 +263,7 @@ class RedisSessionStore:
             self._claim_script,
             [owner_key(prefix, route, key), fence_key(prefix, route, key)],
             [entry.value, self._lease_ms, policy, self.channel, self._fence_ms, route, key],
-            _BUDGET,
+            BUDGET,
         )
         return int(token), None if old is None else _text(old)
 
@@ -312,7 +313,7 @@ class RedisSessionStore:
         )
         try:
             if redis is not None:
-                async with asyncio.timeout(_BUDGET):
+                async with looptime.timeout(BUDGET):
                     await self._release_script(
                         keys=[owner_key(self.prefix, entry.route, entry.key)],
                         args=[entry.value, self.channel, message],
@@ -347,11 +348,11 @@ class RedisSessionStore:
         entries = [e for e in self._held.values() if e.token and not (e.stopped or e.releasing)]
         try:
             if not entries:
-                async with asyncio.timeout(_BUDGET):
+                async with looptime.timeout(BUDGET):
                     await redis.ping()
             for start in range(0, len(entries), _BATCH):
                 batch = entries[start : start + _BATCH]
-                async with asyncio.timeout(_BUDGET):
+                async with looptime.timeout(BUDGET):
                     results = await self._renew_batch(redis, batch)
                 self._settle(batch, results)
         except (RedisError, OSError) as exc:

@@ -20,9 +20,10 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import get_node_name
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
@@ -47,6 +48,12 @@ _CLUSTER_SUFFIX = "+cluster"
 Client = Redis | RedisCluster
 
 
+#: The nodes of each cluster (by the URL that names it) in the latest slot
+#: map any client of this process fetched: where a client that has not
+#: fetched one yet looks when the URL's node is down.
+_known_nodes: dict[str, list[tuple[str, int]]] = {}
+
+
 class _GatedCluster(RedisCluster):
     """A cluster client whose commands queue for one of ``limit`` slots.
 
@@ -54,11 +61,19 @@ class _GatedCluster(RedisCluster):
     node's connections are all busy; a burst of claims should queue instead,
     as on one server, each caller's budget bounding its wait. Pipelines and
     the subscription draw on the headroom of the per-node pools.
+
+    A client knows only the URL's node until its first slot map; redis-py
+    then learns every node from it. Clients connect on first use (and some
+    are made anew on every reconnect), so one may first need a map after the
+    URL's node died: it would find no node to ask until that node is back.
+    So every slot map fetched is shared through ``_known_nodes``, and a
+    client about to fetch one asks those nodes too.
     """
 
-    def __init__(self, *args: Any, limit: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limit: int, seed: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._gate = asyncio.Semaphore(limit)
+        self._seed = seed
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self._gate:
@@ -69,18 +84,36 @@ class _GatedCluster(RedisCluster):
         # mid-failover) is an outage like any other: redis-py raises it as
         # RedisClusterException, which is no RedisError, and callers would
         # fail with an internal error instead of "backend unavailable".
+        if self._initialize:
+            self._add_known_nodes()
         try:
             await super().initialize(*args, **kwargs)
         except RedisClusterException as exc:
             raise RedisConnectionError(str(exc)) from exc
+        self._share_nodes()
         return self
 
     async def refresh_slots(self) -> None:
         """Fetch the slot map again now (not only after a command failed)."""
+        self._add_known_nodes()
         try:
             await self.nodes_manager.initialize()
         except RedisClusterException as exc:
             raise RedisConnectionError(str(exc)) from exc
+        self._share_nodes()
+
+    def _add_known_nodes(self) -> None:
+        """Ask the nodes other clients saw too (the next slot map drops those not in it)."""
+        manager = self.nodes_manager
+        for host, port in _known_nodes.get(self._seed, ()):
+            if get_node_name(host, port) not in manager.startup_nodes:
+                node = ClusterNode(host, port, **manager.connection_kwargs)
+                manager.startup_nodes[node.name] = node
+
+    def _share_nodes(self) -> None:
+        nodes = self.nodes_manager.nodes_cache.values()
+        if nodes:
+            _known_nodes[self._seed] = [(n.host, int(n.port)) for n in nodes]
 
 
 #: Per-node connections beyond the gate: the lease or append pipeline, the subscription.
@@ -163,8 +196,9 @@ def connect(
         "retry": _retry(wants_cluster(url, cluster)),
     }
     if wants_cluster(url, cluster):
+        plain = _plain_url(url)
         client = _GatedCluster.from_url(
-            _plain_url(url), max_connections=pool_size + _HEADROOM, limit=pool_size, **options
+            plain, max_connections=pool_size + _HEADROOM, limit=pool_size, seed=plain, **options
         )
         return Connection(client, None, pool_size)
     if single_connection:

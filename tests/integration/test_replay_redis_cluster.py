@@ -8,9 +8,11 @@ tag, so each script runs on one node.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from sidecar.errors import SessionForbidden
+from sidecar.errors import BackendUnavailable, SessionForbidden
 from sidecar.replay.redis_scripts import Keys
 from tests.integration import test_replay_redis as single
 from tests.integration.test_replay_redis import entries, seqs, stores
@@ -90,3 +92,36 @@ async def test_open_refuses_other_credentials_while_the_run_lives(stores):
     # A finished run is no longer guarded.
     other = await a.open("chat", "k", "r3", 100, 10_000, binding="mallory")
     assert seqs(await other.read(0, 0)) == []
+
+
+async def test_a_store_first_used_after_its_urls_node_died_finds_the_cluster(
+    stores, redis_on_cluster
+):
+    # A cluster client knows only the URL's node until it fetches a slot map,
+    # and stores connect on first use: one first used after that node died
+    # must fetch the map from the nodes another client of the process saw.
+    cluster = redis_on_cluster
+    seen = await stores()
+    assert await seen.find("chat", "k") is None  # this one has fetched a slot map
+    fresh = await stores()  # this one has not
+    url_node = cluster.nodes[0]  # cluster.url names it
+    assert str(url_node.port) in cluster.url
+    await asyncio.to_thread(url_node.kill)
+    try:
+        await asyncio.to_thread(cluster.wait_ok)  # a master? its replica has taken over
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while True:
+            try:
+                log = await fresh.open("chat", "k", "r1", 100, 10_000)
+                break
+            except BackendUnavailable:
+                assert loop.time() < deadline, "the store found no node to ask"
+                await asyncio.sleep(0.2)
+        await log.append(entries(1, 2, run="r1"))
+        await log.flush()
+        found = await seen.find("chat", "k")
+        assert found is not None
+        assert seqs(await found.read(0, 0)) == [1, 2]
+    finally:
+        await asyncio.to_thread(cluster.heal)

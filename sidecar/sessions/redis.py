@@ -5,7 +5,12 @@ Strategy: a session is owned by whoever's value sits in ``{prefix}session:{route
 takes the key in one Lua script, which also draws the fencing token from
 ``{prefix}fence:{route}:{key}`` and, under ``replace``, publishes the value it
 overwrote on ``{prefix}replace``; every process listens there and stops the
-stream that held that value. As in :mod:`sidecar.sessions.memory` the newcomer
+stream that held that value. A stop request publishes there too, and
+leaves a mark on ``{prefix}stop:{route}:{key}`` naming the owner's value,
+which the owner's next renewal reads: pub/sub keeps nothing for a
+subscription that is down, and the mark still ends the stream within lease/3.
+(A replace needs no mark: it overwrote the owner key, so the old holder's
+next renewal fails.) As in :mod:`sidecar.sessions.memory` the newcomer
 owns the session at once (so a third request replaces it, not the stream on its
 way out) and then waits, briefly, for the old stream to let go. Redis errors
 become :class:`~sidecar.errors.BackendUnavailable`; a Redis outage never stops
@@ -40,7 +45,16 @@ from sidecar.redisconn import (
 )
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
 from sidecar.sessions.channel import Subscriber
-from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, fence_ttl, owner_key
+from sidecar.sessions.redis_scripts import (
+    CLAIM,
+    RELEASE,
+    RENEW,
+    STOP,
+    fence_key,
+    fence_ttl,
+    owner_key,
+    stop_key,
+)
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -48,6 +62,7 @@ _BUDGET = OP_TIMEOUT + 0.5  # backstop around one operation, retry included
 _DOWN_POLL = 0.5  # lease loop period while Redis is unreachable, to notice its return
 _RECENT = 1024  # released values remembered for claims that ask after the message came
 _BATCH = 1000  # renewals per pipeline round trip
+_STOP_TURNS = 3  # reads of the owner a stop request makes while it keeps changing
 _START_WAIT = 2.0
 POOL_SIZE = 6
 
@@ -106,6 +121,7 @@ class RedisSessionStore:
         self._claims: ScriptRounds | None = None
         self._renew_script: AsyncScript
         self._release_script: AsyncScript
+        self._stop_script: AsyncScript
         self._held: dict[str, _Held] = {}  # by value
         self._owned: dict[Claim, _Held] = {}
         self._waiters: dict[str, asyncio.Event] = {}  # old value -> its "released" message
@@ -130,6 +146,7 @@ class RedisSessionStore:
         self._claims = ScriptRounds(redis)  # a burst of claims: one round trip per round
         self._renew_script = redis.register_script(RENEW)
         self._release_script = redis.register_script(RELEASE)
+        self._stop_script = redis.register_script(STOP)
         self._subscriber = Subscriber(
             redis, self.channel, self.owner_id, self._on_message, self._heard, self._unheard
         )
@@ -231,29 +248,40 @@ class RedisSessionStore:
         await asyncio.shield(self._spawn(self._let_go(entry)))
 
     async def stop(self, route: str, key: str) -> bool:
-        """Stop the owner of ``key``: here at once, elsewhere through the replace channel."""
+        """Stop the owner of ``key``: here at once, elsewhere by message and stop mark."""
         redis = self._redis
         if redis is None:
             raise BackendUnavailable("the session backend (redis) is not running")
         try:
             async with asyncio.timeout(_BUDGET):
-                value = await redis.get(owner_key(self.prefix, route, key))
-                if value is None:
-                    return False
-                value = _text(value)
-                local = self._held.get(value)
-                if local is not None:
-                    local.stop("stopped")
-                else:
-                    message = {"op": "stop", "route": route, "key": key, "value": value}
-                    await redis.publish(self.channel, json.dumps(message))
+                stopped = await self._stop_owner(redis, route, key)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc if not isinstance(exc, TimeoutError) else OSError("timed out"))
             raise BackendUnavailable(
                 "the session backend (redis) cannot be reached; retry shortly"
             ) from None
         self._ok()
-        return True
+        return stopped
+
+    async def _stop_owner(self, redis: Client, route: str, key: str) -> bool:
+        keys = [owner_key(self.prefix, route, key), stop_key(self.prefix, route, key)]
+        # The script marks only the owner read here, so a mark never stops a
+        # newer owner; a claim or release that lands in between is read on
+        # the next turn.
+        for _ in range(_STOP_TURNS):
+            value = await redis.get(keys[0])
+            if value is None:
+                return False
+            value = _text(value)
+            local = self._held.get(value)
+            if local is not None:
+                local.stop("stopped")
+                return True
+            message = {"op": "stop", "route": route, "key": key, "value": value}
+            args = [value, self._lease_ms, self.channel, json.dumps(message)]
+            if await self._stop_script(keys=keys, args=args, client=redis):
+                return True
+        return False  # owners coming and going faster than they can be read: none to name
 
     async def _take(self, redis: Client, entry: _Held, policy: Policy) -> tuple[int, str | None]:
         prefix, route, key = self.prefix, entry.route, entry.key
@@ -314,7 +342,10 @@ class RedisSessionStore:
             if redis is not None:
                 async with asyncio.timeout(_BUDGET):
                     await self._release_script(
-                        keys=[owner_key(self.prefix, entry.route, entry.key)],
+                        keys=[
+                            owner_key(self.prefix, entry.route, entry.key),
+                            stop_key(self.prefix, entry.route, entry.key),
+                        ],
                         args=[entry.value, self.channel, message],
                         client=redis,
                     )
@@ -363,7 +394,11 @@ class RedisSessionStore:
         async with redis.pipeline(transaction=False) as pipe:
             for e in batch:
                 p = self.prefix
-                keys = [owner_key(p, e.route, e.key), fence_key(p, e.route, e.key)]
+                keys = [
+                    owner_key(p, e.route, e.key),
+                    fence_key(p, e.route, e.key),
+                    stop_key(p, e.route, e.key),
+                ]
                 args = [e.value, self._lease_ms, e.token, self._fence_ms]
                 await queue_script(self._renew_script, pipe, keys, args)
             results: list[Any] = await pipe.execute()
@@ -374,6 +409,10 @@ class RedisSessionStore:
             if result == 0:
                 log.info("session_lost", route=entry.route, session=session_hash(entry.key))
                 entry.stop("replaced")
+            elif result == 3:
+                # A stop request whose message this process did not hear.
+                log.info("session_stop_marked", route=entry.route, session=session_hash(entry.key))
+                entry.stop("stopped")
             elif result == 2:
                 if entry.releasing:
                     # It was let go while this renewal was on its way: undo the re-set.

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from sidecar.sessions.redis import RedisSessionStore, _Held, fence_key, owner_key
+from sidecar.sessions.redis_scripts import stop_key
 
 
 class Recorder:
@@ -19,6 +20,8 @@ class Recorder:
 def test_key_names():
     assert owner_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:session:{chat:u-1}"
     assert fence_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:fence:{chat:u-1}"
+    # Same hash tag as the owner key: the cluster runs STOP and RENEW on one slot.
+    assert stop_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:stop:{chat:u-1}"
 
 
 def test_routes_and_keys_with_colons_never_share_a_name():

@@ -252,8 +252,8 @@ class Follower:
                 if await self.log.read(self.after_seq, 0):
                     continue  # it ended while we looked: write the rest first
                 # It ended without a terminal entry (abandoned as this client came,
-                # or refused its start: a run taken over whose session claim
-                # failed); the client still gets an end.
+                # or a run taken over whose session claim was refused and whose
+                # log could not be given its end); the client still gets an end.
                 message = "the stream ended before its terminal event"
                 data = self.dialect.error("upstream_disconnected", message, partial=True)
                 await self.sink.write(data)

@@ -32,6 +32,24 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("sse_sidecar")
 
+#: Why a run taken over whose session claim was refused ends in its log.
+UNCLAIMED = "the replica running this stream is gone, and its session is taken: it cannot go on"
+
+
+async def end_log(services: RouteServices, replay_log: ReplayLog, last_seq: int, why: str) -> None:
+    """End a log whose run cannot go on with ``upstream_disconnected`` after ``last_seq``.
+
+    The end a follower of a gone run writes, in the log itself, so every
+    follower on every replica reads the same terminal event.
+    """
+    seq = last_seq + 1
+    event_id = f"{replay_log.run_id}-{seq}"
+    data = services.normalizer.dialect.error(
+        "upstream_disconnected", why, partial=True, event_id=event_id
+    )
+    await replay_log.append([Entry(seq, event_id, data, terminal=True)])
+    await replay_log.finish(services.route.resume.retention)
+
 
 class Stoppable(Protocol):
     """A client following a run (sidecar/resume/follower.py)."""
@@ -222,6 +240,8 @@ class ResumableRun:
         self.sink.state = self.stream.state
         self.request_id = self.stream.request_id
         self.loop = self.stream.loop
+        #: Taken over from a gone replica: its log is the old run's, followed elsewhere too.
+        self.taken_over = resume_from is not None
         self._registry = registry
         #: Clients following the run here: one, but for a moment two when a
         #: reconnect arrives before the old connection is known to be gone.
@@ -248,8 +268,10 @@ class ResumableRun:
 
     async def serve(self) -> None:
         response: web.StreamResponse | None = None
+        ended = False
         try:
             response = await self.stream.serve()
+            ended = await self._end_if_unclaimed()
         finally:
             self.done = True
             self.sink.release()  # a client it wrote to sees the end (without a terminal)
@@ -260,12 +282,35 @@ class ResumableRun:
                 del self._registry[self.session_key]
             state = self.stream.state
             try:
-                if state.committed and state.outcome != "abandoned":
+                if ended:
+                    pass
+                elif state.committed and state.outcome != "abandoned":
                     await self.log.finish(self.route.resume.retention)
                 else:
                     await self.services.ctx.replay.drop(self.log)
             except BackendUnavailable as exc:
                 log.warning("replay_log_unavailable", route=self.route.name, error=str(exc))
+
+    async def _end_if_unclaimed(self) -> bool:
+        """A run taken over whose session claim was refused: end its log (whether it did).
+
+        The takeover freed the session, and another stream claimed it before
+        this run did (or Redis failed the claim): nothing was asked of the
+        upstream, so the session has one run, the other one. The log is the
+        old run's, read by its followers on any replica: it gets their
+        terminal event (before ``done``, so a follower here reads it too)
+        rather than vanishing under them.
+        """
+        state = self.stream.state
+        if not self.taken_over or state.committed or state.outcome != "rejected":
+            return False
+        log.info("takeover_unclaimed", route=self.route.name, run=self.log.run_id)
+        try:
+            await end_log(self.services, self.log, self.sink.last_seq, UNCLAIMED)
+        except BackendUnavailable as exc:
+            log.warning("replay_log_unavailable", route=self.route.name, error=str(exc))
+            return False
+        return True
 
     # --- who is listening ------------------------------------------------------
 

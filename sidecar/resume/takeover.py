@@ -38,7 +38,7 @@ from sidecar.errors import InvalidResumeState
 from sidecar.forwarding import request_id
 from sidecar.replay.base import Entry, NotTaken, ReplayLog, Taken
 from sidecar.resume.follower import OWNER_CHECK
-from sidecar.resume.run import ResumableRun
+from sidecar.resume.run import ResumableRun, end_log
 from sidecar.services import RouteServices
 from sidecar.upstream.resumption import KeptRequest, ResumeCursor, id_position, resume_request
 
@@ -188,10 +188,5 @@ class Takeover:
         """A run taken over that cannot go on: its log gets the end a follower would write."""
         services = self.services
         services.ctx.metrics.run_takeovers.labels(services.route.name, "impossible").inc()
-        seq = taken.last_seq + 1
-        event_id = f"{taken.log.run_id}-{seq}"
-        dialect = services.normalizer.dialect
-        data = dialect.error("upstream_disconnected", GONE, partial=True, event_id=event_id)
-        await taken.log.append([Entry(seq, event_id, data, terminal=True)])
-        await taken.log.finish(services.route.resume.retention)
+        await end_log(services, taken.log, taken.last_seq, GONE)
         return "owned"  # its followers read that end

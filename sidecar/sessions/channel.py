@@ -9,9 +9,10 @@ subscription within ``DEAF``. A subscription whose node died, or whose node
 no longer hears the node a publish lands on (a cluster mid-failover), stops
 hearing them; it is dropped and taken again on another node, and until a
 probe comes back the store reports itself unhealthy (``/readyz`` 503).
-A message published meanwhile is still lost to this process: a replace
-also overwrote the owner key, so the holder's next lease renewal (within
-lease/3) ends the stream anyway; a stop has no such second path.
+A message published meanwhile is still lost to this process, so neither
+kind relies on it alone: a replace also overwrote the owner key, and a stop
+leaves a stop mark for the owner's value, so the holder's next lease renewal
+(within lease/3) ends the stream anyway (sidecar/sessions/redis_scripts.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,17 @@
 """Session claims shared through Redis: one stream per session across processes and replicas.
 
 Strategy: a session is owned by whoever's value sits in ``{prefix}session:{route}:{key}``
-(set with a lease, renewed every lease/3, so a dead replica frees it). A claim
+(set with a lease, renewed every lease/3 by sidecar/sessions/redis_leases.py,
+so a dead replica frees it). A claim
 takes the key in one Lua script, which also draws the fencing token from
 ``{prefix}fence:{route}:{key}`` and, under ``replace``, publishes the value it
 overwrote on ``{prefix}replace``; every process listens there and stops the
-stream that held that value. As in :mod:`sidecar.sessions.memory` the newcomer
+stream that held that value. A stop request publishes there too, and
+leaves a mark on ``{prefix}stop:{route}:{key}`` naming the owner's value,
+which the owner's next renewal reads: pub/sub keeps nothing for a
+subscription that is down, and the mark still ends the stream within lease/3.
+(A replace needs no mark: it overwrote the owner key, so the old holder's
+next renewal fails.) As in :mod:`sidecar.sessions.memory` the newcomer
 owns the session at once (so a third request replaces it, not the stream on its
 way out) and then waits, briefly, for the old stream to let go. Redis errors
 become :class:`~sidecar.errors.BackendUnavailable`; a Redis outage never stops
@@ -21,7 +27,6 @@ import json
 import secrets
 from collections import OrderedDict
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -30,7 +35,6 @@ from redis.exceptions import RedisError
 
 from sidecar import looptime
 from sidecar.errors import BackendUnavailable, SessionConflict
-from sidecar.logs import session_hash
 from sidecar.redisconn import (
     BUDGET,
     OP_TIMEOUT,
@@ -38,41 +42,27 @@ from sidecar.redisconn import (
     Connection,
     ScriptRounds,
     connect,
-    queue_script,
 )
 from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
 from sidecar.sessions.channel import Subscriber
-from sidecar.sessions.redis_scripts import CLAIM, RELEASE, RENEW, fence_key, fence_ttl, owner_key
+from sidecar.sessions.redis_leases import Health, Held, Leases, milliseconds
+from sidecar.sessions.redis_scripts import (
+    CLAIM,
+    RELEASE,
+    RENEW,
+    STOP,
+    fence_key,
+    fence_ttl,
+    owner_key,
+    stop_key,
+)
 
 log = structlog.get_logger("sse_sidecar")
 
-_DOWN_POLL = 0.5  # lease loop period while Redis is unreachable, to notice its return
 _RECENT = 1024  # released values remembered for claims that ask after the message came
-_BATCH = 1000  # renewals per pipeline round trip
+_STOP_TURNS = 3  # reads of the owner a stop request makes while it keeps changing
 _START_WAIT = 2.0
 POOL_SIZE = 6
-
-
-@dataclass(eq=False)
-class _Held:
-    """One claim of this process, from before its script runs until it is let go."""
-
-    route: str
-    key: str
-    #: What this claim writes into the owner key: unique, known before the script runs.
-    value: str
-    holder: Holder
-    token: int = 0  # 0 until the claim script has run
-    stopped: bool = False
-    releasing: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def stop(self, code: str) -> None:
-        # A stream that is already letting go has ended: stopping it again
-        # would only cancel its clean-up.
-        if not self.stopped and not self.releasing:
-            self.stopped = True
-            self.holder.stop(code)
 
 
 class RedisSessionStore:
@@ -98,23 +88,22 @@ class RedisSessionStore:
         #: This process's id in owner values; random, so a restarted process is a new owner.
         self.owner_id = owner or secrets.token_hex(8)
         self.channel = f"{prefix}replace"
-        self._lease_ms = str(max(1, round(lease * 1000)))
-        self._fence_ms = str(round(fence_ttl(lease) * 1000))
+        self._lease_ms, self._fence_ms = milliseconds(lease), milliseconds(fence_ttl(lease))
         self._seq = itertools.count(1)
         self._redis: Client | None = None
         self._conn: Connection | None = None
         self._claim_script: AsyncScript
         self._claims: ScriptRounds | None = None
-        self._renew_script: AsyncScript
         self._release_script: AsyncScript
-        self._held: dict[str, _Held] = {}  # by value
-        self._owned: dict[Claim, _Held] = {}
+        self._stop_script: AsyncScript
+        self._held: dict[str, Held] = {}  # by value
+        self._owned: dict[Claim, Held] = {}
         self._waiters: dict[str, asyncio.Event] = {}  # old value -> its "released" message
         self._released: OrderedDict[str, None] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._contacted = asyncio.Event()
-        self._up = False
+        self._health = Health()
         self._subscriber: Subscriber | None = None
 
     # --- lifecycle -------------------------------------------------------------
@@ -129,14 +118,24 @@ class RedisSessionStore:
         self._redis = redis = self._conn.client
         self._claim_script = redis.register_script(CLAIM)
         self._claims = ScriptRounds(redis)  # a burst of claims: one round trip per round
-        self._renew_script = redis.register_script(RENEW)
+        leases = Leases(
+            self.prefix,
+            self.lease,
+            redis.register_script(RENEW),
+            self._held.values,
+            self._health,
+            lambda entry: self._spawn(self._let_go(entry)),
+        )
         self._release_script = redis.register_script(RELEASE)
+        self._stop_script = redis.register_script(STOP)
         self._subscriber = Subscriber(
             redis, self.channel, self.owner_id, self._on_message, self._heard, self._unheard
         )
         self._tasks = [
             asyncio.create_task(self._subscriber.run(), name="sse-sidecar redis listener"),
-            asyncio.create_task(self._keep_leases(redis), name="sse-sidecar redis leases"),
+            asyncio.create_task(
+                leases.keep(redis, self._contacted), name="sse-sidecar redis leases"
+            ),
         ]
         # Ready at once when Redis is up at start; unready (not failed) when it is not.
         with contextlib.suppress(TimeoutError):
@@ -157,7 +156,7 @@ class RedisSessionStore:
         if self._claims is not None:
             await self._claims.aclose()
         conn, self._conn, self._redis = self._conn, None, None
-        self._up = False
+        self._health.up = False
         self._subscriber = None
         if conn is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -171,7 +170,7 @@ class RedisSessionStore:
 
     def healthy(self) -> bool:
         """Redis answered the last operation and the replace channel hears publishes."""
-        return self._up and self._subscriber is not None and self._subscriber.listening
+        return self._health.up and self._subscriber is not None and self._subscriber.listening
 
     def owner(self, route: str, key: str) -> Claim | None:
         """The claim this process holds on ``key``, if any (what Redis says may differ)."""
@@ -187,7 +186,7 @@ class RedisSessionStore:
         redis = self._redis
         if redis is None:
             raise BackendUnavailable("the session backend (redis) is not running")
-        entry = _Held(route, key, f"{self.owner_id}:{next(self._seq)}", holder)
+        entry = Held(route, key, f"{self.owner_id}:{next(self._seq)}", holder)
         # Registered before the script runs, so a replace that overtakes it
         # (a newer claim, in this process or another) finds the holder.
         self._held[entry.value] = entry
@@ -200,12 +199,12 @@ class RedisSessionStore:
             self._abandon(entry, attempt)
             raise
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self._health.failed(exc)
             self._abandon(entry, attempt)  # it may have run before the error
             raise BackendUnavailable(
                 "the session backend (redis) cannot be reached; retry shortly"
             ) from None
-        self._ok()
+        self._health.ok()
         if token == 0:
             self._forget(entry)
             raise SessionConflict(f"session already has a live stream on route {route}")
@@ -232,31 +231,42 @@ class RedisSessionStore:
         await asyncio.shield(self._spawn(self._let_go(entry)))
 
     async def stop(self, route: str, key: str) -> bool:
-        """Stop the owner of ``key``: here at once, elsewhere through the replace channel."""
+        """Stop the owner of ``key``: here at once, elsewhere by message and stop mark."""
         redis = self._redis
         if redis is None:
             raise BackendUnavailable("the session backend (redis) is not running")
         try:
             async with looptime.timeout(BUDGET):
-                value = await redis.get(owner_key(self.prefix, route, key))
-                if value is None:
-                    return False
-                value = _text(value)
-                local = self._held.get(value)
-                if local is not None:
-                    local.stop("stopped")
-                else:
-                    message = {"op": "stop", "route": route, "key": key, "value": value}
-                    await redis.publish(self.channel, json.dumps(message))
+                stopped = await self._stop_owner(redis, route, key)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc if not isinstance(exc, TimeoutError) else OSError("timed out"))
+            self._health.failed(exc if not isinstance(exc, TimeoutError) else OSError("timed out"))
             raise BackendUnavailable(
                 "the session backend (redis) cannot be reached; retry shortly"
             ) from None
-        self._ok()
-        return True
+        self._health.ok()
+        return stopped
 
-    async def _take(self, redis: Client, entry: _Held, policy: Policy) -> tuple[int, str | None]:
+    async def _stop_owner(self, redis: Client, route: str, key: str) -> bool:
+        keys = [owner_key(self.prefix, route, key), stop_key(self.prefix, route, key)]
+        # The script marks only the owner read here, so a mark never stops a
+        # newer owner; a claim or release that lands in between is read on
+        # the next turn.
+        for _ in range(_STOP_TURNS):
+            value = await redis.get(keys[0])
+            if value is None:
+                return False
+            value = _text(value)
+            local = self._held.get(value)
+            if local is not None:
+                local.stop("stopped")
+                return True
+            message = {"op": "stop", "route": route, "key": key, "value": value}
+            args = [value, self._lease_ms, self.channel, json.dumps(message)]
+            if await self._stop_script(keys=keys, args=args, client=redis):
+                return True
+        return False  # owners coming and going faster than they can be read: none to name
+
+    async def _take(self, redis: Client, entry: Held, policy: Policy) -> tuple[int, str | None]:
         prefix, route, key = self.prefix, entry.route, entry.key
         assert self._claims is not None
         token, old = await self._claims.call(
@@ -290,7 +300,7 @@ class RedisSessionStore:
             if created:
                 self._waiters.pop(old, None)
 
-    def _abandon(self, entry: _Held, attempt: asyncio.Future[tuple[int, str | None]]) -> None:
+    def _abandon(self, entry: Held, attempt: asyncio.Future[tuple[int, str | None]]) -> None:
         """A claim that will not be returned: undo its script, whenever that finishes."""
         entry.releasing = True
 
@@ -306,7 +316,7 @@ class RedisSessionStore:
 
         self._spawn(undo())
 
-    async def _let_go(self, entry: _Held) -> None:
+    async def _let_go(self, entry: Held) -> None:
         redis = self._redis
         message = json.dumps(
             {"op": "released", "route": entry.route, "key": entry.key, "value": entry.value}
@@ -315,83 +325,31 @@ class RedisSessionStore:
             if redis is not None:
                 async with looptime.timeout(BUDGET):
                     await self._release_script(
-                        keys=[owner_key(self.prefix, entry.route, entry.key)],
+                        keys=[
+                            owner_key(self.prefix, entry.route, entry.key),
+                            stop_key(self.prefix, entry.route, entry.key),
+                        ],
                         args=[entry.value, self.channel, message],
                         client=redis,
                     )
-                self._ok()
+                self._health.ok()
         except (RedisError, OSError) as exc:
-            self._failed(exc)  # its lease frees the session
+            self._health.failed(exc)  # its lease frees the session
         finally:
             self._forget(entry)
 
-    def _forget(self, entry: _Held) -> None:
+    def _forget(self, entry: Held) -> None:
         self._held.pop(entry.value, None)
         entry.done.set()
-
-    # --- leases --------------------------------------------------------------
-
-    async def _keep_leases(self, redis: Client) -> None:
-        await self._contacted.wait()  # so the first period knows whether Redis is up
-        while True:
-            await asyncio.sleep(self.lease / 3 if self._up else _DOWN_POLL)
-            try:
-                await self._renew(redis)
-            except Exception as exc:
-                # A bug (ours or redis-py's) must not end the renewals for good.
-                log.exception("backend_lease_error", backend=self.kind)
-                self._failed(exc)
-            _checkpoint()
-
-    async def _renew(self, redis: Client) -> None:
-        # A stopped stream is on its way out; it needs its lease no longer.
-        entries = [e for e in self._held.values() if e.token and not (e.stopped or e.releasing)]
-        try:
-            if not entries:
-                async with looptime.timeout(BUDGET):
-                    await redis.ping()
-            for start in range(0, len(entries), _BATCH):
-                batch = entries[start : start + _BATCH]
-                async with looptime.timeout(BUDGET):
-                    results = await self._renew_batch(redis, batch)
-                self._settle(batch, results)
-        except (RedisError, OSError) as exc:
-            self._failed(exc)  # running streams go on; their claims are set again later
-            return
-        self._ok()
-
-    async def _renew_batch(self, redis: Client, batch: list[_Held]) -> list[Any]:
-        async with redis.pipeline(transaction=False) as pipe:
-            for e in batch:
-                p = self.prefix
-                keys = [owner_key(p, e.route, e.key), fence_key(p, e.route, e.key)]
-                args = [e.value, self._lease_ms, e.token, self._fence_ms]
-                await queue_script(self._renew_script, pipe, keys, args)
-            results: list[Any] = await pipe.execute()
-        return results
-
-    def _settle(self, batch: list[_Held], results: list[Any]) -> None:
-        for entry, result in zip(batch, results, strict=True):
-            if result == 0:
-                log.info("session_lost", route=entry.route, session=session_hash(entry.key))
-                entry.stop("replaced")
-            elif result == 2:
-                if entry.releasing:
-                    # It was let go while this renewal was on its way: undo the re-set.
-                    self._spawn(self._let_go(entry))
-                else:
-                    log.info(
-                        "session_reasserted", route=entry.route, session=session_hash(entry.key)
-                    )
 
     # --- replace messages ----------------------------------------------------
 
     def _heard(self) -> None:
-        self._ok()
+        self._health.ok()
         self._contacted.set()
 
     def _unheard(self, exc: BaseException) -> None:
-        self._failed(exc)
+        self._health.failed(exc)
         self._contacted.set()
 
     def _on_message(self, data: bytes | str) -> None:
@@ -416,33 +374,11 @@ class RedisSessionStore:
 
     # --- health --------------------------------------------------------------
 
-    def _ok(self) -> None:
-        if not self._up:
-            log.info("backend_up", backend=self.kind)
-            self._up = True
-
-    def _failed(self, exc: BaseException) -> None:
-        if self._up:
-            log.warning("backend_down", backend=self.kind, error=str(exc) or type(exc).__name__)
-        self._up = False
-
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-
-def _checkpoint() -> None:
-    """Raise a cancellation that redis-py swallowed.
-
-    Its socket writes go through ``asyncio.wait_for``, which on Python 3.11
-    returns normally when the write finishes as the task is cancelled
-    (CPython gh-86296); a loop that only awaits would then never end.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _text(value: bytes | str) -> str:

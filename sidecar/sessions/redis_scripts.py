@@ -25,11 +25,16 @@ end
 return {token, old}
 """
 
-# KEYS: owner, fence. ARGV: value, lease_ms, token, fence_ttl_ms.
+# KEYS: owner, fence, stop mark. ARGV: value, lease_ms, token, fence_ttl_ms.
 # 1: renewed. 0: another owner, or a newer token was drawn (ownership lost).
 # 2: the key was gone (expired while Redis was unreachable, or Redis lost its
-# data) and nobody claimed since, so it is ours again.
+# data) and nobody claimed since, so it is ours again. 3: a stop request
+# marked this value (see STOP): not renewed, the mark is spent, the stream ends.
 RENEW = """
+if redis.call('GET', KEYS[3]) == ARGV[1] then
+  redis.call('DEL', KEYS[3])
+  return 3
+end
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -48,9 +53,11 @@ end
 return 2
 """
 
-# KEYS: owner. ARGV: value, channel, message. Deletes only our own value; if the
-# session was taken over, tells the new owner (waiting in claim) we are done.
+# KEYS: owner, stop mark. ARGV: value, channel, message. Deletes only our own
+# value (and a stop mark for it: its stream has ended); if the session was
+# taken over, tells the new owner (waiting in claim) we are done.
 RELEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1
@@ -59,6 +66,21 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 0
 """
 
+# KEYS: owner, stop mark. ARGV: value, mark_ttl_ms, channel, message.
+# A stop request for the owner that held ``value`` when it was read: 0 if the
+# key holds another value now (or none). Else 1: the stop message goes out on
+# the replace channel (the fast path), and the mark stays for the holder's
+# next renewal (RENEW returns 3), which ends the stream even if the message
+# reached nobody: pub/sub keeps no copy for a subscription that is down. The
+# mark names the value, so a newer owner of the session is never stopped by
+# it, and it lives about one lease: a holder that does not renew within that
+# has lost its claim anyway.
+STOP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
 
 #: A fence counter outlives every claim drawn from it by a day.
 FENCE_TTL = 86400.0
@@ -75,3 +97,8 @@ def owner_key(prefix: str, route: str, key: str) -> str:
 
 def fence_key(prefix: str, route: str, key: str) -> str:
     return f"{prefix}fence:{session_tag(route, key)}"
+
+
+def stop_key(prefix: str, route: str, key: str) -> str:
+    """The stop mark: the value of the owner a stop request is for (see STOP)."""
+    return f"{prefix}stop:{session_tag(route, key)}"

@@ -22,7 +22,8 @@ import pytest
 
 from sidecar.errors import BackendUnavailable, SessionConflict
 from sidecar.sessions.base import Claim
-from sidecar.sessions.redis import RedisSessionStore, _Held, owner_key
+from sidecar.sessions.redis import RedisSessionStore, owner_key
+from sidecar.sessions.redis_leases import Held
 from tests.conftest import Script, Step, make_config
 from tests.fixtures_redis import free_port
 from tests.integration.streams import read_stream
@@ -145,7 +146,7 @@ async def test_a_retried_claim_script_answers_as_the_first_run(stores, raw):
     pubsub = raw.pubsub()
     await pubsub.subscribe(store.channel)
     assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
-    entry = _Held(ROUTE, "k", "me:1", FakeHolder())
+    entry = Held(ROUTE, "k", "me:1", FakeHolder())
     first = await store._take(store._redis, entry, "replace")
     assert await store._take(store._redis, entry, "replace") == first
     assert await store._take(store._redis, entry, "reject") == first

@@ -12,11 +12,14 @@ from __future__ import annotations
 import pytest
 
 from tests.integration import test_sessions_redis as single
+from tests.integration import test_stop_redis as stop
 from tests.integration.test_sessions_redis import sidecar_processes, stores
+from tests.integration.test_stop_redis import scripts
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
-__all__ = ["sidecar_processes", "stores"]  # the single-server module's fixtures, on the cluster
+# The single-server modules' fixtures, on the cluster.
+__all__ = ["scripts", "sidecar_processes", "stores"]
 
 
 @pytest.fixture
@@ -66,4 +69,14 @@ test_fifty_concurrent_requests_on_two_sidecars_leave_one_stream = (
 test_replace_across_processes_within_a_second = single.test_replace_across_processes_within_a_second
 test_sigkill_frees_the_session_within_the_lease = (
     single.test_sigkill_frees_the_session_within_the_lease
+)
+test_stop_marks_the_owner_read_and_publishes = stop.test_stop_marks_the_owner_read_and_publishes
+test_a_mark_for_an_older_owner_never_stops_the_newer_one = (
+    stop.test_a_mark_for_an_older_owner_never_stops_the_newer_one
+)
+test_release_takes_its_own_mark_with_it_and_no_other = (
+    stop.test_release_takes_its_own_mark_with_it_and_no_other
+)
+test_a_store_that_hears_nothing_is_stopped_by_its_next_renewal = (
+    stop.test_a_store_that_hears_nothing_is_stopped_by_its_next_renewal
 )

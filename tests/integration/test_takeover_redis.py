@@ -25,7 +25,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from sidecar.examples.producer import ANSWER, create_app
+from sidecar.replay.redis_scripts import Keys
+from sidecar.sessions.redis_scripts import fence_key
 from tests.integration.processes import SidecarProcess
+from tests.integration.slowlink import SlowLink
 from tests.integration.streams import read_stream
 from tests.integration.test_resume import data_events, read_until
 from tests.integration.test_resume_redis import Pair, pair_config, running_pair
@@ -351,3 +354,77 @@ async def test_a_stale_owner_never_writes_to_the_log_again(pair, producer, redis
 def pair_prefix(pair: Pair) -> str:
     config = yaml.safe_load(pair.a.config_path.read_text())
     return config["backend"]["prefix"]
+
+
+async def test_a_takeover_whose_session_claim_is_refused_ends_the_stream(
+    tmp_path, redis_server, producer
+):
+    """A new stream claims the session between B's takeover and B's claim (policy reject).
+
+    The new stream (on C) goes on; B's client gets a terminal error, the
+    producer is asked no resume: one run for the session, never two.
+    """
+    link = SlowLink(redis_server.port, delay=0.1)
+    await link.start()
+    config = takeover_config(redis_server, producer)
+    config["routes"][0]["session"]["policy"] = "reject"
+    slow = {**config, "backend": {**config["backend"], "url": link.url}}
+    a = SidecarProcess(tmp_path, config, "a")
+    b = SidecarProcess(tmp_path, slow, "b")
+    c = SidecarProcess(tmp_path, config, "c")
+    raw = Redis.from_url(redis_server.url)
+    notes = raw.pubsub()
+    pair = Pair(a, b)
+    try:
+        await asyncio.gather(a.start(), b.start(), c.start())
+        prefix = config["backend"]["prefix"]
+        await raw.config_set("notify-keyspace-events", "K$")
+        async with pair.http.get(a.url + "/s?s=zed") as resp:
+            first = await read_until(resp, 5)
+            # From after A's own claim (which drew a token too) on.
+            await notes.subscribe(f"__keyspace@0__:{fence_key(prefix, 'test', 'zed')}")
+            await asyncio.sleep(0.3)  # the events reach Redis: the reconnect replays them
+            a.kill()
+        reconnect = asyncio.ensure_future(
+            read_stream(
+                pair.http,
+                "GET",
+                b.url + "/s?s=zed",
+                headers={"Last-Event-ID": first[-1][0]},
+                limit_s=15.0,
+            )
+        )
+        # B's takeover script draws a fresh fencing token (INCR): the session is
+        # free from then until B's claim lands, two delays later.
+        async with asyncio.timeout(10):
+            while (await notes.get_message(ignore_subscribe_messages=True, timeout=1.0)) is None:
+                pass
+        async with pair.http.get(c.url + "/s?s=zed") as new:
+            assert new.status == 200
+            fresh = await read_until(new, 3)
+            got = await reconnect
+            rest = (await new.content.read()).decode()
+        assert [number(d) for _, d in fresh] == [1, 2, 3]  # a run of its own, from the start
+        assert "event: done" in rest.strip().split("\n\n")[-1]
+        assert got.status == 200
+        logged = numbers(got)  # what A logged after the client's id, then the end
+        assert logged == list(range(6, 6 + len(logged)))
+        assert got.kinds()[-1] == "error"
+        assert got.error()["code"] == "upstream_disconnected"
+        assert "its session is taken" in got.error()["message"]
+        assert producer.requests == [None, None]  # A's run and C's: no resume request
+        # The old run's log (its events went when C's run replaced it) holds that
+        # end, so its followers on any replica read the same event.
+        run_id = got.events[-1].id.rsplit("-", 1)[0]
+        old = Keys.of(prefix, "test", "zed", run_id)
+        (end,) = [f[b"d"].decode() for _, f in await raw.xrange(old.stream)]
+        assert '"code":"upstream_disconnected"' in end
+        assert "its session is taken" in end
+        assert "Traceback" not in b.log()
+    finally:
+        await notes.aclose()
+        await raw.aclose()
+        await pair.http.close()
+        for process in (a, b, c):
+            process.kill()
+        await link.close()

@@ -5,7 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sidecar.sessions.redis import RedisSessionStore, _Held, fence_key, owner_key
+from sidecar.sessions.redis import RedisSessionStore, fence_key, owner_key
+from sidecar.sessions.redis_leases import (
+    LOST,
+    REASSERTED,
+    RENEWED,
+    STOP_MARKED,
+    Health,
+    Held,
+    Leases,
+)
+from sidecar.sessions.redis_scripts import stop_key
 
 
 class Recorder:
@@ -19,6 +29,8 @@ class Recorder:
 def test_key_names():
     assert owner_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:session:{chat:u-1}"
     assert fence_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:fence:{chat:u-1}"
+    # Same hash tag as the owner key: the cluster runs STOP and RENEW on one slot.
+    assert stop_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:stop:{chat:u-1}"
 
 
 def test_routes_and_keys_with_colons_never_share_a_name():
@@ -30,10 +42,10 @@ def test_routes_and_keys_with_colons_never_share_a_name():
     assert len(names) == 3
 
 
-def store_holding(value: str) -> tuple[RedisSessionStore, Recorder, _Held]:
+def store_holding(value: str) -> tuple[RedisSessionStore, Recorder, Held]:
     store = RedisSessionStore("redis://127.0.0.1:1/0", owner="me")
     holder = Recorder()
-    entry = _Held("chat", "k", value, holder, token=3)
+    entry = Held("chat", "k", value, holder, token=3)
     store._held[value] = entry
     return store, holder, entry
 
@@ -73,3 +85,14 @@ def test_foreign_or_broken_messages_are_ignored():
         store._on_message(data)
     store._on_message(message(op="replace", value=["me:1"]))
     assert holder.codes == []
+
+
+def test_each_renewal_answer_has_its_own_outcome():
+    let_go: list[Held] = []
+    leases = Leases("p:", 3.0, None, lambda: [], Health(), let_go.append)  # no script: no Redis
+    entries = [Held("chat", f"k{n}", f"me:{n}", Recorder(), token=1) for n in range(5)]
+    entries[4].releasing = True  # let go while its renewal was on its way
+    leases._settle(entries, [LOST, RENEWED, REASSERTED, STOP_MARKED, REASSERTED])
+    codes = [e.holder.codes for e in entries]
+    assert codes == [["replaced"], [], [], ["stopped"], []]
+    assert let_go == [entries[4]]  # its re-set key is deleted again

@@ -81,6 +81,21 @@ _OWN_ID = re.compile(rb"id: ?+([^\n\x00]+)\n")  # possessive: the space is never
 _ID_LINE = re.compile(rb"\nid(?::|\n|$)")
 
 
+def _event_id(block: bytes, end: int) -> str | None:
+    """The own id of the event in ``block[:end]`` ("" for none), or None: the decoder decides."""
+    if _DATA_LINE.search(block, 0, end) is None:
+        return None
+    event_id, rest_at = "", 0
+    if block.startswith(b"id"):
+        found = _OWN_ID.match(block, 0, end)
+        if found is None:
+            return None  # empty, with NUL, or another field that starts so
+        event_id, rest_at = found.group(1).decode(), found.end() - 1
+    if _ID_LINE.search(block, rest_at, end) is not None:
+        return None
+    return event_id
+
+
 class Normalizer:
     """Per-route rules, shared by every stream of the route (it holds no stream state)."""
 
@@ -165,19 +180,22 @@ class Normalizer:
         line (it is not dispatched, so it takes no seq): the decoder decides
         those.
         """
+        end = len(block) - 2
+        if block.find(b"\n\n") == end:
+            # One event, the steady read: judged in place, and sent as it
+            # came (no copy) when it has its own id.
+            event_id = _event_id(block, end)
+            if event_id is None:
+                return None
+            seq, ours = ids.next()
+            data = block if event_id else b"id: %b\n%b" % (ours.encode(), block)
+            return Batch(data=data, forwarded=1, entries=[Entry(seq, event_id or ours, data)])
         pieces = block.split(b"\n\n")
         pieces.pop()  # the block ends with a blank line: nothing after it
         own: list[str] = []
         for piece in pieces:
-            if _DATA_LINE.search(piece) is None:
-                return None
-            event_id, rest_at = "", 0
-            if piece.startswith(b"id"):
-                found = _OWN_ID.match(piece)
-                if found is None:
-                    return None  # empty, with NUL, or another field that starts so
-                event_id, rest_at = found.group(1).decode(), found.end() - 1
-            if _ID_LINE.search(piece, rest_at) is not None:
+            event_id = _event_id(piece, len(piece))
+            if event_id is None:
                 return None
             own.append(event_id)
         # Numbered only once the whole block is known to pass (a refusal takes no seq).
@@ -189,7 +207,7 @@ class Normalizer:
                 entries.append(Entry(seq, event_id, piece + b"\n\n"))
             else:
                 entries.append(Entry(seq, ours, b"id: %b\n%b\n\n" % (ours.encode(), piece)))
-        batch.data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
+        batch.data = b"".join(e.data for e in entries)
         return batch
 
     def rewrite_comments(self, block: bytes) -> Batch | None:

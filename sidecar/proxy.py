@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import structlog
 from aiohttp import web
 from yarl import URL
 
@@ -23,6 +24,8 @@ from sidecar.resume.entry import ResumeEntry
 from sidecar.services import RouteServices
 from sidecar.sessions.keys import SessionKeySource
 from sidecar.stream.run import StreamRun
+
+log = structlog.get_logger("sse_sidecar")
 
 
 class RouteHandler:
@@ -84,8 +87,12 @@ class RouteHandler:
                     if self.ctx.config.backend.on_outage != "allow":
                         self.metrics.rejected("backend_unavailable")
                         return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
-                    # allow: serve it, without resume, rather than not at all
+                    # allow: serve it, without resume, rather than not at all; and
+                    # unguarded at once: the session claim would wait on the same
+                    # backend for another whole budget.
                     self.metrics.rejected("backend_unavailable_allowed")
+                    log.warning("session_unguarded", route=self.route.name, reason=str(exc))
+                    key = None
         task = asyncio.current_task()
         assert task is not None  # a handler always runs in a task
         handle = StreamHandle(secrets.token_hex(8), self.route.name, task)

@@ -39,9 +39,10 @@ OP_TIMEOUT = 1.0
 #: a socket timeout is a plain timer, which after a stall of the loop would
 #: fire before the reply already in the socket is read.
 SOCKET_TIMEOUT = OP_TIMEOUT + looptime.MAX_STRETCH
-#: The bound of one operation (its immediate retry on a dropped connection
-#: included), in the loop's free time: what the backends' calls wait at most.
-BUDGET = OP_TIMEOUT
+#: The bound of one operation in the loop's free time (its immediate retry on
+#: a dropped connection, or a new connection's handshake, included): what the
+#: backends' calls wait at most.
+BUDGET = OP_TIMEOUT + 0.5
 _CLUSTER_SUFFIX = "+cluster"
 
 #: Either client; both answer the commands the backends use.

@@ -164,7 +164,9 @@ class StreamRun:
     async def _claim(self, key: str) -> web.Response | None:
         """Own the session, or the answer that refuses this request."""
         ctx = self.services.ctx
-        policy = self.route.session.policy
+        # A run taken over continues a dead replica's run: a stream that holds
+        # the session meanwhile is newer, and it keeps the session.
+        policy = "reject" if self._resuming else self.route.session.policy
         try:
             self.claim = await ctx.sessions.claim(self.route.name, key, policy, self.handle)
         except SessionConflict as exc:

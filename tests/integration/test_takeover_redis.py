@@ -356,10 +356,11 @@ def pair_prefix(pair: Pair) -> str:
     return config["backend"]["prefix"]
 
 
+@pytest.mark.parametrize("policy", ["reject", "replace"])
 async def test_a_takeover_whose_session_claim_is_refused_ends_the_stream(
-    tmp_path, redis_server, producer
+    tmp_path, redis_server, producer, policy
 ):
-    """A new stream claims the session between B's takeover and B's claim (policy reject).
+    """A new stream claims the session between B's takeover and B's claim (either policy).
 
     The new stream (on C) goes on; B's client gets a terminal error, the
     producer is asked no resume: one run for the session, never two.
@@ -367,7 +368,7 @@ async def test_a_takeover_whose_session_claim_is_refused_ends_the_stream(
     link = SlowLink(redis_server.port, delay=0.1)
     await link.start()
     config = takeover_config(redis_server, producer)
-    config["routes"][0]["session"]["policy"] = "reject"
+    config["routes"][0]["session"]["policy"] = policy
     slow = {**config, "backend": {**config["backend"], "url": link.url}}
     a = SidecarProcess(tmp_path, config, "a")
     b = SidecarProcess(tmp_path, slow, "b")

@@ -32,7 +32,10 @@ def configure(settings: Logging) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line, its newline included: workers share stdout, and
+        # with it unbuffered (PYTHONUNBUFFERED, as in most images) print()'s
+        # two writes let another process's line land between them.
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     # aiohttp and asyncio report through the standard library; keep their

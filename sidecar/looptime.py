@@ -137,9 +137,6 @@ class Budget:
             self._clock.release()
         await self._t.__aexit__(exc_type, exc, tb)
 
-    def expired(self) -> bool:
-        return self._t.expired()
-
     def _expire(self) -> None:
         loop = self._loop
         now = loop.time()

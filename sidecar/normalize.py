@@ -138,14 +138,17 @@ class Normalizer:
         also holds an event of no data and one of several data lines counts
         the former, and ``partial`` is still right (an event did go out).
         """
-        needles = [b"\r", b"\n:", b"\n\n\n"]
+        needles = [b"\n:", b"\n\n\n"]
         needles += [m.encode() for m in (*self._terminal_events, *self._terminal_data) if m]
         # A small block (a read of one or a few events, the steady case) is
         # searched with one regex pass: each `needle in block` costs ~0.3 us
         # of call overhead, as much as the whole search. The regex tries every
         # alternative at every byte, though, so a large block (a burst read)
-        # is searched needle by needle, which scans at memchr speed.
-        search = re.compile(b"|".join(re.escape(n) for n in needles)).search
+        # is searched needle by needle: CR by memchr, the rest by a regex of
+        # one literal each, whose scan (~0.3 ns/byte) is two to three times
+        # faster than `in` for needles that begin or end with a common byte.
+        search = re.compile(b"|".join(re.escape(n) for n in [b"\r", *needles])).search
+        scans = [re.compile(re.escape(n)).search for n in needles]
         limit = min(limits.max_event_bytes, limits.max_line_bytes)
 
         def events(block: bytes) -> int:
@@ -154,7 +157,7 @@ class Normalizer:
             if len(block) <= _REGEX_MAX:
                 if search(block) is not None:
                     return -1
-            elif any(needle in block for needle in needles):
+            elif b"\r" in block or any(scan(block) for scan in scans):
                 return -1
             count = block.count(b"\n\n")
             if block.count(b"\ndata:") + block.startswith(b"data:") < count:

@@ -46,6 +46,9 @@ from sidecar.upstream.resumption import ResumeCursor
 COMPLETED = "completed"  # the upstream's own terminal event went out
 CLOSED = "closed"  # the upstream body ended without one
 
+#: A refused block longer than this is checked again without its last event.
+_SPLIT_MIN = 4096
+
 
 class Splice:
     """Upstream reads to client writes, in the upstream's callbacks."""
@@ -164,7 +167,7 @@ class Splice:
                     self._send(chunk)
                 elif not self._numbered(chunk) and self._decoded(chunk):
                     self._stop(COMPLETED)
-            elif not self._rewritten(chunk) and self._decoded(chunk):
+            elif self._refused(chunk):
                 self._stop(COMPLETED)
         except Exception as exc:  # raised in the task, not lost in a callback
             self._stop(exc)
@@ -201,14 +204,39 @@ class Splice:
             return self._decoded(chunk)
         block = chunk[:cut]
         if (events := self._raw_events(block)) >= 0:
-            if self._ids is None:
-                self._state.passed(events)
-                self._send(block)
-            elif not self._numbered(block):
+            if not self._as_is(block, events):
                 return self._decoded(chunk)
-        elif not self._rewritten(block):
-            return self._decoded(chunk)
+        elif self._refused(block):
+            return True
         return cut < len(chunk) and self._decoded(chunk[cut:])
+
+    def _as_is(self, block: bytes, events: int) -> bool:
+        """Emit a block the raw check passed, numbered on its bytes on a resumable run.
+
+        False when the ids do not allow that (the decoder must take it).
+        """
+        if self._ids is not None:
+            return self._numbered(block)
+        self._state.passed(events)
+        self._send(block)
+        return True
+
+    def _refused(self, block: bytes) -> bool:
+        """Complete events the raw check refused; True once the upstream's terminal event went out.
+
+        Comments alone are rewritten on the bytes. A long block (a burst
+        read) is mostly refused for its last event, since the upstream's
+        terminal event ends it, so the events before that one are checked
+        again and may still go out as they are; the decoder takes the rest.
+        """
+        if self._rewritten(block):
+            return False
+        if len(block) > _SPLIT_MIN:
+            last = block.rfind(b"\n\n", 0, len(block) - 2) + 2
+            head = block[:last]
+            if last > 2 and (events := self._raw_events(head)) >= 0 and self._as_is(head, events):
+                return self._decoded(block[last:])
+        return self._decoded(block)
 
     def _numbered(self, block: bytes) -> bool:
         """Number a block of unchanged events on its bytes and emit it, if ids allow that."""

@@ -91,6 +91,7 @@ class Upstream(asyncio.Protocol):
         "_limits",
         "_notified",
         "_parsed_bytes",
+        "_pieces",
         "_raw_headers",
         "_reader",
         "_reason",
@@ -131,6 +132,8 @@ class Upstream(asyncio.Protocol):
         self._framed = True
         self._decoder: zlib._Decompress | None = None
         self._sink: Sink | None = None
+        #: The body pieces of the read being parsed, for the Sink (one call per read).
+        self._pieces: list[bytes] = []
         self._reader: asyncio.StreamReader | None = None
         self._early: list[bytes] = []
         self._early_size = 0
@@ -244,6 +247,8 @@ class Upstream(asyncio.Protocol):
             self._fail("upstream switched protocols instead of answering")
             return
         except httptools.HttpParserError as exc:
+            if self._pieces:
+                self._deliver()  # what came before the break goes out before its error
             if self._bad_head is not None:
                 self._fail(str(self._bad_head), self._bad_head)
             elif in_head and not self.head.done():
@@ -251,6 +256,8 @@ class Upstream(asyncio.Protocol):
             else:
                 self._fail(f"upstream sent an invalid response: {exc}")
             return
+        if self._pieces:
+            self._deliver()
         if in_head and not self.head.done():
             # Counted per read, so one endless header line is bounded too
             # (httptools holds a header until it is complete).
@@ -324,7 +331,10 @@ class Upstream(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         sink = self._sink
         if sink is not None and self._decoder is None:
-            sink.data(body)  # the hot path: one call per read between socket and stream
+            # The hot path: a read of many chunks (a burst) reaches the Sink
+            # as one piece once it is parsed, so it is checked and written to
+            # the client once, not once per chunk.
+            self._pieces.append(body)
         elif sink is not None or self._reader is not None:
             self._take(body)
         else:
@@ -340,11 +350,21 @@ class Upstream(asyncio.Protocol):
             self._interim = False  # the end of a 1xx; the answer's head comes next
             return
         if self._end is None:
+            if self._pieces:
+                self._deliver()  # the body's last bytes before its end
             self.parser = None
             self._end = True
             self._notify_end()
 
     # --- internals -------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        """Hand the Sink the body pieces of this read, joined."""
+        pieces = self._pieces
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        if self._sink is not None:
+            self._sink.data(data)
 
     def _stop_head(self, error: UpstreamBadHead) -> None:
         """Stop parsing: raised in a callback, httptools ends feed_data with an error."""

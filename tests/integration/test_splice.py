@@ -278,6 +278,23 @@ async def test_raw_and_decoded_parts_of_reads_go_out_in_order(upstream, start_si
     )
 
 
+async def test_a_long_read_ending_with_the_terminal_event_sends_the_rest_as_it_came(
+    upstream, start_sidecar
+):
+    # A burst's last read: the terminal event keeps it off the raw path, but
+    # only that event needs the decoder; the events before keep their spelling.
+    events = b"".join(b"data:%d\n\n" % n for n in range(1000))
+    upstream.script = Script([b"data: 0\n\n", 0.05, events + DONE])
+    sc = await start_sidecar(make_config(upstream.url))
+    got = await read_stream(sc.http, "GET", sc.url + "/s")
+    assert got.raw == b"data: 0\n\n" + events + DONE
+    # ... and a long read refused for a comment in its middle is decoded whole.
+    upstream.script = Script([b"data: 0\n\n", 0.05, events + b": note\n\n" + events + DONE])
+    got = await read_stream(sc.http, "GET", sc.url + "/s")
+    respelled = events.replace(b"data:", b"data: ")
+    assert got.raw == b"data: 0\n\n" + respelled + KEEPALIVE + respelled + DONE
+
+
 # --- (f) a compressed upstream ---------------------------------------------------------------
 
 

@@ -263,6 +263,31 @@ async def test_chunked_body(serve, opened):
     assert await read_all(upstream) == [b"data: 2\n\n"]  # ends with the framing, not the socket
 
 
+@pytest.mark.parametrize(
+    ("ending", "last"),
+    [(b"", None), (b"0\r\n\r\n", "eof"), (b"zz\r\n", "failed")],
+    ids=["more-to-come", "end", "break"],
+)
+async def test_the_chunks_of_one_read_reach_a_sink_as_one_piece(serve, opened, ending, last):
+    # A burst: the Sink checks and writes once per read, not once per chunk;
+    # an end or a break in the same read comes after the bytes before it.
+    gate = asyncio.Event()
+    pieces = [b"data: %d\n\n" % n for n in range(50)]
+    server = await serve([CHUNKED, gate, b"".join(chunk(p) for p in pieces) + ending, "hang"])
+    upstream = await connect(server, opened)
+    sink = Recorder()
+    upstream.attach(sink)
+    await asyncio.sleep(0.05)
+    gate.set()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if sink.calls:
+            break
+    await asyncio.sleep(0.05)
+    assert sink.calls[0] == ("data", b"".join(pieces))
+    assert [kind for kind, _ in sink.calls[1:]] == ([last] if last else [])
+
+
 async def test_content_length_body_ends_at_its_length(serve, opened):
     # What follows the body on the connection is no part of the answer.
     server = await serve([SSE_HEAD + b"Content-Length: 5\r\n\r\nhelloEXTRA BYTES", "hang"])

@@ -21,6 +21,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import Connection as RedisConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import get_node_name
@@ -30,6 +31,7 @@ from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidecar import looptime
+from sidecar.redispack import packed
 
 #: Connect timeout, and what callers' budgets are built from: an outage shows
 #: within about this.
@@ -75,6 +77,11 @@ class _GatedCluster(RedisCluster):
         super().__init__(*args, **kwargs)
         self._gate = asyncio.Semaphore(limit)
         self._seed = seed
+        # redis-py fixes the connection class of every node it makes here.
+        shared = self.nodes_manager.connection_kwargs
+        shared["connection_class"] = packed(shared.get("connection_class", RedisConnection))
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = packed(node.connection_class)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self._gate:
@@ -203,10 +210,13 @@ def connect(
         )
         return Connection(client, None, pool_size)
     if single_connection:
-        return Connection(Redis.from_url(url, single_connection_client=True, **options), None, 1)
+        single = Redis.from_url(url, single_connection_client=True, **options)
+        single.connection_pool.connection_class = packed(single.connection_pool.connection_class)
+        return Connection(single, None, 1)
     # The wait for a free connection is bounded by the caller's budget
     # (a pool timer would fire after a stall of the loop, as above).
     pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=None, **options)
+    pool.connection_class = packed(pool.connection_class)
     return Connection(Redis(connection_pool=pool), pool, pool_size)
 
 

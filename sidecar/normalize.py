@@ -53,6 +53,11 @@ class IdSource:
         self.seq += 1
         return self.seq, f"{self.nonce}-{self.seq}"
 
+    def next_seq(self) -> int:
+        """The next seq alone, for an event that keeps the upstream's id."""
+        self.seq += 1
+        return self.seq
+
 
 @dataclass(slots=True)
 class Batch:
@@ -190,9 +195,12 @@ class Normalizer:
             event_id = _event_id(block, end)
             if event_id is None:
                 return None
-            seq, ours = ids.next()
-            data = block if event_id else b"id: %b\n%b" % (ours.encode(), block)
-            return Batch(data=data, forwarded=1, entries=[Entry(seq, event_id or ours, data)])
+            if event_id:
+                entry = Entry(ids.next_seq(), event_id, block)
+            else:
+                seq, ours = ids.next()
+                entry = Entry(seq, ours, b"id: %b\n%b" % (ours.encode(), block))
+            return Batch(data=entry.data, forwarded=1, entries=[entry])
         pieces = block.split(b"\n\n")
         pieces.pop()  # the block ends with a blank line: nothing after it
         own: list[str] = []

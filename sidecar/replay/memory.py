@@ -51,13 +51,14 @@ class MemoryReplayLog:
         self.append_nowait(entries)
 
     def append_nowait(self, entries: Sequence[Entry]) -> None:
+        added = 0
         for entry in entries:
             self.entries.append(entry)
             if entry.event_id:
                 self._index[entry.event_id] = entry.seq
-            self.bytes += len(entry.data)
+            added += len(entry.data)
             self.last_seq = entry.seq
-        added = sum(len(e.data) for e in entries)
+        self.bytes += added
         # Never the newest entry: an event over the byte cap must still reach
         # the followers (it may be the terminal event).
         while len(self.entries) > 1 and (

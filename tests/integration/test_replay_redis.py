@@ -20,6 +20,7 @@ from sidecar.errors import BackendUnavailable
 from sidecar.replay.base import Entry
 from sidecar.replay.memory import MemoryReplayStore
 from sidecar.replay.redis import OP_TIMEOUT, RedisReplayLog, RedisReplayStore
+from sidecar.replay.redis_append import ROUND_INTERVAL
 
 pytestmark = pytest.mark.redis
 
@@ -239,6 +240,36 @@ async def test_every_key_expires(stores, raw):
     ttls = await keys_of(raw, store)
     assert len(ttls) == 5, ttls  # pointer, stream, index, follow, live
     assert all(0 < ttl <= 120_000 for ttl in ttls.values()), ttls
+
+
+async def test_appends_under_load_share_rounds_at_least_an_interval_apart(stores):
+    # Many runs appending, one event each at a time: each round carries what
+    # came during the interval, so there are far fewer rounds than appends.
+    store, reader = await stores(), await stores()
+    logs = [await store.open("chat", f"k{i}", f"r{i}", 100, 10_000) for i in range(10)]
+    rounds = 0
+    counted = store.appends._round_done
+
+    def count() -> None:
+        nonlocal rounds
+        rounds += 1
+        counted()
+
+    store.appends._round_done = count  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n in range(1, 5):
+        for i, log in enumerate(logs):
+            await log.append(entries(n, 1, run=f"r{i}"))
+            await asyncio.sleep(0.001)
+    spread = loop.time() - started
+    for log in logs:
+        await log.flush()
+    assert rounds <= spread / ROUND_INTERVAL + 2, (rounds, spread)
+    for i in range(10):
+        found = await reader.find("chat", f"k{i}")
+        assert found is not None
+        assert seqs(await found.read(0, 0)) == [1, 2, 3, 4]
 
 
 async def test_retried_append_is_harmless(stores):

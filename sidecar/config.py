@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from yarl import URL
 
+from sidecar.config_env import apply_env
 from sidecar.cors import CorsPolicy, validate_cors
 from sidecar.dialects import DialectName
 from sidecar.errors import ConfigError
@@ -33,9 +34,6 @@ from sidecar.upstream.ws_profile import WebSocketProfile, validate_profile
 # The typed loader is part of this module's API (the WS profile uses Duration
 # and Size; tests use the parsers).
 __all__ = ["Duration", "EnvValue", "Size", "build", "parse_duration", "parse_size"]
-
-ENV_PREFIX = "SSE_SIDECAR_"
-
 
 CommentMode = Literal["convert", "pass", "drop"]
 SessionPolicy = Literal["replace", "reject"]
@@ -244,56 +242,6 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
 
 
-# --- environment overrides -------------------------------------------------------
-
-
-def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Merge ``SSE_SIDECAR_A__B__C=value`` into ``data['a']['b']['c']``.
-
-    ``__`` separates levels (keys themselves contain ``_``); a route is named
-    by its ``name`` or its index: ``SSE_SIDECAR_ROUTES__CHAT__UPSTREAM``.
-    Values stay text for text keys and are read as YAML elsewhere, so
-    ``8081``, ``true``, ``15s`` and ``[done, final]`` work.
-
-    Variables whose first part is not a top-level key are ignored: Kubernetes
-    injects ``SSE_SIDECAR_PORT``, ``SSE_SIDECAR_SERVICE_HOST``… for a Service
-    named sse-sidecar, and those must not stop the sidecar from starting.
-    """
-    top_level = {f.name for f in dataclasses.fields(Config)}
-    for var in sorted(environ):
-        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
-            continue
-        path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
-        if path[0] not in top_level:
-            continue
-        value = EnvValue(environ[var])
-        node: Any = data
-        for i, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                node = _route_by_name_or_index(node, part, var)
-            else:
-                child = node.get(part)
-                if child is None:
-                    child = [] if part == "routes" and i == 0 else {}
-                    node[part] = child
-                node = child
-            if not isinstance(node, dict | list):
-                raise ConfigError(f"{var}: does not name a configuration key")
-        if not isinstance(node, dict):
-            raise ConfigError(f"{var}: does not name a configuration key")
-        node[path[-1]] = value
-    return data
-
-
-def _route_by_name_or_index(routes: list[Any], part: str, var: str) -> Any:
-    for route in routes:
-        if isinstance(route, dict) and str(route.get("name", "")).lower() == part:
-            return route
-    if part.isdigit() and int(part) < len(routes):
-        return routes[int(part)]
-    raise ConfigError(f"{var}: no route named or numbered {part!r}")
-
-
 # --- whole-config checks -----------------------------------------------------------
 
 _BIND_SOURCE = re.compile(r"^(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -426,7 +374,7 @@ def from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {data!r}")
     if environ is not None:
-        data = apply_env(data, environ)
+        data = apply_env(data, environ, {f.name for f in dataclasses.fields(Config)})
     config: Config = build(Config, data)
     return validate(config)
 

@@ -24,7 +24,7 @@ from sidecar.metrics import RouteMetrics
 from sidecar.stream import source as sources
 from sidecar.stream.pacing import Pacing
 from sidecar.stream.state import StreamState
-from sidecar.upstream import http as upstream_http
+from sidecar.upstream import connect as upstream_connect
 from sidecar.upstream.http import Upstream
 from sidecar.upstream.resumption import (
     KeptRequest,
@@ -127,7 +127,7 @@ class UpstreamResumer:
             if opener.done() and isinstance(exc, UpstreamError) and exc is _error_of(opener):
                 self._failed(str(exc))  # the attempt failed, not the stream (a limit)
                 return None
-            upstream_http.cancel_pending(opener)
+            upstream_connect.cancel_pending(opener)
             raise
         if not sources.is_stream(upstream):
             upstream.close()

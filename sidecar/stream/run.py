@@ -47,7 +47,7 @@ from sidecar.stream.resumer import UpstreamResumer
 from sidecar.stream.sink import ClientSink, Sink
 from sidecar.stream.splice import Splice
 from sidecar.stream.state import StreamState
-from sidecar.upstream import http as upstream_http
+from sidecar.upstream import connect as upstream_connect
 from sidecar.upstream import ws_sources
 from sidecar.upstream.gateway import GatewayRunSource
 from sidecar.upstream.http import Upstream
@@ -147,7 +147,7 @@ class StreamRun:
             self.state.client_gone(self.loop.time())
             raise
         finally:
-            upstream_http.cancel_pending(self.opener)
+            upstream_connect.cancel_pending(self.opener)
             if self.upstream is not None:
                 self.upstream.close()
             if self.source is not None:

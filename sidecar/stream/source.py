@@ -21,10 +21,11 @@ from sidecar.errors import UpstreamError, UpstreamStatus
 from sidecar.metrics import Metrics, Tally
 from sidecar.sse import Decoder, Item
 from sidecar.stream.state import StreamState
-from sidecar.upstream import http as upstream_http
+from sidecar.upstream import connect as upstream_connect
 from sidecar.upstream import ws_sources
 from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
-from sidecar.upstream.http import HeadLimits, Upstream
+from sidecar.upstream.head import HeadLimits
+from sidecar.upstream.http import Upstream
 from sidecar.upstream.resumption import KeptRequest, ResumeCursor
 from sidecar.upstream.websocket import WebSocketProfile, WebSocketSource
 
@@ -96,7 +97,7 @@ async def open_http(
     head = HeadLimits(
         limits.max_upstream_head_bytes, limits.max_upstream_headers, limits.max_upstream_interim
     )
-    return await upstream_http.open_stream(
+    return await upstream_connect.open_stream(
         request.method, url, headers, body, limits.connect_timeout, head
     )
 
@@ -107,7 +108,7 @@ async def open_kept(request: KeptRequest, route: Route) -> Upstream:
     head = HeadLimits(
         limits.max_upstream_head_bytes, limits.max_upstream_headers, limits.max_upstream_interim
     )
-    return await upstream_http.open_stream(
+    return await upstream_connect.open_stream(
         request.method,
         URL(request.url, encoded=True),
         CIMultiDict(request.headers),

@@ -4,10 +4,11 @@ Strategy: the stream's hot path (sidecar/stream/splice.py) takes every read of t
 upstream body in this protocol's callback and writes the client's bytes in the
 same call. aiohttp's client would put a ``StreamReader``, a future and a task
 wake-up between each read and its write, and keep ~9 KB of client objects per
-open stream; here the request is a few header lines we write ourselves and
-httptools (llhttp, the parser inside aiohttp and Node) does the parsing and the
-chunked framing. Connections are not pooled: a stream holds its connection for
-its whole life, and a pool would only help the rare short answer.
+open stream; here the request is a few header lines we write ourselves
+(sidecar/upstream/connect.py) and httptools (llhttp, the parser inside
+aiohttp and Node) does the parsing and the chunked framing. Connections are
+not pooled: a stream holds its connection for its whole life, and a pool
+would only help the rare short answer.
 
 The body goes one of three ways, chosen once the head is in:
 :meth:`Upstream.attach` (a :class:`Sink` called synchronously per read),
@@ -20,48 +21,24 @@ raw body of an answer passed through). Only our own errors leave this module
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
 import zlib
-from dataclasses import dataclass
 from typing import Protocol, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from sidecar.errors import (
     UpstreamBadHead,
-    UpstreamConnectTimeout,
     UpstreamDisconnected,
     UpstreamError,
-    UpstreamHeadTooLarge,
-    UpstreamInterimFlood,
-    UpstreamTooManyHeaders,
     UpstreamUnreachable,
 )
+from sidecar.upstream.head import HeadLimits, HeadReader
 
 #: Body bytes held before anyone reads them; past this the socket stops reading.
 _HOLD = 64 * 1024
 
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-
-#: Methods whose empty body is still announced (what browsers and aiohttp send).
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-@dataclass(frozen=True)
-class HeadLimits:
-    """Bounds on the response head (route ``limits.max_upstream_*``)."""
-
-    #: Status lines and headers of the response and of every 1xx before it.
-    max_bytes: int = 32 * 1024
-    max_headers: int = 100
-    max_interim: int = 8
-
-
-#: Control characters no reason phrase or header value may carry (tab is allowed).
-_CONTROL = frozenset(range(0x20)) - {0x09} | {0x7F}
 
 
 class Sink(Protocol):
@@ -78,23 +55,16 @@ class Upstream(asyncio.Protocol):
     """One upstream connection and its response (the head, then the body)."""
 
     __slots__ = (
-        "_bad_head",
         "_decoder",
         "_early",
         "_early_size",
         "_end",
         "_framed",
-        "_head_bytes",
-        "_header_count",
+        "_head",
         "_interim",
-        "_interim_count",
-        "_limits",
         "_notified",
-        "_parsed_bytes",
         "_pieces",
-        "_raw_headers",
         "_reader",
-        "_reason",
         "_sink",
         "_stash",
         "head",
@@ -108,15 +78,8 @@ class Upstream(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: HeadLimits | None = None) -> None:
         self.loop = loop
-        self._limits = limits or HeadLimits()
-        #: Bytes fed while the head was not complete, and the count of headers and 1xx.
-        self._head_bytes = 0
-        self._header_count = 0
-        self._interim_count = 0
-        #: Header bytes parsed (a head that came in one read is never counted per read).
-        self._parsed_bytes = 0
-        #: Set by a callback that found the head over a limit (parsing stops).
-        self._bad_head: UpstreamBadHead | None = None
+        #: Until the answer's head is complete (then dropped: a stream lives long).
+        self._head: HeadReader | None = HeadReader(limits or HeadLimits())
         #: Compressed bytes not yet decoded: decoding waits while the reader is behind.
         self._stash = b""
         self.transport: asyncio.Transport | None = None
@@ -126,8 +89,6 @@ class Upstream(asyncio.Protocol):
         self.status = 0
         self.reason = ""
         self.headers: CIMultiDictProxy[str] = _NO_HEADERS
-        self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
         #: False when the body ends only with the connection (no length, not chunked).
         self._framed = True
         self._decoder: zlib._Decompress | None = None
@@ -249,8 +210,9 @@ class Upstream(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self._pieces:
                 self._deliver()  # what came before the break goes out before its error
-            if self._bad_head is not None:
-                self._fail(str(self._bad_head), self._bad_head)
+            bad = self._head.bad if self._head is not None else None
+            if bad is not None:
+                self._fail(str(bad), bad)
             elif in_head and not self.head.done():
                 self._fail("", UpstreamBadHead(f"upstream sent an invalid response head: {exc}"))
             else:
@@ -258,19 +220,15 @@ class Upstream(asyncio.Protocol):
             return
         if self._pieces:
             self._deliver()
-        if in_head and not self.head.done():
-            # Counted per read, so one endless header line is bounded too
-            # (httptools holds a header until it is complete).
-            self._head_bytes += len(data)
-            if self._head_bytes > self._limits.max_bytes:
-                self._fail("", _too_large(self._limits.max_bytes))
+        if in_head and self._head is not None and (error := self._head.fed(len(data))):
+            self._fail("", error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._end is not None:
             return
         if not self._framed and self.head.done() and exc is None:
             self.on_message_complete()  # a body without length ends with the connection
-        elif not self.head.done() and (self._head_bytes or self._reason or self._raw_headers):
+        elif not self.head.done() and self._head is not None and self._head.started:
             self._fail("", UpstreamBadHead("upstream closed the connection inside its head"))
         else:
             self._fail("upstream closed the connection" + (f": {exc}" if exc else ""))
@@ -278,50 +236,24 @@ class Upstream(asyncio.Protocol):
     # --- httptools callbacks ---------------------------------------------------
 
     def on_status(self, status: bytes) -> None:
-        self._reason += status
+        assert self._head is not None
+        self._head.status(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        self._parsed_bytes += len(name) + len(value) + 4
-        if self._parsed_bytes > self._limits.max_bytes:
-            self._stop_head(_too_large(self._limits.max_bytes))
-        if self._header_count > self._limits.max_headers:
-            self._stop_head(
-                UpstreamTooManyHeaders(
-                    f"upstream sent too many headers (over {self._limits.max_headers})"
-                )
-            )
-        if not _CONTROL.isdisjoint(value):
-            self._stop_head(UpstreamBadHead("upstream sent a control character in a header"))
-        self._raw_headers.append((name, value))
+        assert self._head is not None
+        self._head.header(name, value)
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
         status = self.parser.get_status_code()
-        if not _CONTROL.isdisjoint(self._reason):
-            self._stop_head(UpstreamBadHead("upstream sent a control character in its reason"))
-        if status < 200:
-            self._interim_count += 1
-            if self._interim_count > self._limits.max_interim:
-                self._stop_head(
-                    UpstreamInterimFlood(
-                        f"upstream sent over {self._limits.max_interim} 1xx responses"
-                    )
-                )
-            self._interim = True
-            self._raw_headers.clear()  # 1xx: the real answer follows
-            self._reason = b""
+        assert self._head is not None
+        final = self._head.complete(status)
+        if final is None:
+            self._interim = True  # 1xx: the real answer follows
             return
+        self._head = None
         self.status = status
-        self.reason = self._reason.decode("latin-1")
-        # aiohttp's server decodes header values the same way, so they round-trip.
-        self.headers = CIMultiDictProxy(
-            CIMultiDict(
-                (k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
-                for k, v in self._raw_headers
-            )
-        )
-        self._raw_headers.clear()
+        self.reason, self.headers = final
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         no_body = status in (204, 304)
         self._framed = chunked or no_body or "Content-Length" in self.headers
@@ -365,11 +297,6 @@ class Upstream(asyncio.Protocol):
         pieces.clear()
         if self._sink is not None:
             self._sink.data(data)
-
-    def _stop_head(self, error: UpstreamBadHead) -> None:
-        """Stop parsing: raised in a callback, httptools ends feed_data with an error."""
-        self._bad_head = error
-        raise error
 
     def _take_early(self) -> None:
         early, self._early = self._early, []
@@ -472,72 +399,3 @@ class Upstream(asyncio.Protocol):
             # An error too ends the reader's buffer; read_chunk raises it after
             # the bytes that came before it (StreamReader would raise first).
             self._reader.feed_eof()
-
-
-def _too_large(limit: int) -> UpstreamHeadTooLarge:
-    return UpstreamHeadTooLarge(f"upstream sent too big header (over {limit} bytes)")
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """One context for every https upstream (building one loads the CA store)."""
-    return ssl.create_default_context()
-
-
-def request_head(method: str, url: URL, headers: CIMultiDict[str], body: bytes | None) -> bytes:
-    """The request line and headers, HTTP/1.1 (pure)."""
-    lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {url.host_port_subcomponent}"]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise UpstreamUnreachable(f"header {name!r} cannot be sent upstream")
-        lines.append(f"{name}: {value}")
-    if body is not None:
-        lines.append(f"Content-Length: {len(body)}")
-    elif method in _BODY_METHODS:
-        lines.append("Content-Length: 0")
-    lines += ["", ""]
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-async def open_stream(
-    method: str,
-    url: URL,
-    headers: CIMultiDict[str],
-    body: bytes | None,
-    connect_timeout: float,
-    limits: HeadLimits | None = None,
-) -> Upstream:
-    """Send the request and return once the upstream's status line and headers are in."""
-    loop = asyncio.get_running_loop()
-    head = request_head(method, url, headers, body)
-    host, port = url.raw_host, url.port
-    if host is None or port is None or url.scheme not in ("http", "https"):
-        raise UpstreamUnreachable(f"cannot connect to upstream: {url} is not an http(s) URL")
-    tls = _tls() if url.scheme == "https" else None
-    try:
-        async with asyncio.timeout(connect_timeout):
-            transport, upstream = await loop.create_connection(
-                lambda: Upstream(loop, limits), host, port, ssl=tls
-            )
-    except TimeoutError:
-        raise UpstreamConnectTimeout("timed out connecting to upstream") from None
-    except OSError as exc:
-        raise UpstreamUnreachable(f"cannot connect to upstream: {exc}") from None
-    transport.write(head + body if body else head)
-    try:
-        await upstream.head
-    except BaseException:
-        upstream.close()
-        raise
-    return upstream
-
-
-def cancel_pending(task: asyncio.Task[Upstream] | None) -> None:
-    """Abandon an upstream request whose response has not arrived yet."""
-    if task is None:
-        return
-    if task.done():
-        if not task.cancelled() and task.exception() is None:
-            task.result().close()
-    else:
-        task.cancel()

@@ -25,7 +25,8 @@ from sidecar.errors import (
     UpstreamError,
     UpstreamUnreachable,
 )
-from sidecar.upstream.http import Upstream, cancel_pending, open_stream, request_head
+from sidecar.upstream.connect import cancel_pending, open_stream, request_head
+from sidecar.upstream.http import Upstream
 
 # A step of a raw server: bytes to write, seconds to sleep, an Event to wait
 # for (the test lets the server go on), or "hang" (wait for the client to close).

@@ -8,7 +8,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.errors import UpstreamUnreachable
-from sidecar.upstream.http import request_head
+from sidecar.upstream.connect import request_head
 
 
 class _Parsed:

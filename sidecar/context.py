@@ -14,7 +14,7 @@ from sidecar.metrics import Metrics
 from sidecar.replay.base import ReplayStore
 from sidecar.sessions.base import SessionStore
 from sidecar.timers import TimerWheel
-from sidecar.upstream.gateway import GatewayPool
+from sidecar.upstream.gateway_runs import GatewayPool
 
 
 class StreamHandle:

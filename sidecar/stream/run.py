@@ -49,7 +49,7 @@ from sidecar.stream.splice import Splice
 from sidecar.stream.state import StreamState
 from sidecar.upstream import connect as upstream_connect
 from sidecar.upstream import ws_sources
-from sidecar.upstream.gateway import GatewayRunSource
+from sidecar.upstream.gateway_runs import GatewayRunSource
 from sidecar.upstream.http import Upstream
 from sidecar.upstream.resumption import KeptRequest, ResumeCursor
 from sidecar.upstream.websocket import WebSocketSource

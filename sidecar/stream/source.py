@@ -23,7 +23,7 @@ from sidecar.sse import Decoder, Item
 from sidecar.stream.state import StreamState
 from sidecar.upstream import connect as upstream_connect
 from sidecar.upstream import ws_sources
-from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
+from sidecar.upstream.gateway_runs import GatewayPool, GatewayRunSource
 from sidecar.upstream.head import HeadLimits
 from sidecar.upstream.http import Upstream
 from sidecar.upstream.resumption import KeptRequest, ResumeCursor

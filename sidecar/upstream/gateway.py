@@ -5,11 +5,9 @@ connection costs O(runs²) frames with one socket per stream. Here one
 :class:`GatewayConnection` per (URL, profile) reads every frame once, decodes
 it once, and routes it to the run it belongs to: by request id until the
 acceptance names the run, then by run id. Each stream reads its run through a
-:class:`GatewayRunSource` (the same open/read/close/abort shape as
-:class:`~sidecar.upstream.websocket.WebSocketSource`), whose
-:class:`~sidecar.upstream.ws_tracker.RunTracker` turns the frames into SSE
-events. A stream that ends before its run did sends ``chat.abort``: closing
-a socket does not stop a gateway run.
+:class:`~sidecar.upstream.gateway_runs.GatewayRunSource`. A stream that ends
+before its run did sends ``chat.abort``: closing a socket does not stop a
+gateway run.
 
 The connection drops → every run on it fails with ``upstream_disconnected``
 at once; the next stream reconnects (attempts spaced by a capped backoff)
@@ -38,11 +36,9 @@ from sidecar.errors import (
     UpstreamDisconnected,
     UpstreamUnreachable,
 )
-from sidecar.sse import Event
 from sidecar.upstream import openclaw
-from sidecar.upstream.websocket import CLOSE_TIMEOUT, json_body, translated
-from sidecar.upstream.ws_profile import OVERSIZE_FACTOR, WebSocketProfile, lookup, render_request
-from sidecar.upstream.ws_tracker import RunTracker
+from sidecar.upstream.websocket import CLOSE_TIMEOUT, translated
+from sidecar.upstream.ws_profile import OVERSIZE_FACTOR, WebSocketProfile, lookup
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -68,7 +64,7 @@ def read_token(profile: WebSocketProfile) -> str | None:
         raise UpstreamUnreachable(f"cannot read websocket.token_file: {exc}") from None
 
 
-class _Run:
+class GatewayRun:
     """What the connection knows of one run: where its frames go."""
 
     __slots__ = ("abort_on_accept", "queue", "request_id", "run_id", "session_key", "socket")
@@ -103,8 +99,8 @@ class GatewayConnection:
         self._ws: ClientConnection | None = None
         self._connecting: asyncio.Task[ClientConnection] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._by_request: dict[str, _Run] = {}
-        self._by_run: dict[str, _Run] = {}
+        self._by_request: dict[str, GatewayRun] = {}
+        self._by_run: dict[str, GatewayRun] = {}
         #: Request ids of runs whose acceptance has not come yet.
         self._awaiting: set[str] = set()
         self._unclaimed: deque[tuple[str, Mapping[str, Any]]] = deque(maxlen=UNCLAIMED_FRAMES)
@@ -283,7 +279,7 @@ class GatewayConnection:
             # Events may overtake an acceptance: keep them for it (bounded).
             self._unclaimed.append((run_id, frame))
 
-    def _response(self, run: _Run, frame: Mapping[str, Any]) -> None:
+    def _response(self, run: GatewayRun, frame: Mapping[str, Any]) -> None:
         run_id = lookup(frame, self.profile.response.run_id)
         if run.run_id is None and isinstance(run_id, str) and run_id:
             run.run_id = run_id
@@ -302,11 +298,11 @@ class GatewayConnection:
 
     # --- runs -------------------------------------------------------------------
 
-    async def start(self, frame: Mapping[str, Any], request_id: str) -> _Run:
+    async def start(self, frame: Mapping[str, Any], request_id: str) -> GatewayRun:
         """Send ``frame`` (an ``agent`` request with id ``request_id``) on the socket."""
         ws = await self.connected()
         session_key = lookup(frame, self.profile.request_session_key)
-        run = _Run(request_id, session_key if isinstance(session_key, str) else None, ws)
+        run = GatewayRun(request_id, session_key if isinstance(session_key, str) else None, ws)
         self._by_request[request_id] = run
         self._awaiting.add(request_id)
         try:
@@ -317,13 +313,13 @@ class GatewayConnection:
             raise
         return run
 
-    def forget(self, run: _Run) -> None:
+    def forget(self, run: GatewayRun) -> None:
         self._by_request.pop(run.request_id, None)
         self._awaiting.discard(run.request_id)
         if run.run_id is not None:
             self._by_run.pop(run.run_id, None)
 
-    def abort(self, run: _Run) -> None:
+    def abort(self, run: GatewayRun) -> None:
         """Stop the run at the gateway (``chat.abort``); fire and forget."""
         if run.run_id is None:
             if run.request_id in self._by_request:
@@ -370,117 +366,4 @@ class GatewayConnection:
                 await self._reader
 
 
-class GatewayRunSource:
-    """One stream's run on a shared :class:`GatewayConnection`."""
-
-    def __init__(
-        self,
-        connection: GatewayConnection,
-        *,
-        body: object,
-        session_key: str | None,
-        request_id: str,
-        idempotency_key: str,
-        terminal_event: str = "done",
-    ) -> None:
-        self.connection = connection
-        profile = connection.profile
-        # Request ids must be unique on the shared socket; the client's own
-        # X-Request-ID may repeat across clients.
-        self.request_id = connection.next_id(f"agent-{request_id}")
-        self.frame = render_request(
-            profile.request,
-            body=json_body(body),
-            session_key=session_key,
-            request_id=self.request_id,
-            idempotency_key=idempotency_key,
-        )
-        self.tracker = RunTracker.for_request(profile, self.frame, terminal_event)
-        self._run: _Run | None = None
-        self._closed = False
-
-    @property
-    def done(self) -> bool:
-        return self.tracker.done
-
-    @property
-    def malformed(self) -> Counter[str]:
-        return self.tracker.malformed
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def open(self) -> None:
-        if self._run is not None or self._closed:
-            raise RuntimeError("a GatewayRunSource is opened once")
-        profile = self.connection.profile
-        request_id = lookup(self.frame, profile.request_id)
-        try:
-            async with asyncio.timeout(profile.connect_timeout):
-                self._run = await self.connection.start(self.frame, str(request_id))
-        except TimeoutError:
-            raise UpstreamUnreachable(
-                f"no gateway connection within connect_timeout ({profile.connect_timeout:g}s)"
-            ) from None
-        if self.closed:  # abort() ran while connecting: leave the run now
-            self.abort()
-            raise UpstreamUnreachable("closed while connecting")
-
-    async def read(self) -> list[Event]:
-        run = self._run
-        if run is None:
-            raise RuntimeError("read() before open()")
-        tracker = self.tracker
-        while not tracker.done:
-            item = await run.queue.get()
-            if isinstance(item, SidecarError):
-                tracker.done = True
-                raise item
-            events = tracker.feed_frame(item)
-            if events:
-                return events
-        return []
-
-    async def close(self) -> None:
-        self.abort()
-
-    def abort(self) -> None:
-        """Leave the run: ``chat.abort`` when it has not ended, else just forget it."""
-        self._closed = True
-        run, self._run = self._run, None
-        if run is None:
-            return
-        if self.tracker.done:
-            self.connection.forget(run)
-        else:
-            self.connection.abort(run)
-
-
-class GatewayPool:
-    """The process's gateway connections, one per (URL, profile)."""
-
-    def __init__(self) -> None:
-        # Keyed by the profile's identity: a route's profile lives as long as
-        # the app, and profiles hold dicts, so they are not hashable.
-        self._connections: dict[tuple[str, int], GatewayConnection] = {}
-
-    def connection(
-        self,
-        url: str,
-        profile: WebSocketProfile,
-        on_malformed: Callable[[str], None] | None = None,
-    ) -> GatewayConnection:
-        key = (url, id(profile))
-        conn = self._connections.get(key)
-        if conn is None:
-            conn = self._connections[key] = GatewayConnection(url, profile, on_malformed)
-        return conn
-
-    async def close(self) -> None:
-        connections = list(self._connections.values())
-        self._connections.clear()
-        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
-
-
-__all__ = ["GatewayConnection", "GatewayPool", "GatewayRefused", "GatewayRunSource", "read_token"]
+__all__ = ["GatewayConnection", "GatewayRefused", "GatewayRun", "read_token"]

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from sidecar.errors import GatewayRefused, SidecarError
-from sidecar.upstream.gateway import GatewayPool, GatewayRunSource
+from sidecar.upstream.gateway_runs import GatewayPool, GatewayRunSource
 from sidecar.upstream.websocket import WebSocketSource
 from sidecar.upstream.ws_profile import WebSocketProfile
 

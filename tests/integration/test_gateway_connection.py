@@ -19,7 +19,8 @@ import pytest
 
 from sidecar.errors import GatewayRefused, UpstreamDisconnected
 from sidecar.examples.gateway import Gateway, final_text
-from sidecar.upstream.gateway import GatewayConnection, GatewayRunSource
+from sidecar.upstream.gateway import GatewayConnection
+from sidecar.upstream.gateway_runs import GatewayRunSource
 from sidecar.upstream.openclaw import Handshake
 from sidecar.upstream.ws_profile import WebSocketProfile
 from tests.conftest import make_config

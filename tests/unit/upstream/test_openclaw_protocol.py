@@ -11,7 +11,8 @@ import json
 import pytest
 
 from sidecar.errors import GatewayRefused, UpstreamAborted, UpstreamDisconnected
-from sidecar.upstream.gateway import GatewayConnection, GatewayRunSource, _Run
+from sidecar.upstream.gateway import GatewayConnection, GatewayRun
+from sidecar.upstream.gateway_runs import GatewayRunSource
 from sidecar.upstream.openclaw import (
     Handshake,
     abort_frame,
@@ -126,19 +127,21 @@ def test_abort_frame():
 # --- the multiplexer -------------------------------------------------------------------
 
 
-def source_on(conn: GatewayConnection, request_id: str = "r") -> tuple[GatewayRunSource, _Run]:
+def source_on(
+    conn: GatewayConnection, request_id: str = "r"
+) -> tuple[GatewayRunSource, GatewayRun]:
     src = GatewayRunSource(
         conn, body={"message": "hi"}, session_key="MySess", request_id=request_id,
         idempotency_key="k1",
     )  # fmt: skip
-    run = _Run(src.request_id, "MySess")
+    run = GatewayRun(src.request_id, "MySess")
     conn._by_request[src.request_id] = run
     conn._awaiting.add(src.request_id)
     src._run = run
     return src, run
 
 
-def drain(src: GatewayRunSource, run: _Run) -> list[tuple[str | None, object]]:
+def drain(src: GatewayRunSource, run: GatewayRun) -> list[tuple[str | None, object]]:
     out = []
     while not run.queue.empty():
         item = run.queue.get_nowait()

@@ -26,7 +26,8 @@ from typing import Any
 
 from bench import procs
 from bench.procs import Child, Usage
-from sidecar.examples.gateway import TOKEN_INTERVAL, cumulative_texts
+from sidecar.examples.gateway import TOKEN_INTERVAL
+from sidecar.examples.gateway_text import cumulative_texts
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 #: The query parameter the load client puts each stream's session key in.

@@ -26,8 +26,8 @@ interleave on every socket. Markers in the message select a behaviour:
 ``[error]``, ``[abort]``, ``[die]`` (the requesting connection is cut without
 a close frame mid-run), ``[slow]`` (five times slower, with a pause) and
 ``[tool]`` (``agent`` tool-call events mid-run). What the text is, and how it
-grows, is pure and exported (:func:`final_text`, :func:`cumulative_texts`) so
-tests can compute what a client must assemble.
+grows, is pure and exported (sidecar/examples/gateway_text.py) so tests can
+compute what a client must assemble.
 
 Strategy: one task per run broadcasts its frames; one record per connection
 (:class:`ConnectionRecord`, with an ``asyncio.Event`` set when the socket
@@ -41,7 +41,6 @@ import contextlib
 import itertools
 import json
 import math
-import random
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -53,6 +52,16 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from sidecar.examples.gateway_text import (
+    accepted,
+    canonical_key,
+    cumulative_texts,
+    failed,
+    final_text,
+    finished,
+    parts,
+    topic,
+)
 from sidecar.examples.running import arg_parser, run, until_signalled
 
 TOKEN_INTERVAL = 0.04
@@ -70,56 +79,6 @@ PROTOCOL = 4
 TICK_INTERVAL = 30
 #: The cancel message of a run stopped by chat.abort.
 ABORTED_BY_RPC = "chat.abort"
-MARKERS = ("[reset]", "[error]", "[abort]", "[die]", "[slow]", "[tool]")
-
-_ANSWER = (
-    "Here is what I found about {topic}: the gateway streams this answer in small "
-    "pieces, and every piece repeats all the text so far — déjà vu 🙂 — until a "
-    "final event closes the run."
-)
-_DRAFT = "Thinking about {topic}… hmm, that came out wrong, let me start over."
-
-
-# --- the text of a run (pure) ---------------------------------------------------------
-
-
-def _topic(message: str) -> str:
-    for marker in MARKERS:
-        message = message.replace(marker, " ")
-    topic = " ".join(message.split())[:60]
-    return topic or "nothing in particular"
-
-
-def final_text(message: str) -> str:
-    """The whole answer to ``message``: what a client must end up with."""
-    return _ANSWER.format(topic=_topic(message))
-
-
-def _growth(text: str, rng: random.Random, start: int = 0) -> list[str]:
-    """Cumulative prefixes of ``text`` from ``start``, growing by 1 to 6 characters."""
-    out: list[str] = []
-    end = start
-    while end < len(text):
-        end = min(len(text), end + rng.randint(1, 6))
-        out.append(text[:end])
-    return out
-
-
-def cumulative_texts(message: str) -> list[str]:
-    """The text of each ``delta`` event for ``message``, in order; ``final`` carries the last.
-
-    With ``[reset]`` the run first drafts a different text, then restarts the
-    answer from a shorter prefix that the draft does not start with.
-    """
-    rng = random.Random(message)
-    answer = final_text(message)
-    if "[reset]" not in message:
-        return _growth(answer, rng)
-    draft = _DRAFT.format(topic=_topic(message))
-    drafted = _growth(draft, rng)[: max(2, len(draft) // 6)]
-    return drafted + _growth(answer, rng)
-
-
 # --- what the gateway saw ----------------------------------------------------------------
 
 
@@ -269,7 +228,7 @@ class Gateway:
             frame = None
         record.requests.append(frame)
         if not isinstance(frame, dict) or frame.get("type") != "req":
-            await _send(ws, _failed(None, "INVALID_REQUEST", "frames must be req objects"))
+            await _send(ws, failed(None, "INVALID_REQUEST", "frames must be req objects"))
             return
         request_id = frame.get("id")
         params = frame.get("params")
@@ -280,15 +239,15 @@ class Gateway:
             await _send(ws, self._abort(request_id, params))
             return
         if frame.get("method") != "agent":
-            await _send(ws, _failed(request_id, "UNKNOWN_METHOD", "only agent is served"))
+            await _send(ws, failed(request_id, "UNKNOWN_METHOD", "only agent is served"))
             return
         if not isinstance(params, dict) or not isinstance(params.get("message"), str):
-            await _send(ws, _failed(request_id, "INVALID_REQUEST", "params.message is required"))
+            await _send(ws, failed(request_id, "INVALID_REQUEST", "params.message is required"))
             return
         key = params.get("idempotencyKey")
         if isinstance(key, str) and key in self._idempotency:
             # A retried request joins the run it already started.
-            await _send(ws, _accepted(request_id, self._idempotency[key]))
+            await _send(ws, accepted(request_id, self._idempotency[key]))
             return
         agent = params.get("agentId") if isinstance(params.get("agentId"), str) else "main"
         session_key = params.get("sessionKey")
@@ -303,7 +262,7 @@ class Gateway:
                 del self._idempotency[next(iter(self._idempotency))]
         self.runs.append(run)
         self._notify()
-        await _send(ws, _accepted(request_id, run.run_id, session_key))
+        await _send(ws, accepted(request_id, run.run_id, session_key))
         task = asyncio.create_task(self._play(ws, request_id, run))
         self._tasks.add(task)
         self._running[run.run_id] = task
@@ -315,23 +274,23 @@ class Gateway:
         params = frame.get("params")
         if frame.get("method") != "connect" or not isinstance(params, dict):
             message = "invalid handshake: first request must be connect"
-            await _send(ws, _failed(request_id, "INVALID_REQUEST", message))
+            await _send(ws, failed(request_id, "INVALID_REQUEST", message))
             await ws.close(1008, "invalid handshake")
             return
         if params.get("minProtocol", 0) > PROTOCOL or params.get("maxProtocol", 0) < PROTOCOL:
-            await _send(ws, _failed(request_id, "INVALID_REQUEST", "protocol mismatch"))
+            await _send(ws, failed(request_id, "INVALID_REQUEST", "protocol mismatch"))
             await ws.close(1002, "protocol mismatch")
             return
         auth = params.get("auth")
         token = auth.get("token") if isinstance(auth, dict) else None
         if not isinstance(token, str):
-            await _send(ws, _failed(request_id, "NOT_PAIRED", "device identity required"))
+            await _send(ws, failed(request_id, "NOT_PAIRED", "device identity required"))
             await ws.close(1008, "device identity required")
             return
         if self.token is not None and token != self.token:
-            failed = _failed(request_id, "INVALID_REQUEST", "unauthorized: gateway token mismatch")
-            failed["error"]["details"] = {"code": "AUTH_TOKEN_MISMATCH"}  # type: ignore[index]
-            await _send(ws, failed)
+            refused = failed(request_id, "INVALID_REQUEST", "unauthorized: gateway token mismatch")
+            refused["error"]["details"] = {"code": "AUTH_TOKEN_MISMATCH"}  # type: ignore[index]
+            await _send(ws, refused)
             await ws.close(1008, "unauthorized")
             return
         self._operators.add(ws)
@@ -375,9 +334,9 @@ class Gateway:
                 self._delta(run, text)
                 await self._sleep(TOKEN_INTERVAL * slow)
             self._agent(run, "lifecycle", {"phase": "end"})
-            self._chat(run, "final", message={"role": "assistant", "content": _parts(texts[-1])})
+            self._chat(run, "final", message={"role": "assistant", "content": parts(texts[-1])})
             run.state = "final"
-            await _send(ws, _finished(request_id, run.run_id, "ok"))
+            await _send(ws, finished(request_id, run.run_id, "ok"))
         except asyncio.CancelledError as exc:
             if exc.args != (ABORTED_BY_RPC,):
                 run.state = "stopped"
@@ -385,9 +344,9 @@ class Gateway:
             # chat.abort: like the real gateway, an aborted event whose message
             # is an object with the partial text, then the final response.
             run.state = "aborted"
-            partial = {"role": "assistant", "content": _parts(run.text)}
+            partial = {"role": "assistant", "content": parts(run.text)}
             self._chat(run, "aborted", stopReason="rpc", message=partial)
-            await _send(ws, _finished(request_id, run.run_id, "timeout"))
+            await _send(ws, finished(request_id, run.run_id, "timeout"))
         finally:
             self._notify()
 
@@ -398,7 +357,7 @@ class Gateway:
         message = run.message
         if "[tool]" in message:
             call = {"name": "search", "toolCallId": f"{run.run_id}-tool-1"}
-            self._agent(run, "tool", {**call, "phase": "start", "args": {"q": _topic(message)}})
+            self._agent(run, "tool", {**call, "phase": "start", "args": {"q": topic(message)}})
             await self._sleep(TOOL_DELAY)
             self._agent(run, "tool", {**call, "phase": "result", "result": {"hits": 3}})
         if "[slow]" in message:
@@ -410,22 +369,22 @@ class Gateway:
         if "[error]" in message:
             run.state = "error"
             self._chat(run, "error", errorMessage=ERROR_MESSAGE)
-            return _failed(request_id, "AGENT_ERROR", ERROR_MESSAGE)
+            return failed(request_id, "AGENT_ERROR", ERROR_MESSAGE)
         if "[abort]" in message:
             run.state = "aborted"
             self._chat(run, "aborted", errorMessage=ABORT_MESSAGE)
-            return _finished(request_id, run.run_id, "aborted")
+            return finished(request_id, run.run_id, "aborted")
         return None
 
     def _delta(self, run: RunRecord, text: str) -> None:
         if self.handshake and not text.startswith(run.text):
             # A provider retry, as OpenClaw reports it: empty text, replace: true.
-            empty = {"role": "assistant", "content": _parts("")}
+            empty = {"role": "assistant", "content": parts("")}
             self._chat(run, "delta", deltaText="", replace=True, message=empty)
             run.text = ""
         delta = text[len(run.text) :] if text.startswith(run.text) else text
         run.text = text
-        message = {"role": "assistant", "content": _parts(text)}
+        message = {"role": "assistant", "content": parts(text)}
         self._chat(run, "delta", deltaText=delta, message=message)
 
     def _chat(self, run: RunRecord, state: str, **extra: object) -> None:
@@ -443,34 +402,6 @@ class Gateway:
 
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds / self.speed)
-
-
-def _parts(text: str) -> list[dict[str, str]]:
-    return [{"type": "text", "text": text}]
-
-
-def canonical_key(key: str, agent: str = "main") -> str:
-    """OpenClaw's form of a session key: ``x`` → ``agent:main:x``, lowered."""
-    if not key.startswith("agent:"):
-        key = f"agent:{agent}:{key}"
-    return key.lower()
-
-
-def _accepted(request_id: object, run_id: str, session_key: str | None = None) -> dict[str, object]:
-    payload = {"runId": run_id, "status": "accepted"}
-    if session_key is not None:
-        payload["sessionKey"] = session_key
-    return {"type": "res", "id": request_id, "ok": True, "payload": payload}
-
-
-def _finished(request_id: object, run_id: str, status: str) -> dict[str, object]:
-    payload = {"runId": run_id, "status": status}
-    return {"type": "res", "id": request_id, "ok": True, "payload": payload}
-
-
-def _failed(request_id: object, code: str, message: str) -> dict[str, object]:
-    error = {"code": code, "message": message}
-    return {"type": "res", "id": request_id, "ok": False, "error": error}
 
 
 async def _send(ws: ServerConnection, frame: dict[str, object]) -> None:
@@ -516,3 +447,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+__all__ = ["Gateway", "canonical_key", "cumulative_texts", "final_text", "main"]

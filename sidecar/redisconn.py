@@ -20,7 +20,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection as RedisConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidecar import looptime
 from sidecar.redispack import packed
+from sidecar.redispipe import run_scripts
 
 #: Connect timeout, and what callers' budgets are built from: an outage shows
 #: within about this.
@@ -243,23 +244,6 @@ async def pubsub(client: Client, channel: str, avoid: Collection[str] = ()) -> t
     return client.pubsub(node=node), node.name
 
 
-async def queue_script(
-    script: AsyncScript, pipe: Any, keys: Sequence[str], args: Sequence[Any]
-) -> None:
-    """Queue a script call on a pipeline of either client.
-
-    A cluster pipeline does not load scripts first (and a promoted replica
-    may not have them cached), so it sends the script's text, not its sha.
-    """
-    if isinstance(pipe, ClusterPipeline):
-        source = script.script
-        pipe.eval(
-            source.decode() if isinstance(source, bytes) else str(source), len(keys), *keys, *args
-        )
-    else:
-        await script(keys=keys, args=args, client=pipe)
-
-
 def raise_if_cancelled() -> None:
     """Raise the CancelledError of a cancel that a Redis call let pass unraised.
 
@@ -343,13 +327,10 @@ class ScriptRounds:
                 try:
                     # A round no caller waits for any more ends too (its
                     # callers' budgets run from ``sent``), and the next goes.
-                    async with (
-                        looptime.timeout(BUDGET),
-                        self._client.pipeline(transaction=False) as pipe,
-                    ):
-                        for call in calls:
-                            await queue_script(call.script, pipe, call.keys, call.args)
-                        results = await pipe.execute(raise_on_error=False)
+                    async with looptime.timeout(BUDGET):
+                        results = await run_scripts(
+                            self._client, [(c.script, c.keys, c.args) for c in calls]
+                        )
                     raise_if_cancelled()
                 except Exception as exc:  # the whole round failed: each caller learns why
                     for call in calls:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from sidecar.errors import BackendUnavailable
 from sidecar.redisconn import Client
+from sidecar.redispipe import ScriptCall, run_scripts
 from sidecar.replay.base import Entry
 from sidecar.replay.redis_follow import RETRY
 
@@ -39,7 +40,7 @@ class Log(Protocol):
 
     def sent(self, error: BackendUnavailable | None, reply: object = None) -> None: ...
 
-    async def add_to(self, pipe: Any, entries: Sequence[Entry]) -> None: ...
+    def append_call(self, entries: Sequence[Entry]) -> ScriptCall: ...
 
 
 class Store(Protocol):
@@ -88,13 +89,12 @@ class Appends:
                 error: BackendUnavailable | None = None
                 replies: list[Any] = [None] * len(batches)
                 try:
-                    async with (
-                        self._store.backend() as redis,
-                        redis.pipeline(transaction=False) as pipe,
-                    ):
-                        for log, batch in batches:
-                            await log.add_to(pipe, batch)
-                        replies = await pipe.execute()
+                    async with self._store.backend() as redis:
+                        calls = [log.append_call(batch) for log, batch in batches]
+                        replies = await run_scripts(redis, calls)
+                        for reply in replies:
+                            if isinstance(reply, Exception):
+                                raise reply  # the round failed (as the backend says)
                 except BackendUnavailable as exc:
                     error = exc
                 for (log, _), reply in zip(batches, replies, strict=True):

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Protocol
 
 from redis.commands.core import AsyncScript
 
 from sidecar.errors import BackendUnavailable
-from sidecar.redisconn import Client, ScriptRounds, queue_script
+from sidecar.redisconn import Client, ScriptRounds
+from sidecar.redispipe import ScriptCall
 from sidecar.replay.base import Entry
 from sidecar.replay.redis_append import Appends
 from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms
@@ -164,8 +165,8 @@ class RedisReplayLog:
         for callback in callbacks:
             callback()
 
-    async def add_to(self, pipe: Any, entries: Sequence[Entry]) -> None:
-        """Queue the append script for ``entries`` on a pipeline."""
+    def append_call(self, entries: Sequence[Entry]) -> ScriptCall:
+        """The append script's call for ``entries`` (an append round sends it)."""
         assert self._caps is not None  # the run's own log knows its caps
         max_events, max_bytes = self._caps
         k = self.keys
@@ -175,9 +176,7 @@ class RedisReplayLog:
         ]  # fmt: skip
         for e in entries:
             args += [e.seq, e.event_id, e.data, int(e.terminal)]
-        # On a pipeline this only queues the call (the await returns at once).
-        keys = [k.stream, k.index, k.pointer]
-        await queue_script(self._store.scripts["append"], pipe, keys, args)
+        return self._store.scripts["append"], [k.stream, k.index, k.pointer], args
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""

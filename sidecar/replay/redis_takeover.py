@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 from redis.commands.core import AsyncScript
 
-from sidecar.redisconn import Client, queue_script
+from sidecar.redisconn import Client
+from sidecar.redispipe import queue_script
 from sidecar.replay.base import Entry, NotTaken
 from sidecar.replay.redis_follow import ms
 from sidecar.replay.redis_scripts import Keys, entries_of

@@ -22,7 +22,8 @@ from redis.exceptions import RedisError
 
 from sidecar import looptime
 from sidecar.logs import session_hash
-from sidecar.redisconn import BUDGET, Client, queue_script, raise_if_cancelled
+from sidecar.redisconn import BUDGET, Client, raise_if_cancelled
+from sidecar.redispipe import queue_script
 from sidecar.sessions.base import Holder
 from sidecar.sessions.redis_scripts import fence_key, fence_ttl, owner_key, stop_key
 

@@ -1,0 +1,62 @@
+"""Script calls on pipelines (sidecar/redispipe.py), on a real Redis and a real cluster."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import ResponseError
+
+from sidecar.redisconn import connect
+from sidecar.redispipe import run_scripts
+
+pytestmark = pytest.mark.redis
+
+#: Counts its calls in a key, fails when asked to (one call's error is its own).
+SCRIPT = """
+if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end
+return redis.call('INCR', KEYS[1])
+"""
+
+
+@pytest.fixture
+async def client(redis_server):
+    conn = connect(redis_server.url, cluster=False, pool_size=2)
+    yield conn.client
+    await conn.aclose()
+
+
+async def commands(client, name: str) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+async def test_calls_go_without_a_script_check_and_each_gets_its_own_result(client):
+    script = client.register_script(SCRIPT)
+    await client.script_load(SCRIPT)
+    await client.config_resetstat()
+    results = await run_scripts(client, [(script, ["a"], ["x"]), (script, ["b"], ["fail"])] * 2)
+    assert results[0] == 1
+    assert results[2] == 2
+    assert all(isinstance(r, ResponseError) for r in results[1::2])
+    # One round trip: no SCRIPT EXISTS before the pipeline, no load.
+    assert await commands(client, "script|exists") == 0
+    assert await commands(client, "evalsha") == 4
+
+
+async def test_a_server_that_lost_the_scripts_runs_each_call_once(client):
+    script = client.register_script(SCRIPT)
+    await client.script_flush()  # as after a restart
+    results = await run_scripts(client, [(script, ["c"], ["x"]), (script, ["d"], ["x"])])
+    assert results == [1, 1]
+    assert int(await client.get("c")) == 1  # the NOSCRIPT answer ran nothing
+    assert await client.script_exists(script.sha) == [True]
+
+
+async def test_a_cluster_pipeline_sends_the_scripts_text(redis_cluster):
+    conn = connect(redis_cluster.url, cluster=True, pool_size=2)
+    try:
+        script = conn.client.register_script(SCRIPT)
+        keys = [f"{{k{i}}}:n" for i in range(6)]  # several slots, so several nodes
+        results = await run_scripts(conn.client, [(script, [k], ["x"]) for k in keys])
+        assert results == [1] * 6
+    finally:
+        await conn.aclose()

@@ -32,7 +32,8 @@ async def test_nothing_is_held_until_someone_waits_nor_after() -> None:
     assert flag._waiters is None
     waiter = asyncio.ensure_future(flag.wait())
     await asyncio.sleep(0)
-    assert flag._waiters is not None and len(flag._waiters) == 1
+    assert flag._waiters is not None
+    assert len(flag._waiters) == 1
     flag.set()
     await waiter
     assert flag._waiters is None

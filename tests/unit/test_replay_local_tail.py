@@ -14,9 +14,11 @@ def entry(seq: int) -> Entry:
 
 async def test_a_silent_tail_holds_no_deque_and_no_event() -> None:
     tail = LocalTail(10, 1000)
-    assert tail._entries is None and tail._changed is None
+    assert tail._entries is None
+    assert tail._changed is None
     assert tail.entries == ()
-    assert tail.after(0) == [] and tail.after_id("r-1") is None
+    assert tail.after(0) == []
+    assert tail.after_id("r-1") is None
     assert await tail.read(0, 0) == []
     assert tail._changed is None  # a read that does not wait makes none
 
@@ -58,6 +60,7 @@ async def test_caps_and_clear_as_before() -> None:
     assert [e.seq for e in tail.entries] == [2, 3]
     assert tail.after_id("r-2") == [entry(3)]
     tail.clear()
-    assert tail.entries == () and tail.bytes == 0
+    assert tail.entries == ()
+    assert tail.bytes == 0
     tail.add([entry(4)])
     assert list(tail.entries) == [entry(4)]

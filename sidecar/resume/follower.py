@@ -68,6 +68,12 @@ def unavailable(message: str, dialect: Dialect) -> bytes:
 class Follower:
     """One client's view of a run's log."""
 
+    __slots__ = (
+        "_direct", "_slot", "after_seq", "ended", "last_entry", "log", "loop", "outcome", "pacing",
+        "replaced", "replay_until", "replayed", "request", "request_id", "route", "run", "services",
+        "sink", "state", "take_over", "task",
+    )  # fmt: skip
+
     def __init__(
         self,
         services: RouteServices,

@@ -212,6 +212,12 @@ class LogSink:
 class ResumableRun:
     """A run whose events go to the session's replay log; followers write them out."""
 
+    __slots__ = (
+        "_detached_at", "_grace", "_registry", "_unsure", "done", "followers", "handle", "log",
+        "loop", "request_id", "route", "services", "session_key", "sink", "stream", "taken_over",
+        "waiting",
+    )  # fmt: skip
+
     def __init__(
         self,
         services: RouteServices,
@@ -245,7 +251,7 @@ class ResumableRun:
         self._registry = registry
         #: Clients following the run here: one, but for a moment two when a
         #: reconnect arrives before the old connection is known to be gone.
-        self.followers: set[Stoppable] = set()
+        self.followers: list[Stoppable] = []
         #: The first request waits for the run to answer (not yet a follower).
         self.waiting = 0
         self.done = False
@@ -321,7 +327,7 @@ class ResumableRun:
         else:
             for older in list(self.followers):
                 older.stop()
-            self.followers.add(follower)
+            self.followers.append(follower)
         self._cancel_grace()
         self._detached_at = None
 
@@ -340,7 +346,8 @@ class ResumableRun:
         if follower is None:
             self.waiting -= 1
         else:
-            self.followers.discard(follower)
+            if follower in self.followers:
+                self.followers.remove(follower)
             self.sink.release(follower)
         if not self.followed_here and not self.done:
             self._detached_at = self.loop.time()

@@ -26,7 +26,7 @@ class Holder(Protocol):
     def stop(self, code: str) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Claim:
     route: str
     key: str

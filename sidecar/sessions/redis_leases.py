@@ -40,7 +40,7 @@ def milliseconds(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Held:
     """One claim of this process, from before its script runs until it is let go."""
 

@@ -67,6 +67,12 @@ _STOP_MESSAGES = {
 class StreamRun:
     """One stream, from the upstream request to the terminal event."""
 
+    __slots__ = (
+        "_resumer", "_resuming", "alarm", "body", "claim", "cursor", "handle", "kept", "loop",
+        "metrics", "opener", "pacer", "pacing", "request", "request_id", "route", "services",
+        "session_key", "sink", "source", "state", "upstream", "url",
+    )  # fmt: skip
+
     def __init__(
         self,
         services: RouteServices,

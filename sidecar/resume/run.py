@@ -19,7 +19,7 @@ from yarl import URL
 
 from sidecar.context import StreamHandle
 from sidecar.errors import BackendUnavailable
-from sidecar.headers import Headers
+from sidecar.headers import Headers, stream_kept
 from sidecar.normalize import Batch, IdSource
 from sidecar.replay.base import Entry, ReplayLog
 from sidecar.services import RouteServices
@@ -104,7 +104,7 @@ class LogSink:
         self._loop = asyncio.get_running_loop()
         #: Set once the run committed (None) or answered otherwise (that answer).
         self.ready: asyncio.Future[web.StreamResponse | None] = self._loop.create_future()
-        #: The upstream's headers, for every follower's response.
+        #: What every follower's response keeps of the upstream's headers.
         self.headers: Headers | None = None
         self._terminal: tuple[int, str] | None = None
         #: The seq of the newest entry appended.
@@ -112,7 +112,7 @@ class LogSink:
         self._direct: DirectClient | None = None
 
     async def commit(self, upstream_headers: Headers | None) -> None:
-        self.headers = upstream_headers
+        self.headers = stream_kept(upstream_headers)
         if not self.ready.done():
             self.ready.set_result(None)
 

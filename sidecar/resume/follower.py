@@ -25,7 +25,6 @@ from sidecar.errors import BackendUnavailable, ClientGone, SlowClient
 from sidecar.headers import Headers
 from sidecar.replay.base import NotTaken, ReplayLog
 from sidecar.services import RouteServices
-from sidecar.stream.pacing import Pacing
 from sidecar.stream.sink import ClientSink
 from sidecar.stream.state import StreamState
 
@@ -107,7 +106,7 @@ class Follower:
         self.sink = ClientSink(
             request, self.route, self.state, services.metrics, services.normalizer.keepalive
         )
-        self.pacing = Pacing.of(self.route.limits, self.route.heartbeat.interval)
+        self.pacing = services.pacing()
         self.task: asyncio.Task[Any] | None = None
         #: When the client last got an entry (its idle limit counts from there).
         self.last_entry = self.loop.time()

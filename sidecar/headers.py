@@ -101,6 +101,17 @@ def passthrough_response(headers: Headers) -> CIMultiDict[str]:
     return strip(headers, ("content-length",))
 
 
+def stream_kept(headers: Headers | None) -> CIMultiDict[str] | None:
+    """What a stream's response keeps of the upstream's headers (None: nothing).
+
+    ``stream_response`` of it is ``stream_response`` of ``headers``: a run
+    that answers followers for its whole life holds this, not the whole head.
+    """
+    if headers is None:
+        return None
+    return strip(headers, STREAM_OWN) or None
+
+
 def stream_response(headers: Headers | None) -> CIMultiDict[str]:
     """Headers of a normalised stream: the upstream's safe ones, then ours."""
     out = strip(headers, STREAM_OWN) if headers is not None else CIMultiDict[str]()

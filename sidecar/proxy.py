@@ -64,9 +64,7 @@ class RouteHandler:
         except BadPath as exc:
             return admission.bad_path(exc)
         try:
-            key = self.keys.read(
-                request.headers, request.cookies, request.query, request.match_info["tail"]
-            )
+            key = self.keys.of_request(request)
         except BadSessionKey as exc:
             self.metrics.rejected("bad_session_key")
             return json_error(400, exc.code, str(exc))

@@ -172,6 +172,20 @@ class GuardedHandler(RequestHandler):
         if self._request_count != self._heads_seen:
             self._heads_seen = self._request_count
             self._disarm_head_timer()
+            self._drop_keepalive_timer()
+
+    def _drop_keepalive_timer(self) -> None:
+        """A request is in: aiohttp's keep-alive timer has nothing to do until it ends.
+
+        aiohttp arms it when the connection opens and again when a request
+        ends (if none is armed); it only ever closes an idle connection. Left
+        armed, each stream would hold a loop timer handle for its first
+        keepalive_timeout seconds.
+        """
+        handle = self._keepalive_handle
+        if handle is not None:
+            handle.cancel()
+            self._keepalive_handle = None
 
     def waiting_for_request(self) -> bool:
         """No request in progress: idle, or its head still coming."""

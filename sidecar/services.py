@@ -15,12 +15,13 @@ from sidecar.dialects import dialect_for
 from sidecar.forwarding import TrustedProxies
 from sidecar.metrics import RouteMetrics
 from sidecar.normalize import Normalizer
+from sidecar.stream.pacing import Pacing
 
 
 class RouteServices:
     """The per-route parts a stream needs (config, context, normaliser, metrics)."""
 
-    __slots__ = ("admission", "ctx", "metrics", "normalizer", "raw_events", "route")
+    __slots__ = ("_pacing", "admission", "ctx", "metrics", "normalizer", "raw_events", "route")
 
     def __init__(self, route: Route, ctx: Context) -> None:
         self.route = route
@@ -35,3 +36,14 @@ class RouteServices:
         self.admission = Admission(
             route, TrustedProxies.parse(ctx.config.trusted_proxies), self.metrics
         )
+        #: With heartbeats and without (a Sink whose reader heartbeats): frozen,
+        #: so every stream and follower of the route shares them rather than
+        #: holding one each for its life.
+        self._pacing = (
+            Pacing.of(route.limits, 0.0),
+            Pacing.of(route.limits, route.heartbeat.interval),
+        )
+
+    def pacing(self, heartbeats: bool = True) -> Pacing:
+        """The route's limits, and its heartbeat interval if ``heartbeats``."""
+        return self._pacing[heartbeats]

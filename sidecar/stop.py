@@ -29,7 +29,7 @@ async def handle(
     """Answer a stop request: 202 when a run was told to stop, else a JSON error."""
     metrics = services.metrics
     try:
-        key = keys.read(request.headers, request.cookies, request.query, request.match_info["tail"])
+        key = keys.of_request(request)
     except BadSessionKey as exc:
         metrics.rejected("bad_session_key")
         return json_error(400, exc.code, str(exc))

@@ -59,23 +59,34 @@ class LocalTail:
 
     Eviction is the Redis script's (and memory's): oldest first while over a
     cap, never the newest entry, so a local read sees what a Redis read would.
+    A silent run holds neither a deque nor an Event: each is made when first
+    needed (an entry, a reader that waits), since an empty deque alone takes
+    a block of 64 slots.
     """
 
     __slots__ = (
-        "_changed", "bytes", "entries", "finished", "last_seq", "max_bytes", "max_events",
+        "_changed", "_entries", "bytes", "finished", "last_seq", "max_bytes", "max_events",
     )  # fmt: skip
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self.entries: deque[Entry] = deque()
+        self._entries: deque[Entry] | None = None
         self.bytes = 0
         self.last_seq = 0
         self.finished = False
-        self._changed = asyncio.Event()
+        #: What readers wait on, while any does (None: nobody waits).
+        self._changed: asyncio.Event | None = None
+
+    @property
+    def entries(self) -> Sequence[Entry]:
+        """The entries held, oldest first."""
+        return () if self._entries is None else self._entries
 
     def add(self, entries: Sequence[Entry]) -> None:
-        held = self.entries
+        held = self._entries
+        if held is None:
+            held = self._entries = deque()
         for entry in entries:
             if entry.seq <= self.last_seq:
                 continue  # a retried append, as the script skips it
@@ -92,13 +103,15 @@ class LocalTail:
 
     def clear(self) -> None:
         """The session has a newer log: what this one held is gone (later appends still land)."""
-        self.entries.clear()
+        self._entries = None
         self.bytes = 0
 
     def _wake(self) -> None:
-        # Every reader waits on the event of the moment it looked.
-        self._changed.set()
-        self._changed = asyncio.Event()
+        # Every reader waits on the event of the moment it looked; the next
+        # one that waits makes a new one.
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     def after(self, after_seq: int) -> list[Entry]:
         held = self.entries
@@ -121,6 +134,8 @@ class LocalTail:
         got = self.after(after_seq)
         if got or self.finished or (block is not None and block <= 0):
             return got
+        if self._changed is None:
+            self._changed = asyncio.Event()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), block)
         return self.after(after_seq)

@@ -63,6 +63,11 @@ class RedisReplayLog:
     the background. A log found by another process reads Redis.
     """
 
+    __slots__ = (
+        "_caps", "_cursor_of", "_cursor_sending", "_flush_error", "_local", "_on_fenced",
+        "_pending", "_run_id", "_sending", "_store", "binding", "fenced", "keys", "owner",
+    )  # fmt: skip
+
     def __init__(
         self,
         store: Store,

@@ -195,40 +195,69 @@ return {token, h[3], h[4], h[5], h[6], redis.call('XRANGE', KEYS[1], '-', '+')}
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    stream: str
-    index: str
-    follow: str
-    #: Exists while the run's process is alive (renewed every lease/3).
-    live: str
-    pointer: str
-    #: The session's claim and its fencing counter (the session store's keys).
-    session: str
-    fence: str
+    """A run's Redis keys, spelled out when a call needs one.
+
+    A live run holds only strings it holds anyway (the session key, the run
+    id), not seven key strings for the whole of its life.
+    """
+
+    prefix: str
+    route: str
+    key: str
+    run_id: str
 
     @classmethod
     def of(cls, prefix: str, route: str, key: str, run_id: str) -> Keys:
-        stream, index, follow, live = run_prefixes(prefix, route, key)
-        run = key_part(run_id)
-        return cls(
-            stream=stream + run,
-            index=index + run,
-            follow=follow + run,
-            live=live + run,
-            pointer=pointer_key(prefix, route, key),
-            session=owner_key(prefix, route, key),
-            fence=fence_key(prefix, route, key),
-        )
+        return cls(prefix, route, key, run_id)
+
+    def _run_key(self, kind: str) -> str:
+        return run_prefix(self.prefix, kind, self.route, self.key) + key_part(self.run_id)
+
+    @property
+    def stream(self) -> str:
+        return self._run_key("replay")
+
+    @property
+    def index(self) -> str:
+        return self._run_key("replay-index")
+
+    @property
+    def follow(self) -> str:
+        return self._run_key("replay-follow")
+
+    @property
+    def live(self) -> str:
+        """Exists while the run's process is alive (renewed every lease/3)."""
+        return self._run_key("replay-live")
+
+    @property
+    def pointer(self) -> str:
+        return pointer_key(self.prefix, self.route, self.key)
+
+    @property
+    def session(self) -> str:
+        """The session's claim (the session store's key)."""
+        return owner_key(self.prefix, self.route, self.key)
+
+    @property
+    def fence(self) -> str:
+        """The session's fencing counter (the session store's key)."""
+        return fence_key(self.prefix, self.route, self.key)
+
+
+#: The kinds of a run's keys: its stream, index, follow mark and liveness key.
+RUN_KINDS = ("replay", "replay-index", "replay-follow", "replay-live")
+
+
+def run_prefix(prefix: str, kind: str, route: str, key: str) -> str:
+    """The name of a session's run key of ``kind`` but for the run id."""
+    return f"{prefix}{kind}:{session_tag(route, key)}:"
 
 
 def run_prefixes(prefix: str, route: str, key: str) -> tuple[str, str, str, str]:
     """The names of a session's run keys (stream, index, follow, live) but for the run id."""
-    session = session_tag(route, key) + ":"
-    return (
-        f"{prefix}replay:{session}",
-        f"{prefix}replay-index:{session}",
-        f"{prefix}replay-follow:{session}",
-        f"{prefix}replay-live:{session}",
-    )
+    stream, index, follow, live = (run_prefix(prefix, kind, route, key) for kind in RUN_KINDS)
+    return stream, index, follow, live
 
 
 def pointer_key(prefix: str, route: str, key: str) -> str:

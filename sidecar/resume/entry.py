@@ -163,7 +163,7 @@ class ResumeEntry:
     def credentials_of(self, request: web.Request, key: str) -> str:
         """The fingerprint of this request's credentials, as the route's ``resume.bind`` says."""
         route = self.services.route.name
-        return self.binding.fingerprint(route, key, request.headers, request.cookies)
+        return self.binding.of_request(route, key, request)
 
     def forbidden(self) -> web.Response:
         """Other credentials than the run's: refused, never the replay."""

@@ -25,7 +25,6 @@ from sidecar.errors import BackendUnavailable, ClientGone, SlowClient
 from sidecar.headers import Headers
 from sidecar.replay.base import NotTaken, ReplayLog
 from sidecar.services import RouteServices
-from sidecar.stream.pacing import Pacing
 from sidecar.stream.sink import ClientSink
 from sidecar.stream.state import StreamState
 
@@ -68,6 +67,12 @@ def unavailable(message: str, dialect: Dialect) -> bytes:
 class Follower:
     """One client's view of a run's log."""
 
+    __slots__ = (
+        "_direct", "_slot", "after_seq", "ended", "last_entry", "log", "loop", "outcome", "pacing",
+        "replaced", "replay_until", "replayed", "request", "request_id", "route", "run", "services",
+        "sink", "state", "take_over", "task",
+    )  # fmt: skip
+
     def __init__(
         self,
         services: RouteServices,
@@ -101,7 +106,7 @@ class Follower:
         self.sink = ClientSink(
             request, self.route, self.state, services.metrics, services.normalizer.keepalive
         )
-        self.pacing = Pacing.of(self.route.limits, self.route.heartbeat.interval)
+        self.pacing = services.pacing()
         self.task: asyncio.Task[Any] | None = None
         #: When the client last got an entry (its idle limit counts from there).
         self.last_entry = self.loop.time()
@@ -109,6 +114,8 @@ class Follower:
         self.ended = False
         #: Set while the run writes to this client itself; done when it stops.
         self._direct: asyncio.Future[None] | None = None
+        #: The timer wheel's slot of that wait's end.
+        self._slot = 0
         self.replaced = False
         self.outcome = "client_disconnected"
         self.replayed = 0
@@ -123,8 +130,9 @@ class Follower:
 
     def released(self) -> None:
         """The run stopped writing to this client: it reads the log again (or ends)."""
-        if self._direct is not None and not self._direct.done():
-            self._direct.set_result(None)
+        direct = self._direct
+        if direct is not None and not direct.done():
+            direct.set_result(None)
 
     async def serve(self, headers: Headers | None = None) -> web.StreamResponse:
         await self.sink.start(headers)
@@ -223,7 +231,10 @@ class Follower:
                 # death of its process ends this stream within its lease + 1 s.
                 block = min(block, OWNER_CHECK)
             if self.run is not None and self.run.direct(self):
-                await self._while_direct(max(block, 0.0))
+                try:
+                    await self._direct_wait(max(block, 0.0))
+                finally:
+                    self._direct_over()
                 if self.ended:
                     return "completed"
                 entries = await self.log.read(self.after_seq, 0)
@@ -280,14 +291,24 @@ class Follower:
                 await self.sink.write(self.services.normalizer.keepalive)
                 state.heartbeat()
 
-    async def _while_direct(self, block: float) -> None:
-        """The run writes this client's events itself: wait until it stops or ``block`` passes."""
-        if self._direct is None or self._direct.done():
-            self._direct = self.loop.create_future()
-        try:
-            await asyncio.wait({self._direct}, timeout=block)
-        finally:
-            # Whatever comes next reads the log from after_seq, which only
-            # stays still once the run no longer writes here.
-            assert self.run is not None
-            self.run.release(self)
+    # The run writes this client's events itself: the follower waits until it
+    # stops or the block passes. The wait is a bare future woken by the run
+    # (:meth:`released`) or by the process's timer wheel, not asyncio.wait,
+    # which holds a waiter, a set, a timer handle and callbacks for the whole
+    # of an idle stream's silence; nor a coroutine of its own (awaited in
+    # _follow). The wheel wakes at most its resolution late, never early, and
+    # a heartbeat is only written once due.
+
+    def _direct_wait(self, block: float) -> asyncio.Future[None]:
+        """The future to await while the run writes here, woken after ``block`` at the latest."""
+        self._direct = direct = self.loop.create_future()
+        self._slot = self.services.ctx.timers.add(self.loop.time() + block, self.released)
+        return direct
+
+    def _direct_over(self) -> None:
+        self.services.ctx.timers.remove(self._slot, self.released)
+        self._direct = None
+        # Whatever comes next reads the log from after_seq, which only
+        # stays still once the run no longer writes here.
+        assert self.run is not None
+        self.run.release(self)

@@ -19,7 +19,7 @@ from yarl import URL
 
 from sidecar.context import StreamHandle
 from sidecar.errors import BackendUnavailable
-from sidecar.headers import Headers
+from sidecar.headers import Headers, stream_kept
 from sidecar.normalize import Batch, IdSource
 from sidecar.replay.base import Entry, ReplayLog
 from sidecar.services import RouteServices
@@ -104,7 +104,7 @@ class LogSink:
         self._loop = asyncio.get_running_loop()
         #: Set once the run committed (None) or answered otherwise (that answer).
         self.ready: asyncio.Future[web.StreamResponse | None] = self._loop.create_future()
-        #: The upstream's headers, for every follower's response.
+        #: What every follower's response keeps of the upstream's headers.
         self.headers: Headers | None = None
         self._terminal: tuple[int, str] | None = None
         #: The seq of the newest entry appended.
@@ -112,7 +112,7 @@ class LogSink:
         self._direct: DirectClient | None = None
 
     async def commit(self, upstream_headers: Headers | None) -> None:
-        self.headers = upstream_headers
+        self.headers = stream_kept(upstream_headers)
         if not self.ready.done():
             self.ready.set_result(None)
 
@@ -212,6 +212,12 @@ class LogSink:
 class ResumableRun:
     """A run whose events go to the session's replay log; followers write them out."""
 
+    __slots__ = (
+        "_detached_at", "_grace", "_registry", "_unsure", "done", "followers", "handle", "log",
+        "loop", "request_id", "route", "services", "session_key", "sink", "stream", "taken_over",
+        "waiting",
+    )  # fmt: skip
+
     def __init__(
         self,
         services: RouteServices,
@@ -245,7 +251,7 @@ class ResumableRun:
         self._registry = registry
         #: Clients following the run here: one, but for a moment two when a
         #: reconnect arrives before the old connection is known to be gone.
-        self.followers: set[Stoppable] = set()
+        self.followers: list[Stoppable] = []
         #: The first request waits for the run to answer (not yet a follower).
         self.waiting = 0
         self.done = False
@@ -321,7 +327,7 @@ class ResumableRun:
         else:
             for older in list(self.followers):
                 older.stop()
-            self.followers.add(follower)
+            self.followers.append(follower)
         self._cancel_grace()
         self._detached_at = None
 
@@ -340,7 +346,8 @@ class ResumableRun:
         if follower is None:
             self.waiting -= 1
         else:
-            self.followers.discard(follower)
+            if follower in self.followers:
+                self.followers.remove(follower)
             self.sink.release(follower)
         if not self.followed_here and not self.done:
             self._detached_at = self.loop.time()

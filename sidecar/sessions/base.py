@@ -9,9 +9,10 @@ frees the claims of a process that died without releasing.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from sidecar.flag import Flag
 
 Policy = Literal["replace", "reject"]
 
@@ -25,7 +26,7 @@ class Holder(Protocol):
     def stop(self, code: str) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Claim:
     route: str
     key: str
@@ -35,7 +36,7 @@ class Claim:
     holder: Holder
     #: True when taking it ended another stream (policy replace).
     replaced: bool = False
-    released: asyncio.Event = field(default_factory=asyncio.Event)
+    released: Flag = field(default_factory=Flag)
 
 
 class SessionStore(Protocol):

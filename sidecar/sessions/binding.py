@@ -15,9 +15,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Protocol
 
 #: Marks a source the request did not carry, apart from one carried empty.
 _ABSENT = b"\x01"
+
+
+class CredentialedRequest(Protocol):
+    """Where a request's credentials are (an aiohttp request has them)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def cookies(self) -> Mapping[str, str]: ...
+
+
+_UNREAD: Mapping[str, str] = MappingProxyType({})
 
 
 class CredentialBinding:
@@ -36,6 +51,17 @@ class CredentialBinding:
     @property
     def enabled(self) -> bool:
         return bool(self._sources)
+
+    def of_request(self, route: str, key: str, request: CredentialedRequest) -> str:
+        """:meth:`fingerprint` of a request, parsing its cookies only if a source is one.
+
+        A request caches its parsed cookie jar for as long as it lives, which
+        for a stream is the stream's whole life.
+        """
+        cookies = any(place == "cookie" for place, _ in self._sources)
+        return self.fingerprint(
+            route, key, request.headers, request.cookies if cookies else _UNREAD
+        )
 
     def fingerprint(
         self,

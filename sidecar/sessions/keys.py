@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Protocol
 
 from sidecar.config import Session
 from sidecar.errors import BadSessionKey
+
+#: What a place the key is not read from is read as.
+_UNREAD: Mapping[str, str] = MappingProxyType({})
+
+
+class KeyedRequest(Protocol):
+    """The parts of a request a key may be in (an aiohttp request has them)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def cookies(self) -> Mapping[str, str]: ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def match_info(self) -> Mapping[str, str]: ...
 
 
 class SessionKeySource:
@@ -26,6 +47,20 @@ class SessionKeySource:
         if self._place == "path":
             return f"path segment {self._name} after the route prefix"
         return f"{self._place} {self._name}"
+
+    def of_request(self, request: KeyedRequest) -> str | None:
+        """:meth:`read` of a request, parsing only the part the key is in.
+
+        A request caches its parsed query and cookie jar for as long as it
+        lives, which for a stream is the stream's whole life.
+        """
+        place = self._place
+        return self.read(
+            request.headers,
+            request.cookies if place == "cookie" else _UNREAD,
+            request.query if place == "query" else _UNREAD,
+            request.match_info["tail"] if place == "path" else "",
+        )
 
     def read(
         self,

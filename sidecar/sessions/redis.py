@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from sidecar import looptime
 from sidecar.errors import BackendUnavailable, SessionConflict
+from sidecar.flag import Flag
 from sidecar.redisconn import (
     BUDGET,
     OP_TIMEOUT,
@@ -98,7 +99,7 @@ class RedisSessionStore:
         self._stop_script: AsyncScript
         self._held: dict[str, Held] = {}  # by value
         self._owned: dict[Claim, Held] = {}
-        self._waiters: dict[str, asyncio.Event] = {}  # old value -> its "released" message
+        self._waiters: dict[str, Flag] = {}  # old value -> its "released" message
         self._released: OrderedDict[str, None] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -289,7 +290,7 @@ class RedisSessionStore:
         else:
             # Another process holds it: its stream stops on the published
             # replace message and answers with "released" when it has ended.
-            event = self._waiters.setdefault(old, asyncio.Event())
+            event = self._waiters.setdefault(old, Flag())
             created = True
         try:
             async with asyncio.timeout(self.replace_wait):

@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from sidecar import looptime
+from sidecar.flag import Flag
 from sidecar.logs import session_hash
 from sidecar.redisconn import BUDGET, Client, raise_if_cancelled
 from sidecar.redispipe import queue_script
@@ -40,7 +41,7 @@ def milliseconds(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Held:
     """One claim of this process, from before its script runs until it is let go."""
 
@@ -52,7 +53,7 @@ class Held:
     token: int = 0  # 0 until the claim script has run
     stopped: bool = False
     releasing: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: Flag = field(default_factory=Flag)
 
     def stop(self, code: str) -> None:
         # A stream that is already letting go has ended: stopping it again

@@ -41,7 +41,6 @@ from sidecar.logs import session_hash
 from sidecar.services import RouteServices
 from sidecar.sessions.base import Claim
 from sidecar.stream import source as sources
-from sidecar.stream.pacing import Pacing
 from sidecar.stream.pump import Pacer, pump
 from sidecar.stream.resumer import UpstreamResumer
 from sidecar.stream.sink import ClientSink, Sink
@@ -66,6 +65,12 @@ _STOP_MESSAGES = {
 
 class StreamRun:
     """One stream, from the upstream request to the terminal event."""
+
+    __slots__ = (
+        "_resumer", "_resuming", "alarm", "body", "claim", "cursor", "handle", "kept", "loop",
+        "metrics", "opener", "pacer", "pacing", "request", "request_id", "route", "services",
+        "session_key", "sink", "source", "state", "upstream", "url",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -106,8 +111,7 @@ class StreamRun:
         self.sink: Sink = sink or ClientSink(
             request, self.route, self.state, self.metrics, services.normalizer.keepalive
         )
-        heartbeat = self.route.heartbeat.interval if self.sink.heartbeats else 0.0
-        self.pacing = Pacing.of(self.route.limits, heartbeat)
+        self.pacing = services.pacing(self.sink.heartbeats)
         self.pacer = Pacer(self.pacing, self.state, self.sink, services.normalizer.keepalive)
         self.alarm: Alarm | None = None
         #: With upstream_resume: the request as sent, and where the stream stands.

@@ -295,3 +295,43 @@ async def test_a_client_written_by_the_run_gets_heartbeats_and_the_end(upstream,
     assert got.kinds()[-1] == "done"
     metrics = await sc.metrics()
     assert 'sse_sidecar_streams_total{outcome="completed",route="test"} 1.0' in metrics
+
+
+async def test_a_caught_up_client_waits_on_the_timer_wheel_and_its_heartbeat_is_on_time(
+    upstream, start_sidecar
+):
+    """While the run writes to its client, the client's wait is on the process's wheel
+    (beside the splice's deadline, no loop timer of its own); it ends at the heartbeat."""
+    upstream.script = Script([b"data: 1\n\n", 1.5, DONE])
+    sc = await start_sidecar(resume_config(upstream.url))
+    loop = asyncio.get_running_loop()
+    async with sc.http.get(sc.url + "/s?s=wheel") as resp:
+        assert [d for _, d in await read_until(resp, 1)] == ["1"]
+        since = loop.time()
+        await asyncio.sleep(0.1)
+        assert len(sc.sidecar.ctx.timers) == 2  # the splice's and the follower's
+        block = await resp.content.readuntil(b"\n\n")
+        gap = loop.time() - since
+        assert b"keepalive" in block
+        assert 0.3 <= gap <= 0.5 + 0.025 + 0.25  # the interval, one wheel slot, slack
+
+
+async def test_a_caught_up_client_ends_with_the_run_not_at_its_next_heartbeat(
+    upstream, start_sidecar
+):
+    """The run's terminal event wakes the client's wait at once (interval 5 s)."""
+    upstream.script = Script([b"data: 1\n\n", 0.3, DONE])
+    config = make_config(
+        upstream.url,
+        session={"from": "query:s"},
+        resume={"enabled": True, "grace": "3s"},
+        heartbeat={"interval": "5s"},
+    )
+    sc = await start_sidecar(config)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    got = await read_stream(sc.http, "GET", sc.url + "/s?s=early")
+    assert data_events(got) == ["1"]
+    assert got.kinds()[-1] == "done"
+    assert loop.time() - started < 2.0
+    assert len(sc.sidecar.ctx.timers) == 0

@@ -259,3 +259,29 @@ def test_stream_response_replaces_the_upstreams_own_headers() -> None:
     ]
     assert "Content-Length" not in out
     assert "Content-Encoding" not in out
+
+
+def test_what_a_stream_keeps_of_the_upstreams_headers_makes_the_same_response() -> None:
+    given = md(
+        ("Content-Type", "text/event-stream"),
+        ("Cache-Control", "no-store"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "1"),
+        ("X-Trace", "abc"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    )
+    kept = hdrs.stream_kept(CIMultiDictProxy(given))
+    assert kept is not None
+    assert list(kept.items()) == [("X-Trace", "abc"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+    assert list(hdrs.stream_response(kept).items()) == list(
+        hdrs.stream_response(CIMultiDictProxy(given)).items()
+    )
+
+
+def test_a_stream_keeps_nothing_of_headers_that_are_all_its_own_or_hop_by_hop() -> None:
+    given = md(("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked"))
+    assert hdrs.stream_kept(CIMultiDictProxy(given)) is None
+    assert hdrs.stream_kept(None) is None
+    assert list(hdrs.stream_response(None).items()) == STREAM

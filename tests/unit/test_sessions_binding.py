@@ -103,3 +103,24 @@ def test_the_configured_case_of_a_cookie_name_is_kept():
     assert fp(CredentialBinding(["cookie:Sid"]), cookies=cookies) != fp(
         CredentialBinding(["cookie:sid"]), cookies=cookies
     )
+
+
+class Headers:
+    """A request whose cookie jar fails the test when parsed (it stays cached for life)."""
+
+    def __init__(self, headers: dict[str, str], cookies: dict[str, str] | None = None) -> None:
+        self.headers = CIMultiDict(headers)
+        self._cookies = cookies
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        assert self._cookies is not None, "cookies parsed, though no source is a cookie"
+        return self._cookies
+
+
+def test_a_request_is_fingerprinted_as_its_parts_and_its_cookies_only_parsed_if_bound() -> None:
+    alice = {"Authorization": "Bearer alice-secret", "Cookie": "sid=1"}
+    assert DEFAULT.of_request("chat", "conv-1", Headers(alice)) == fp(headers=alice)
+    by_cookie = CredentialBinding(["cookie:sid"])
+    got = by_cookie.of_request("chat", "conv-1", Headers(alice, {"sid": "1"}))
+    assert got == fp(by_cookie, headers=alice, cookies={"sid": "1"})

@@ -90,3 +90,33 @@ def test_a_key_must_match_the_pattern_whole() -> None:
 def test_required_is_taken_from_the_config() -> None:
     assert SessionKeySource(Session(required=True)).required is True
     assert SessionKeySource(Session()).required is False
+
+
+class Parts:
+    """A request whose parts fail the test if read without need (parsing is cached for life)."""
+
+    def __init__(self, **parts: object) -> None:
+        self._parts = parts
+
+    def _get(self, name: str):
+        if name not in self._parts:
+            raise AssertionError(f"{name} read, though the key is not there")
+        return self._parts[name]
+
+    headers = property(lambda self: self._get("headers"))
+    cookies = property(lambda self: self._get("cookies"))
+    query = property(lambda self: self._get("query"))
+    match_info = property(lambda self: self._get("match_info"))
+
+
+@pytest.mark.parametrize(
+    ("source", "parts"),
+    [
+        ("header:X-Session-Key", {"headers": CIMultiDict({"X-Session-Key": "k1"})}),
+        ("cookie:sid", {"headers": CIMultiDict(), "cookies": {"sid": "k1"}}),
+        ("query:s", {"headers": CIMultiDict(), "query": {"s": "k1"}}),
+        ("path:0", {"headers": CIMultiDict(), "match_info": {"tail": "/k1/x"}}),
+    ],
+)
+def test_a_request_is_read_only_where_its_key_is(source: str, parts: dict[str, object]) -> None:
+    assert SessionKeySource(Session(from_=source)).of_request(Parts(**parts)) == "k1"

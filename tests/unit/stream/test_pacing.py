@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import Limits
+from sidecar.config import Limits, from_mapping
+from sidecar.context import Context
 from sidecar.errors import UpstreamTimeout
+from sidecar.metrics import Metrics
+from sidecar.replay.memory import MemoryReplayStore
+from sidecar.services import RouteServices
+from sidecar.sessions.memory import MemorySessionStore
 from sidecar.stream.pacing import CONGESTED_RECHECK, Pacing
 
 PACING = Pacing(idle_timeout=30.0, max_duration=100.0, heartbeat=5.0)
@@ -84,3 +89,24 @@ def test_a_heartbeat_under_one_second_still_counts() -> None:
     # Any positive interval is a heartbeat; only 0 turns it off.
     assert Pacing(30.0, 100.0, 0.5).deadline(started=0.0, last_byte=0.0, last_write=0.0) == 0.5
     assert Pacing(30.0, 100.0, 0.0).deadline(started=0.0, last_byte=0.0, last_write=0.0) == 30.0
+
+
+def test_every_stream_of_a_route_shares_its_pacing() -> None:
+    config = from_mapping(
+        {
+            "routes": [
+                {
+                    "name": "r",
+                    "path": "/r",
+                    "upstream": "http://127.0.0.1:1",
+                    "heartbeat": {"interval": "2s"},
+                }
+            ]
+        }
+    )
+    ctx = Context(config, Metrics(), MemorySessionStore(), MemoryReplayStore())
+    services = RouteServices(config.routes[0], ctx)
+    assert services.pacing() is services.pacing(True)
+    assert services.pacing().heartbeat == 2.0
+    assert services.pacing(False).heartbeat == 0.0
+    assert services.pacing(False).idle_timeout == services.pacing().idle_timeout

@@ -23,16 +23,6 @@ from redis.exceptions import NoScriptError
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]
 
 
-async def queue_script(
-    script: AsyncScript, pipe: Any, keys: Sequence[Any], args: Sequence[Any]
-) -> None:
-    """Queue a script call on a pipeline of either client, checked by redis-py as usual."""
-    if isinstance(pipe, ClusterPipeline):
-        _queue(pipe, script, keys, args)
-    else:
-        await script(keys=keys, args=args, client=pipe)
-
-
 async def run_scripts(client: Redis | RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
     """The calls in one pipeline; each one's result, or its error, in order.
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from redis.commands.core import AsyncScript
 
 from sidecar.redisconn import Client
-from sidecar.redispipe import queue_script
+from sidecar.redispipe import run_scripts
 from sidecar.replay.base import Entry, NotTaken
 from sidecar.replay.redis_follow import ms
 from sidecar.replay.redis_scripts import Keys, entries_of
@@ -89,11 +89,13 @@ async def claim(store: Store, keys: Keys, run_id: str) -> Claimed | NotTaken:
 
 async def renew(store: Store, logs: Sequence[Owned]) -> None:
     """Renew the liveness of this process's runs in one pipeline; fence those taken over."""
-    async with store.backend() as redis, redis.pipeline(transaction=False) as pipe:
-        for log in logs:
-            keys = [log.keys.index, log.keys.live]
-            await queue_script(store.scripts["live"], pipe, keys, [log.owner, ms(store.lease)])
-        replies = await pipe.execute()
+    script, lease = store.scripts["live"], ms(store.lease)
+    async with store.backend() as redis:
+        calls = [(script, [log.keys.index, log.keys.live], [log.owner, lease]) for log in logs]
+        replies = await run_scripts(redis, calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply  # the renewal failed (as the backend says)
     for log, reply in zip(logs, replies, strict=True):
         if reply == -1:
             log.fence()

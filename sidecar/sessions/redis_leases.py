@@ -24,7 +24,7 @@ from sidecar import looptime
 from sidecar.flag import Flag
 from sidecar.logs import session_hash
 from sidecar.redisconn import BUDGET, Client, raise_if_cancelled
-from sidecar.redispipe import queue_script
+from sidecar.redispipe import ScriptCall, run_scripts
 from sidecar.sessions.base import Holder
 from sidecar.sessions.redis_scripts import fence_key, fence_ttl, owner_key, stop_key
 
@@ -128,13 +128,15 @@ class Leases:
 
     async def _renew_batch(self, redis: Client, batch: list[Held]) -> list[Any]:
         p = self.prefix
-        async with redis.pipeline(transaction=False) as pipe:
-            for e in batch:
-                keys = [owner_key(p, e.route, e.key), fence_key(p, e.route, e.key)]
-                keys.append(stop_key(p, e.route, e.key))
-                args = [e.value, self.lease_ms, e.token, self.fence_ms]
-                await queue_script(self.script, pipe, keys, args)
-            results: list[Any] = await pipe.execute()
+        calls: list[ScriptCall] = []
+        for e in batch:
+            keys = [owner_key(p, e.route, e.key), fence_key(p, e.route, e.key)]
+            keys.append(stop_key(p, e.route, e.key))
+            calls.append((self.script, keys, [e.value, self.lease_ms, e.token, self.fence_ms]))
+        results = await run_scripts(redis, calls)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result  # as the pipeline raised its first error
         return results
 
     def _settle(self, batch: list[Held], results: list[Any]) -> None:

@@ -23,11 +23,14 @@ from redis.exceptions import NoScriptError
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]
 
 
-async def run_scripts(client: Redis | RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_scripts(
+    client: Redis | RedisCluster, calls: Sequence[ScriptCall], *, raise_on_error: bool = False
+) -> list[Any]:
     """The calls in one pipeline; each one's result, or its error, in order.
 
     A call answered ``NOSCRIPT`` did not run: its script is loaded and the
-    call sent again, so the caller sees its real result.
+    call sent again, so the caller sees its real result. With
+    ``raise_on_error`` the first error is raised instead (as a pipeline does).
     """
     results = await _pipeline(client, calls)
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
@@ -37,6 +40,10 @@ async def run_scripts(client: Redis | RedisCluster, calls: Sequence[ScriptCall])
         again = await _pipeline(client, [calls[i] for i in missing])
         for i, result in zip(missing, again, strict=True):
             results[i] = result
+    if raise_on_error:
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
     return results
 
 

@@ -91,10 +91,8 @@ class Appends:
                 try:
                     async with self._store.backend() as redis:
                         calls = [log.append_call(batch) for log, batch in batches]
-                        replies = await run_scripts(redis, calls)
-                        for reply in replies:
-                            if isinstance(reply, Exception):
-                                raise reply  # the round failed (as the backend says)
+                        # A failed call fails the round (as the backend says).
+                        replies = await run_scripts(redis, calls, raise_on_error=True)
                 except BackendUnavailable as exc:
                     error = exc
                 for (log, _), reply in zip(batches, replies, strict=True):

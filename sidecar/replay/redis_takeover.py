@@ -92,10 +92,7 @@ async def renew(store: Store, logs: Sequence[Owned]) -> None:
     script, lease = store.scripts["live"], ms(store.lease)
     async with store.backend() as redis:
         calls = [(script, [log.keys.index, log.keys.live], [log.owner, lease]) for log in logs]
-        replies = await run_scripts(redis, calls)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply  # the renewal failed (as the backend says)
+        replies = await run_scripts(redis, calls, raise_on_error=True)
     for log, reply in zip(logs, replies, strict=True):
         if reply == -1:
             log.fence()

@@ -133,11 +133,7 @@ class Leases:
             keys = [owner_key(p, e.route, e.key), fence_key(p, e.route, e.key)]
             keys.append(stop_key(p, e.route, e.key))
             calls.append((self.script, keys, [e.value, self.lease_ms, e.token, self.fence_ms]))
-        results = await run_scripts(redis, calls)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result  # as the pipeline raised its first error
-        return results
+        return await run_scripts(redis, calls, raise_on_error=True)
 
     def _settle(self, batch: list[Held], results: list[Any]) -> None:
         for entry, result in zip(batch, results, strict=True):

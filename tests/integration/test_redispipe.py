@@ -60,3 +60,13 @@ async def test_a_cluster_pipeline_sends_the_scripts_text(redis_cluster):
         assert results == [1] * 6
     finally:
         await conn.aclose()
+
+
+async def test_raise_on_error_raises_the_first_error_after_every_call_ran(client):
+    script = client.register_script(SCRIPT)
+    await client.delete("e")
+    with pytest.raises(ResponseError, match="asked to fail"):
+        await run_scripts(
+            client, [(script, ["e"], ["fail"]), (script, ["e"], ["x"])], raise_on_error=True
+        )
+    assert int(await client.get("e")) == 1  # the pipeline ran past the failed call

@@ -55,6 +55,7 @@ from sidecar.redisconn import (
     ScriptRounds,
     connect,
     raise_if_cancelled,
+    wants_cluster,
 )
 from sidecar.replay import redis_scripts as lua
 from sidecar.replay import redis_takeover
@@ -87,7 +88,8 @@ class RedisReplayStore:
         cluster: bool = False,
     ) -> None:
         self.url = url
-        self.cluster = cluster
+        #: A cluster, by the setting or by the URL (``redis+cluster://``).
+        self.cluster = wants_cluster(url, cluster)
         self.prefix = prefix
         self.live_ttl = live_ttl
         #: A run's liveness key lasts this long unless its process renews it,

@@ -65,6 +65,14 @@ async def elapsed(coro: Awaitable[T]) -> tuple[T, float]:
     return result, loop.time() - started
 
 
+def test_a_cluster_url_makes_a_cluster_store_without_the_setting():
+    # The shared follow reader and the append rounds group keys by slot on
+    # a cluster only: a redis+cluster:// URL must count as one.
+    assert RedisReplayStore("redis+cluster://127.0.0.1:7000").cluster
+    assert RedisReplayStore("redis://127.0.0.1:7000", cluster=True).cluster
+    assert not RedisReplayStore("redis://127.0.0.1:7000").cluster
+
+
 # --- as the memory store -----------------------------------------------------------
 
 

@@ -124,6 +124,7 @@ class RedisReplayStore:
         self._redis = redis = self._conn.client
         sources = {
             "append": lua.APPEND,
+            "append_many": lua.APPEND_MANY,
             "after": lua.AFTER,
             "finish": lua.FINISH,
             "drop": lua.DROP,

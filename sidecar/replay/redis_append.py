@@ -1,9 +1,13 @@
 """How the Redis replay backend's runs get their entries into Redis: in rounds.
 
 Every run of the process that appended since the last round has its batch
-sent in the next one, all in one non-transactional pipeline: one round trip
-however many streams produced meanwhile. A failed round (Redis unreachable)
-goes again after a pause; the append script skips what Redis already has.
+sent in the next one: one round trip however many streams produced
+meanwhile, and one script call for many logs (``APPEND_MANY``), not one per
+log, since each call costs more on both sides (its arguments, its reply,
+redis-py's pipeline bookkeeping, the script's start in Redis) than the
+entries it carries. On a cluster one call's logs share a slot. A failed
+round (Redis unreachable) goes again after a pause; the append script skips
+what Redis already has.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import contextlib
 from collections.abc import Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
+
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 
 from sidecar.errors import BackendUnavailable
 from sidecar.redisconn import Client
@@ -29,6 +36,14 @@ from sidecar.replay.redis_follow import RETRY
 #: replica could not replay if this process died.
 ROUND_INTERVAL = 0.005
 
+#: The most logs one script call of a round appends to. Redis runs a script
+#: alone, so a call's length is how long it holds every other client up:
+#: a round of thousands of logs goes as several calls, in one pipeline.
+LOGS_PER_CALL = 100
+
+#: A log's arguments in an append call.
+AppendArgs = list[str | bytes | int]
+
 
 class Log(Protocol):
     """A run's own log, as the rounds see it (sidecar/replay/redis.py)."""
@@ -40,11 +55,15 @@ class Log(Protocol):
 
     def sent(self, error: BackendUnavailable | None, reply: object = None) -> None: ...
 
-    def append_call(self, entries: Sequence[Entry]) -> ScriptCall: ...
+    def append_part(
+        self, entries: Sequence[Entry]
+    ) -> tuple[list[str], list[str | bytes | int]]: ...
 
 
 class Store(Protocol):
     budget: float
+    cluster: bool
+    scripts: dict[str, AsyncScript]
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
@@ -90,9 +109,12 @@ class Appends:
                 replies: list[Any] = [None] * len(batches)
                 try:
                     async with self._store.backend() as redis:
-                        calls = [log.append_call(batch) for log, batch in batches]
+                        calls, order = self._calls(batches)
                         # A failed call fails the round (as the backend says).
-                        replies = await run_scripts(redis, calls, raise_on_error=True)
+                        results = await run_scripts(redis, calls, raise_on_error=True)
+                    for positions, result in zip(order, results, strict=True):
+                        for i, reply in zip(positions, result, strict=True):
+                            replies[i] = reply
                 except BackendUnavailable as exc:
                     error = exc
                 for (log, _), reply in zip(batches, replies, strict=True):
@@ -107,6 +129,32 @@ class Appends:
         finally:
             self._appender = None
             self._round_done()
+
+    def _calls(
+        self, batches: Sequence[tuple[Log, list[Entry]]]
+    ) -> tuple[list[ScriptCall], list[list[int]]]:
+        """A round's script calls, and which of ``batches`` each call's results are for."""
+        parts = [log.append_part(entries) for log, entries in batches]
+        groups: dict[int, list[int]] = {}
+        if self._store.cluster:
+            for i, (log_keys, _) in enumerate(parts):
+                groups.setdefault(key_slot(log_keys[0].encode()), []).append(i)
+        else:
+            groups[0] = list(range(len(parts)))
+        script = self._store.scripts["append_many"]
+        calls: list[ScriptCall] = []
+        order: list[list[int]] = []
+        for members in groups.values():
+            for at in range(0, len(members), LOGS_PER_CALL):
+                positions = members[at : at + LOGS_PER_CALL]
+                keys: list[str] = []
+                args: AppendArgs = []
+                for i in positions:
+                    keys += parts[i][0]
+                    args += parts[i][1]
+                calls.append((script, keys, args))
+                order.append(positions)
+        return calls, order
 
     def _round_done(self) -> None:
         self._round.set()

@@ -20,7 +20,6 @@ from redis.commands.core import AsyncScript
 
 from sidecar.errors import BackendUnavailable
 from sidecar.redisconn import Client, ScriptRounds
-from sidecar.redispipe import ScriptCall
 from sidecar.replay.base import Entry
 from sidecar.replay.redis_append import Appends
 from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms
@@ -170,18 +169,18 @@ class RedisReplayLog:
         for callback in callbacks:
             callback()
 
-    def append_call(self, entries: Sequence[Entry]) -> ScriptCall:
-        """The append script's call for ``entries`` (an append round sends it)."""
+    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], list[str | bytes | int]]:
+        """This log's part of an append round's call: its keys and its arguments for ``entries``."""
         assert self._caps is not None  # the run's own log knows its caps
         max_events, max_bytes = self._caps
         k = self.keys
         args: list[str | bytes | int] = [
-            self._run_id, ms(self._store.live_ttl), max_events, max_bytes, self.owner,
-            self._cursor_sending,
+            len(entries), self._run_id, ms(self._store.live_ttl), max_events, max_bytes,
+            self.owner, self._cursor_sending,
         ]  # fmt: skip
         for e in entries:
             args += [e.seq, e.event_id, e.data, int(e.terminal)]
-        return self._store.scripts["append"], [k.stream, k.index, k.pointer], args
+        return [k.stream, k.index, k.pointer], args
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""

@@ -15,66 +15,92 @@ from sidecar.rediskeys import key_part, session_tag
 from sidecar.replay.base import Entry
 from sidecar.sessions.redis_scripts import fence_key, owner_key
 
-# KEYS: stream, index, pointer. ARGV: run, ttl_ms, max_events, max_bytes, owner
-# token ('' for a log that is not the run's own), resume cursor ('' for
-# unchanged), then seq, event id, data, terminal (0/1) per entry. Entries at or
-# below the last appended seq are skipped, so a retried append (reply lost) is
-# harmless. Evicts oldest first while over either cap, never the newest entry
-# (it may be the terminal event); returns how many went, or -1 when another
-# owner holds the run (taken over): a fenced owner never writes again. A log
-# whose index is gone (a newer run of the session replaced it) takes the
-# append: the replaced run's own followers still read its end.
-APPEND = """
-local stream, index = KEYS[1], KEYS[2]
-local run = ARGV[1]
-local owner = redis.call('HGET', index, 'gen')
-if ARGV[5] ~= '' and owner and owner ~= ARGV[5] then return -1 end
-if ARGV[6] ~= '' then redis.call('HSET', index, 'cur', ARGV[6]) end
-local max_events, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
-local last = tonumber(redis.call('HGET', index, 'last') or '0')
-local added = 0
-for i = 7, #ARGV, 4 do
-  local seq, id, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if tonumber(seq) > last then
-    redis.call('XADD', stream, '0-' .. seq, 'i', id, 'd', data, 't', ARGV[i + 3])
-    if id == run .. '-' .. seq then
-      redis.call('HDEL', index, 'id:' .. id)  -- the newest entry with an id wins, as in memory
-    elseif id ~= '' then  -- '' is a keepalive: nobody resumes from it
-      redis.call('HSET', index, 'id:' .. id, seq)
+# One log's append, on its stream, index and pointer keys, with its arguments
+# at a[h] .. a[last]: run, ttl_ms, max_events, max_bytes, owner token ('' for a
+# log that is not the run's own), resume cursor ('' for unchanged), then seq,
+# event id, data, terminal (0/1) per entry. Entries at or below the last
+# appended seq are skipped, so a retried append (reply lost) is harmless.
+# Evicts oldest first while over either cap, never the newest entry (it may be
+# the terminal event); returns how many went, or -1 when another owner holds
+# the run (taken over): a fenced owner never writes again. A log whose index is
+# gone (a newer run of the session replaced it) takes the append: the replaced
+# run's own followers still read its end.
+_APPEND_FUNCTION = """
+local function append(stream, index, pointer, a, h, last_arg)
+  local run, ttl = a[h], a[h + 1]
+  local owner = redis.call('HGET', index, 'gen')
+  if a[h + 4] ~= '' and owner and owner ~= a[h + 4] then return -1 end
+  if a[h + 5] ~= '' then redis.call('HSET', index, 'cur', a[h + 5]) end
+  local max_events, max_bytes = tonumber(a[h + 2]), tonumber(a[h + 3])
+  local last = tonumber(redis.call('HGET', index, 'last') or '0')
+  local added = 0
+  for i = h + 6, last_arg, 4 do
+    local seq, id, data = a[i], a[i + 1], a[i + 2]
+    if tonumber(seq) > last then
+      redis.call('XADD', stream, '0-' .. seq, 'i', id, 'd', data, 't', a[i + 3])
+      if id == run .. '-' .. seq then
+        redis.call('HDEL', index, 'id:' .. id)  -- the newest entry with an id wins, as in memory
+      elseif id ~= '' then  -- '' is a keepalive: nobody resumes from it
+        redis.call('HSET', index, 'id:' .. id, seq)
+      end
+      added = added + #data
+      last = tonumber(seq)
     end
-    added = added + #data
-    last = tonumber(seq)
   end
-end
-local bytes = tonumber(redis.call('HGET', index, 'bytes') or '0') + added
-local len = redis.call('XLEN', stream)
-local evicted, gone = 0, nil
-while len > 1 and (len > max_events or bytes > max_bytes) do
-  local batch = redis.call('XRANGE', stream, gone and ('(' .. gone[1]) or '-', '+', 'COUNT', 64)
-  if #batch == 0 then break end
-  for _, e in ipairs(batch) do
-    if not (len > 1 and (len > max_events or bytes > max_bytes)) then break end
-    local f = e[2]  -- i, id, d, data, t, flag: the order XADD wrote them
-    local seq = string.sub(e[1], 3)
-    bytes = bytes - #f[4]
-    len = len - 1
-    evicted = evicted + 1
-    if redis.call('HGET', index, 'id:' .. f[2]) == seq then
-      redis.call('HDEL', index, 'id:' .. f[2])
+  local bytes = tonumber(redis.call('HGET', index, 'bytes') or '0') + added
+  local len = redis.call('XLEN', stream)
+  local evicted, gone = 0, nil
+  while len > 1 and (len > max_events or bytes > max_bytes) do
+    local batch = redis.call('XRANGE', stream, gone and ('(' .. gone[1]) or '-', '+', 'COUNT', 64)
+    if #batch == 0 then break end
+    for _, e in ipairs(batch) do
+      if not (len > 1 and (len > max_events or bytes > max_bytes)) then break end
+      local f = e[2]  -- i, id, d, data, t, flag: the order XADD wrote them
+      local seq = string.sub(e[1], 3)
+      bytes = bytes - #f[4]
+      len = len - 1
+      evicted = evicted + 1
+      if redis.call('HGET', index, 'id:' .. f[2]) == seq then
+        redis.call('HDEL', index, 'id:' .. f[2])
+      end
+      gone = {e[1], f[2], seq}
     end
-    gone = {e[1], f[2], seq}
   end
+  if gone then
+    redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%.0f', tonumber(gone[3]) + 1))
+    redis.call('HSET', index, 'bid', gone[2], 'bseq', gone[3])
+  end
+  redis.call('HSET', index, 'bytes', bytes, 'last', string.format('%.0f', last))
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', index, ttl)
+  if redis.call('GET', pointer) == run then redis.call('PEXPIRE', pointer, ttl) end
+  return evicted
 end
-if gone then
-  redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%.0f', tonumber(gone[3]) + 1))
-  redis.call('HSET', index, 'bid', gone[2], 'bseq', gone[3])
-end
-redis.call('HSET', index, 'bytes', bytes, 'last', string.format('%.0f', last))
-redis.call('PEXPIRE', stream, ARGV[2])
-redis.call('PEXPIRE', index, ARGV[2])
-if redis.call('GET', KEYS[3]) == run then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
-return evicted
 """
+
+# KEYS: stream, index, pointer. ARGV: one log's arguments, as above.
+APPEND = (
+    _APPEND_FUNCTION
+    + """
+return append(KEYS[1], KEYS[2], KEYS[3], ARGV, 1, #ARGV)
+"""
+)
+
+# Many logs in one call (an append round's): each log's three keys in KEYS;
+# in ARGV, per log, its entry count and then its arguments as above. One
+# result per log, in order. On a cluster, one call's logs share a slot.
+APPEND_MANY = (
+    _APPEND_FUNCTION
+    + """
+local out, h = {}, 1
+for k = 1, #KEYS, 3 do
+  local last_arg = h + 6 + 4 * tonumber(ARGV[h])
+  out[#out + 1] = append(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV, h + 1, last_arg)
+  h = last_arg + 1
+end
+return out
+"""
+)
 
 # KEYS: stream, index. ARGV: event id, its seq if it has the sidecar's form, else ''.
 # The entries after the id, or false when it is unknown or what follows it was

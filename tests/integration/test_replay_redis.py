@@ -17,7 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from sidecar.errors import BackendUnavailable
-from sidecar.replay.base import Entry
+from sidecar.replay import redis_append
+from sidecar.replay.base import Entry, Taken
 from sidecar.replay.memory import MemoryReplayStore
 from sidecar.replay.redis import OP_TIMEOUT, RedisReplayLog, RedisReplayStore
 from sidecar.replay.redis_append import ROUND_INTERVAL
@@ -278,6 +279,55 @@ async def test_appends_under_load_share_rounds_at_least_an_interval_apart(stores
         found = await reader.find("chat", f"k{i}")
         assert found is not None
         assert seqs(await found.read(0, 0)) == [1, 2, 3, 4]
+
+
+async def test_a_round_appends_to_many_logs_in_few_script_calls(stores, monkeypatch):
+    # One script call carries up to LOGS_PER_CALL logs: a call costs more on
+    # both sides than the entries it carries.
+    monkeypatch.setattr(redis_append, "LOGS_PER_CALL", 4)
+    sent: list[int] = []
+    run_scripts = redis_append.run_scripts
+
+    async def counting(client, calls, **kwargs):
+        sent.append(len(calls))
+        return await run_scripts(client, calls, **kwargs)
+
+    monkeypatch.setattr(redis_append, "run_scripts", counting)
+    store, reader = await stores(), await stores()
+    logs = [await store.open("chat", f"k{i}", f"r{i}", 100, 10_000) for i in range(10)]
+    for i, log in enumerate(logs):  # in one loop turn: one round
+        log.append_nowait(entries(1, i + 1, run=f"r{i}"))
+    for log in logs:
+        await log.flush()
+    assert sent == [3]  # 4 + 4 + 2 logs, in one pipeline
+    for i in range(10):
+        found = await reader.find("chat", f"k{i}")
+        assert found is not None
+        assert seqs(await found.read(0, 0)) == list(range(1, i + 2))
+
+
+async def test_one_fenced_log_in_a_round_leaves_the_others_appended(stores, raw):
+    store, other = await stores(), await stores()
+    # Kept requests and cursors, so another replica can take the runs over.
+    logs = [
+        await store.open("chat", f"k{i}", f"r{i}", 100, 10_000, "alice", b"kept") for i in range(3)
+    ]
+    for i, log in enumerate(logs):
+        log.keep_cursor(lambda: b"cursor")
+        await log.append(entries(1, 1, run=f"r{i}"))
+        await log.flush()
+    await raw.delete(logs[0].keys.live)  # its owner looks gone: another replica takes it
+    found = await other.find("chat", "k0")
+    assert found is not None
+    assert isinstance(await other.take_over(found), Taken)
+    for i, log in enumerate(logs):
+        log.append_nowait(entries(2, 2, run=f"r{i}"))
+    for log in logs:
+        await log.flush()
+    assert [log.fenced for log in logs] == [True, False, False]
+    assert len(await raw.xrange(logs[0].keys.stream)) == 1  # nothing after the takeover
+    for i in (1, 2):
+        assert len(await raw.xrange(logs[i].keys.stream)) == 3
 
 
 async def test_retried_append_is_harmless(stores):

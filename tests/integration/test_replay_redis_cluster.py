@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.crc import key_slot
 
 from sidecar.errors import BackendUnavailable, SessionForbidden
+from sidecar.replay import redis_append
 from sidecar.replay.redis_scripts import Keys
 from tests.integration import test_replay_redis as single
 from tests.integration.test_replay_redis import entries, seqs, stores
@@ -61,6 +63,34 @@ test_a_run_whose_process_died_is_abandoned_within_its_lease = (
     single.test_a_run_whose_process_died_is_abandoned_within_its_lease
 )
 test_a_finished_run_is_not_abandoned = single.test_a_finished_run_is_not_abandoned
+test_one_fenced_log_in_a_round_leaves_the_others_appended = (
+    single.test_one_fenced_log_in_a_round_leaves_the_others_appended
+)
+
+
+async def test_a_rounds_calls_each_append_to_logs_of_one_slot(stores, monkeypatch):
+    # A script runs on one node: one call's logs share a slot, and a round's
+    # logs of many slots all get their entries.
+    calls_sent: list[list[int]] = []
+    run_scripts = redis_append.run_scripts
+
+    async def recording(client, calls, **kwargs):
+        calls_sent.extend([key_slot(key.encode()) for key in keys] for _, keys, _ in calls)
+        return await run_scripts(client, calls, **kwargs)
+
+    monkeypatch.setattr(redis_append, "run_scripts", recording)
+    store, reader = await stores(), await stores()
+    logs = [await store.open("chat", f"k{i}", f"r{i}", 100, 10_000) for i in range(12)]
+    for i, log in enumerate(logs):
+        log.append_nowait(entries(1, 2, run=f"r{i}"))
+    for log in logs:
+        await log.flush()
+    assert all(len(set(slots)) == 1 for slots in calls_sent), calls_sent
+    assert sum(len(slots) for slots in calls_sent) == 12 * 3  # each log's three keys, once
+    for i in range(12):
+        found = await reader.find("chat", f"k{i}")
+        assert found is not None
+        assert seqs(await found.read(0, 0)) == [1, 2]
 
 
 def test_a_sessions_keys_share_one_slot_and_sessions_spread():

@@ -1,11 +1,11 @@
 """One stream, from the upstream request to the terminal event.
 
-Strategy: claim the session, open the Source, commit to a stream (or pass a
-non-stream answer through), then move items to the Sink until the terminal
-event: by the splice (sidecar/stream/splice.py) when the Sink allows it, or
-by the awaiting pump (sidecar/stream/pump.py). Every error that ends a
-committed stream becomes its terminal event here, written through the Sink
-(sidecar/stream/terminal.py).
+Strategy: claim the session (sidecar/stream/claim.py), open the Source,
+commit to a stream (or pass a non-stream answer through), then move items to
+the Sink until the terminal event: by the splice (sidecar/stream/splice.py)
+when the Sink allows it, or by the awaiting pump (sidecar/stream/pump.py).
+Every error that ends a committed stream becomes its terminal event here,
+written through the Sink (sidecar/stream/terminal.py).
 Stopping a stream from outside (shutdown, replace) cancels its task with a
 reason; it then writes the terminal event itself. A resumable run is this
 class with the run's log as its Sink (sidecar/resume/run.py). With a route's
@@ -27,10 +27,8 @@ from sidecar.alarm import Alarm
 from sidecar.client import json_error, ms
 from sidecar.context import StreamHandle
 from sidecar.errors import (
-    BackendUnavailable,
     ClientGone,
     ProtocolError,
-    SessionConflict,
     SlowClient,
     UpstreamBadHead,
     UpstreamDisconnected,
@@ -43,6 +41,7 @@ from sidecar.services import RouteServices
 from sidecar.sessions.base import Claim
 from sidecar.stream import source as sources
 from sidecar.stream import terminal
+from sidecar.stream.claim import claim_session
 from sidecar.stream.pump import Pacer, pump
 from sidecar.stream.resumer import UpstreamResumer
 from sidecar.stream.sink import ClientSink, Sink
@@ -162,38 +161,18 @@ class StreamRun:
             if self.claim is not None:
                 await ctx.sessions.release(self.claim)
 
-    async def _claim(self, key: str) -> web.Response | None:
-        """Own the session, or the answer that refuses this request."""
-        ctx = self.services.ctx
-        # A run taken over continues a dead replica's run: a stream that holds
-        # the session meanwhile is newer, and it keeps the session.
-        policy = "reject" if self._resuming else self.route.session.policy
-        try:
-            self.claim = await ctx.sessions.claim(self.route.name, key, policy, self.handle)
-        except SessionConflict as exc:
-            self.state.outcome = "rejected"
-            ctx.metrics.session_conflicts.labels(self.route.name, "reject").inc()
-            return json_error(409, exc.code, str(exc))
-        except BackendUnavailable as exc:
-            if ctx.config.backend.on_outage == "allow":
-                log.warning("session_unguarded", route=self.route.name, reason=str(exc))
-                self.metrics.rejected("backend_unavailable_allowed")
-                return None
-            self.state.outcome = "rejected"
-            self.metrics.rejected("backend_unavailable")
-            return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
-        if self.claim.replaced:
-            ctx.metrics.session_conflicts.labels(self.route.name, "replace").inc()
-        return None
-
     async def _run(self) -> web.StreamResponse | None:
         state, sink, dialect = self.state, self.sink, self.services.normalizer.dialect
         try:
             try:
                 if self.session_key is not None:
-                    refusal = await self._claim(self.session_key)
-                    if refusal is not None:
-                        return refusal
+                    claimed = await claim_session(
+                        self.services, state, self.handle, self.session_key,
+                        taken_over=self._resuming,
+                    )  # fmt: skip
+                    if isinstance(claimed, web.Response):
+                        return claimed  # refused
+                    self.claim = claimed
                 if self.route.is_websocket:
                     refused = await self._run_websocket()
                     return refused if refused is not None else self.sink.response

@@ -29,7 +29,8 @@ a close frame mid-run), ``[slow]`` (five times slower, with a pause) and
 grows, is pure and exported (sidecar/examples/gateway_text.py) so tests can
 compute what a client must assemble.
 
-Strategy: one task per run broadcasts its frames; one record per connection
+Strategy: one task per run broadcasts its frames, played by
+sidecar/examples/gateway_play.py; one record per connection
 (:class:`ConnectionRecord`, with an ``asyncio.Event`` set when the socket
 closed) lets tests assert from the gateway's side that a client went away.
 """
@@ -37,7 +38,6 @@ closed) lets tests assert from the gateway's side that a client went away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import math
@@ -52,33 +52,30 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from sidecar.examples.gateway_play import (
+    ABORT_MESSAGE,
+    ABORTED_BY_RPC,
+    ERROR_MESSAGE,
+    TOKEN_INTERVAL,
+    RunPlayer,
+    RunRecord,
+    send,
+)
 from sidecar.examples.gateway_text import (
     accepted,
     canonical_key,
     cumulative_texts,
     failed,
     final_text,
-    finished,
-    parts,
-    topic,
 )
 from sidecar.examples.running import arg_parser, run, until_signalled
 
-TOKEN_INTERVAL = 0.04
-FIRST_TOKEN_DELAY = 0.3
-SLOW_FACTOR = 5.0
-SLOW_PAUSE = 1.0
-TOOL_DELAY = 0.2
 DEFAULT_SESSION = "agent:main:main"
 RECORDS_KEPT = 1000
-ERROR_MESSAGE = "the model backend failed ([error] requested)"
-ABORT_MESSAGE = "the run was aborted ([abort] requested)"
 #: The protocol version of OpenClaw 2026.9 (connect must offer it).
 PROTOCOL = 4
 #: Seconds between tick events (OpenClaw: 30).
 TICK_INTERVAL = 30
-#: The cancel message of a run stopped by chat.abort.
-ABORTED_BY_RPC = "chat.abort"
 # --- what the gateway saw ----------------------------------------------------------------
 
 
@@ -94,19 +91,6 @@ class ConnectionRecord:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     requests: list[Any] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class RunRecord:
-    """One run: who asked, and how it ended (running, final, error, aborted, died, stopped)."""
-
-    run_id: str
-    session_key: str
-    message: str
-    connection_id: int
-    state: str = "running"
-    #: The cumulative text sent so far.
-    text: str = ""
 
 
 class Gateway:
@@ -138,6 +122,7 @@ class Gateway:
         self._run_ids = itertools.count(1)
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()
+        self._player = RunPlayer(self._broadcast, self._sleep, self._notify, handshake=handshake)
 
     # --- observable state ---------------------------------------------------------
 
@@ -203,7 +188,7 @@ class Gateway:
         try:
             if self.handshake:
                 challenge = {"nonce": f"n-{record.id}", "ts": 0}
-                await _send(
+                await send(
                     ws, {"type": "event", "event": "connect.challenge", "payload": challenge}
                 )
             else:
@@ -228,7 +213,7 @@ class Gateway:
             frame = None
         record.requests.append(frame)
         if not isinstance(frame, dict) or frame.get("type") != "req":
-            await _send(ws, failed(None, "INVALID_REQUEST", "frames must be req objects"))
+            await send(ws, failed(None, "INVALID_REQUEST", "frames must be req objects"))
             return
         request_id = frame.get("id")
         params = frame.get("params")
@@ -236,18 +221,18 @@ class Gateway:
             await self._connect(ws, request_id, frame)
             return
         if frame.get("method") == "chat.abort" and self.handshake:
-            await _send(ws, self._abort(request_id, params))
+            await send(ws, self._abort(request_id, params))
             return
         if frame.get("method") != "agent":
-            await _send(ws, failed(request_id, "UNKNOWN_METHOD", "only agent is served"))
+            await send(ws, failed(request_id, "UNKNOWN_METHOD", "only agent is served"))
             return
         if not isinstance(params, dict) or not isinstance(params.get("message"), str):
-            await _send(ws, failed(request_id, "INVALID_REQUEST", "params.message is required"))
+            await send(ws, failed(request_id, "INVALID_REQUEST", "params.message is required"))
             return
         key = params.get("idempotencyKey")
         if isinstance(key, str) and key in self._idempotency:
             # A retried request joins the run it already started.
-            await _send(ws, accepted(request_id, self._idempotency[key]))
+            await send(ws, accepted(request_id, self._idempotency[key]))
             return
         agent = params.get("agentId") if isinstance(params.get("agentId"), str) else "main"
         session_key = params.get("sessionKey")
@@ -262,8 +247,8 @@ class Gateway:
                 del self._idempotency[next(iter(self._idempotency))]
         self.runs.append(run)
         self._notify()
-        await _send(ws, accepted(request_id, run.run_id, session_key))
-        task = asyncio.create_task(self._play(ws, request_id, run))
+        await send(ws, accepted(request_id, run.run_id, session_key))
+        task = asyncio.create_task(self._player.play(ws, request_id, run))
         self._tasks.add(task)
         self._running[run.run_id] = task
         task.add_done_callback(self._tasks.discard)
@@ -274,23 +259,23 @@ class Gateway:
         params = frame.get("params")
         if frame.get("method") != "connect" or not isinstance(params, dict):
             message = "invalid handshake: first request must be connect"
-            await _send(ws, failed(request_id, "INVALID_REQUEST", message))
+            await send(ws, failed(request_id, "INVALID_REQUEST", message))
             await ws.close(1008, "invalid handshake")
             return
         if params.get("minProtocol", 0) > PROTOCOL or params.get("maxProtocol", 0) < PROTOCOL:
-            await _send(ws, failed(request_id, "INVALID_REQUEST", "protocol mismatch"))
+            await send(ws, failed(request_id, "INVALID_REQUEST", "protocol mismatch"))
             await ws.close(1002, "protocol mismatch")
             return
         auth = params.get("auth")
         token = auth.get("token") if isinstance(auth, dict) else None
         if not isinstance(token, str):
-            await _send(ws, failed(request_id, "NOT_PAIRED", "device identity required"))
+            await send(ws, failed(request_id, "NOT_PAIRED", "device identity required"))
             await ws.close(1008, "device identity required")
             return
         if self.token is not None and token != self.token:
             refused = failed(request_id, "INVALID_REQUEST", "unauthorized: gateway token mismatch")
             refused["error"]["details"] = {"code": "AUTH_TOKEN_MISMATCH"}  # type: ignore[index]
-            await _send(ws, refused)
+            await send(ws, refused)
             await ws.close(1008, "unauthorized")
             return
         self._operators.add(ws)
@@ -299,12 +284,12 @@ class Gateway:
         ticker.add_done_callback(self._tasks.discard)
         policy = {"maxPayload": 25 * 1024 * 1024, "tickIntervalMs": TICK_INTERVAL * 1000}
         hello = {"type": "hello-ok", "protocol": PROTOCOL, "policy": policy}
-        await _send(ws, {"type": "res", "id": request_id, "ok": True, "payload": hello})
+        await send(ws, {"type": "res", "id": request_id, "ok": True, "payload": hello})
 
     async def _tick(self, ws: ServerConnection) -> None:
         while ws in self._operators:
             await self._sleep(TICK_INTERVAL)
-            await _send(ws, {"type": "event", "event": "tick", "payload": {"ts": 0}})
+            await send(ws, {"type": "event", "event": "tick", "payload": {"ts": 0}})
 
     def _abort(self, request_id: object, params: object) -> dict[str, object]:
         run_id = params.get("runId") if isinstance(params, dict) else None
@@ -316,85 +301,6 @@ class Gateway:
             payload = {"ok": True, "aborted": True, "runIds": [run_id]}
         return {"type": "res", "id": request_id, "ok": True, "payload": payload}
 
-    async def _play(self, ws: ServerConnection, request_id: object, run: RunRecord) -> None:
-        message = run.message
-        slow = SLOW_FACTOR if "[slow]" in message else 1.0
-        texts = cumulative_texts(message)
-        third = max(1, len(texts) // 3)
-        try:
-            self._agent(run, "lifecycle", {"phase": "start"})
-            await self._sleep(FIRST_TOKEN_DELAY * slow)
-            for i, text in enumerate(texts):
-                if i == third:
-                    outcome = await self._midway(ws, request_id, run)
-                    if outcome is not None:
-                        if outcome:  # {} when the connection was cut
-                            await _send(ws, outcome)
-                        return
-                self._delta(run, text)
-                await self._sleep(TOKEN_INTERVAL * slow)
-            self._agent(run, "lifecycle", {"phase": "end"})
-            self._chat(run, "final", message={"role": "assistant", "content": parts(texts[-1])})
-            run.state = "final"
-            await _send(ws, finished(request_id, run.run_id, "ok"))
-        except asyncio.CancelledError as exc:
-            if exc.args != (ABORTED_BY_RPC,):
-                run.state = "stopped"
-                raise
-            # chat.abort: like the real gateway, an aborted event whose message
-            # is an object with the partial text, then the final response.
-            run.state = "aborted"
-            partial = {"role": "assistant", "content": parts(run.text)}
-            self._chat(run, "aborted", stopReason="rpc", message=partial)
-            await _send(ws, finished(request_id, run.run_id, "timeout"))
-        finally:
-            self._notify()
-
-    async def _midway(
-        self, ws: ServerConnection, request_id: object, run: RunRecord
-    ) -> dict[str, object] | None:
-        """Mid-run behaviours; the final response (or {}) when the run ended here."""
-        message = run.message
-        if "[tool]" in message:
-            call = {"name": "search", "toolCallId": f"{run.run_id}-tool-1"}
-            self._agent(run, "tool", {**call, "phase": "start", "args": {"q": topic(message)}})
-            await self._sleep(TOOL_DELAY)
-            self._agent(run, "tool", {**call, "phase": "result", "result": {"hits": 3}})
-        if "[slow]" in message:
-            await self._sleep(SLOW_PAUSE)
-        if "[die]" in message:
-            run.state = "died"
-            ws.transport.abort()
-            return {}
-        if "[error]" in message:
-            run.state = "error"
-            self._chat(run, "error", errorMessage=ERROR_MESSAGE)
-            return failed(request_id, "AGENT_ERROR", ERROR_MESSAGE)
-        if "[abort]" in message:
-            run.state = "aborted"
-            self._chat(run, "aborted", errorMessage=ABORT_MESSAGE)
-            return finished(request_id, run.run_id, "aborted")
-        return None
-
-    def _delta(self, run: RunRecord, text: str) -> None:
-        if self.handshake and not text.startswith(run.text):
-            # A provider retry, as OpenClaw reports it: empty text, replace: true.
-            empty = {"role": "assistant", "content": parts("")}
-            self._chat(run, "delta", deltaText="", replace=True, message=empty)
-            run.text = ""
-        delta = text[len(run.text) :] if text.startswith(run.text) else text
-        run.text = text
-        message = {"role": "assistant", "content": parts(text)}
-        self._chat(run, "delta", deltaText=delta, message=message)
-
-    def _chat(self, run: RunRecord, state: str, **extra: object) -> None:
-        payload = {"runId": run.run_id, "sessionKey": run.session_key, "state": state, **extra}
-        self._broadcast({"type": "event", "event": "chat", "payload": payload})
-
-    def _agent(self, run: RunRecord, stream: str, data: dict[str, object]) -> None:
-        payload = {"runId": run.run_id, "sessionKey": run.session_key, "stream": stream}
-        self._broadcast({"type": "event", "event": "agent", "payload": {**payload, "data": data}})
-
     def _broadcast(self, frame: dict[str, object]) -> None:
         assert self._server is not None
         frame["seq"] = next(self._seq)
@@ -402,11 +308,6 @@ class Gateway:
 
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds / self.speed)
-
-
-async def _send(ws: ServerConnection, frame: dict[str, object]) -> None:
-    with contextlib.suppress(ConnectionClosed):  # the client left: nobody to answer
-        await ws.send(json.dumps(frame, ensure_ascii=False))
 
 
 def _health(connection: ServerConnection, request: Request) -> Response | None:
@@ -449,4 +350,13 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["Gateway", "canonical_key", "cumulative_texts", "final_text", "main"]
+__all__ = [
+    "ABORT_MESSAGE",
+    "ERROR_MESSAGE",
+    "TOKEN_INTERVAL",
+    "Gateway",
+    "canonical_key",
+    "cumulative_texts",
+    "final_text",
+    "main",
+]

@@ -1,10 +1,11 @@
 """One stream, from the upstream request to the terminal event.
 
-Strategy: claim the session, open the Source, commit to a stream (or pass a
-non-stream answer through), then move items to the Sink until the terminal
-event: by the splice (sidecar/stream/splice.py) when the Sink allows it, or
-by the awaiting pump (sidecar/stream/pump.py). Every error that ends a
-committed stream becomes its terminal event here, written through the Sink.
+Strategy: claim the session (sidecar/stream/claim.py), open the Source,
+commit to a stream (or pass a non-stream answer through), then move items to
+the Sink until the terminal event: by the splice (sidecar/stream/splice.py)
+when the Sink allows it, or by the awaiting pump (sidecar/stream/pump.py).
+Every error that ends a committed stream becomes its terminal event here,
+written through the Sink (sidecar/stream/terminal.py).
 Stopping a stream from outside (shutdown, replace) cancels its task with a
 reason; it then writes the terminal event itself. A resumable run is this
 class with the run's log as its Sink (sidecar/resume/run.py). With a route's
@@ -26,10 +27,8 @@ from sidecar.alarm import Alarm
 from sidecar.client import json_error, ms
 from sidecar.context import StreamHandle
 from sidecar.errors import (
-    BackendUnavailable,
     ClientGone,
     ProtocolError,
-    SessionConflict,
     SlowClient,
     UpstreamBadHead,
     UpstreamDisconnected,
@@ -41,6 +40,8 @@ from sidecar.logs import session_hash
 from sidecar.services import RouteServices
 from sidecar.sessions.base import Claim
 from sidecar.stream import source as sources
+from sidecar.stream import terminal
+from sidecar.stream.claim import claim_session
 from sidecar.stream.pump import Pacer, pump
 from sidecar.stream.resumer import UpstreamResumer
 from sidecar.stream.sink import ClientSink, Sink
@@ -56,11 +57,6 @@ from sidecar.upstream.websocket import WebSocketSource
 T = TypeVar("T")
 
 log = structlog.get_logger("sse_sidecar")
-
-_STOP_MESSAGES = {
-    "shutdown": "the server is shutting down; reconnect",
-    "replaced": "a newer stream for this session replaced this one",
-}
 
 
 class StreamRun:
@@ -165,38 +161,18 @@ class StreamRun:
             if self.claim is not None:
                 await ctx.sessions.release(self.claim)
 
-    async def _claim(self, key: str) -> web.Response | None:
-        """Own the session, or the answer that refuses this request."""
-        ctx = self.services.ctx
-        # A run taken over continues a dead replica's run: a stream that holds
-        # the session meanwhile is newer, and it keeps the session.
-        policy = "reject" if self._resuming else self.route.session.policy
-        try:
-            self.claim = await ctx.sessions.claim(self.route.name, key, policy, self.handle)
-        except SessionConflict as exc:
-            self.state.outcome = "rejected"
-            ctx.metrics.session_conflicts.labels(self.route.name, "reject").inc()
-            return json_error(409, exc.code, str(exc))
-        except BackendUnavailable as exc:
-            if ctx.config.backend.on_outage == "allow":
-                log.warning("session_unguarded", route=self.route.name, reason=str(exc))
-                self.metrics.rejected("backend_unavailable_allowed")
-                return None
-            self.state.outcome = "rejected"
-            self.metrics.rejected("backend_unavailable")
-            return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
-        if self.claim.replaced:
-            ctx.metrics.session_conflicts.labels(self.route.name, "replace").inc()
-        return None
-
     async def _run(self) -> web.StreamResponse | None:
-        state = self.state
+        state, sink, dialect = self.state, self.sink, self.services.normalizer.dialect
         try:
             try:
                 if self.session_key is not None:
-                    refusal = await self._claim(self.session_key)
-                    if refusal is not None:
-                        return refusal
+                    claimed = await claim_session(
+                        self.services, state, self.handle, self.session_key,
+                        taken_over=self._resuming,
+                    )  # fmt: skip
+                    if isinstance(claimed, web.Response):
+                        return claimed  # refused
+                    self.claim = claimed
                 if self.route.is_websocket:
                     refused = await self._run_websocket()
                     return refused if refused is not None else self.sink.response
@@ -211,10 +187,10 @@ class StreamRun:
                         return await sources.passthrough(
                             self.upstream, self.route, self.state, self.services.ctx.metrics
                         )
-                    await self._commit(self.upstream)
+                    await terminal.commit(state, sink, self.upstream.headers)
                 else:
                     sources.check_late(self.upstream)
-                await self._ended(await self._body(self.upstream))
+                await terminal.ended(state, sink, dialect, await self._body(self.upstream))
             except asyncio.CancelledError:
                 code = self.handle.stop_code
                 if code is None:
@@ -227,11 +203,8 @@ class StreamRun:
                 if code == "abandoned":
                     state.outcome = "abandoned"  # nobody came back within resume.grace
                     return None
-                if code == "stopped":  # a stop request (sidecar/stop.py): not an error
-                    await self._end_stopped()
-                    return self.sink.response
                 retry = ms(self.services.ctx.config.shutdown_retry) if code == "shutdown" else None
-                await self._end_with_error(code, _STOP_MESSAGES[code], retry_ms=retry)
+                await terminal.end_by_stop(state, sink, dialect, code, retry_ms=retry)
             except (UpstreamError, ProtocolError) as exc:
                 if self.upstream is not None:
                     self.upstream.close()
@@ -247,7 +220,10 @@ class StreamRun:
                 if isinstance(exc, UpstreamBadHead) and not state.committed:
                     state.outcome = exc.code  # as nginx: 502 while the client can still get one
                     return json_error(502, exc.code, str(exc))
-                await self._end_with_error(exc.code, str(exc))
+                status = self.upstream.status if self.upstream is not None else None
+                await terminal.end_with_error(
+                    state, sink, dialect, exc.code, str(exc), status=status
+                )
         except SlowClient:
             # Cut it off: returning alone would leave aiohttp waiting, without a
             # limit, to end the body cleanly, as if the stream were whole.
@@ -279,7 +255,7 @@ class StreamRun:
         commit_at = self.state.started + self.route.stream.commit_after
         while True:
             if not self.state.committed and self.loop.time() >= commit_at:
-                await self._commit(None)
+                await terminal.commit(self.state, self.sink)
             deadline = commit_at if not self.state.committed else self.pacer.deadline()
             done, _ = await asyncio.wait({opener}, timeout=max(deadline - self.loop.time(), 0))
             if done:
@@ -289,9 +265,10 @@ class StreamRun:
 
     async def _taken_over(self) -> web.StreamResponse | None:
         if not self.state.committed:
-            await self._commit(None)
+            await terminal.commit(self.state, self.sink)
         lost = UpstreamDisconnected("the run's upstream was lost with its replica")
-        await self._ended(await self._resumed(lost))
+        completed = await self._resumed(lost)
+        await terminal.ended(self.state, self.sink, self.services.normalizer.dialect, completed)
         return self.sink.response
 
     async def _resumed(self, error: UpstreamError | None) -> bool:
@@ -350,16 +327,6 @@ class StreamRun:
         normalizer = self.services.normalizer
         return pump(source, self.sink, self.state, self.pacer, self.alarm, normalizer)
 
-    async def _ended(self, completed: bool) -> None:
-        """The body ended: by the upstream's terminal event, or cleanly without one (ours)."""
-        if completed:
-            self.state.outcome = "completed"
-            return
-        dialect = self.services.normalizer.dialect
-        # A clean close said all it had: partial false (README, "partial").
-        event = dialect.end("upstream_closed", partial=False, event_id=self.sink.next_id())
-        await self._end(event, "upstream_closed")
-
     async def _run_websocket(self) -> web.Response | None:
         """A WebSocket gateway's run: its events instead of an HTTP body's.
 
@@ -389,45 +356,11 @@ class StreamRun:
             if not opener.done():
                 opener.cancel()
         if not self.state.committed:
-            await self._commit(None)
+            await terminal.commit(self.state, self.sink)
         try:
-            await self._ended(await self._pump(sources.WebSocketItems(source)))
+            completed = await self._pump(sources.WebSocketItems(source))
+            await terminal.ended(self.state, self.sink, self.services.normalizer.dialect, completed)
         finally:
             for kind, count in source.malformed.items():
                 self.services.ctx.metrics.protocol_errors.labels(self.route.name, kind).inc(count)
         return None
-
-    # --- the client's side, through the Sink -----------------------------------
-
-    async def _commit(self, upstream: Upstream | None) -> None:
-        """Headers out: from now on the stream can only end with an event."""
-        self.state.committed = True
-        await self.sink.commit(upstream.headers if upstream is not None else None)
-
-    async def _end(self, data: bytes, outcome: str) -> None:
-        self.state.outcome = outcome
-        if await self.sink.end(data):
-            self.metrics.event("terminal_synthesized")
-
-    async def _end_stopped(self) -> None:
-        if not self.state.committed:
-            await self._commit(None)
-        dialect = self.services.normalizer.dialect
-        event = dialect.end("stopped", partial=self.state.partial, event_id=self.sink.next_id())
-        await self._end(event, "stopped")
-
-    async def _end_with_error(self, code: str, message: str, retry_ms: int | None = None) -> None:
-        if not self.state.committed:
-            await self._commit(None)
-        extra: dict[str, object] = {}
-        if self.upstream is not None and code == "upstream_status":
-            extra["status"] = self.upstream.status
-        data = self.services.normalizer.dialect.error(
-            code,
-            message,
-            partial=self.state.partial,
-            retry_ms=retry_ms,
-            event_id=self.sink.next_id(),
-            **extra,
-        )
-        await self._end(data, code)

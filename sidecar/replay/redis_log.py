@@ -63,8 +63,9 @@ class RedisReplayLog:
     """
 
     __slots__ = (
-        "_caps", "_cursor_of", "_cursor_sending", "_flush_error", "_local", "_on_fenced",
-        "_pending", "_run_id", "_sending", "_store", "binding", "fenced", "keys", "owner",
+        "_append_keys", "_append_head", "_caps", "_cursor_of", "_cursor_sending", "_flush_error",
+        "_local", "_on_fenced", "_pending", "_run_id", "_sending", "_store", "binding", "fenced",
+        "keys", "owner",
     )  # fmt: skip
 
     def __init__(
@@ -96,6 +97,10 @@ class RedisReplayLog:
         #: Where the upstream stands, read as a round takes the entries, and what it sends.
         self._cursor_of: Callable[[], bytes] | None = None
         self._cursor_sending = b""
+        #: What every append call of this log repeats, made at its first (a
+        #: log that never appends, as an idle stream's, holds none of it).
+        self._append_keys: list[str] | None = None
+        self._append_head: list[str | bytes | int] = []
 
     @property
     def run_id(self) -> str:
@@ -171,16 +176,19 @@ class RedisReplayLog:
 
     def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], list[str | bytes | int]]:
         """This log's part of an append round's call: its keys and its arguments for ``entries``."""
-        assert self._caps is not None  # the run's own log knows its caps
-        max_events, max_bytes = self._caps
-        k = self.keys
-        args: list[str | bytes | int] = [
-            len(entries), self._run_id, ms(self._store.live_ttl), max_events, max_bytes,
-            self.owner, self._cursor_sending,
-        ]  # fmt: skip
+        keys = self._append_keys
+        if keys is None:
+            assert self._caps is not None  # the run's own log knows its caps
+            k = self.keys
+            keys = self._append_keys = [k.stream, k.index, k.pointer]
+            max_events, max_bytes = self._caps
+            self._append_head = [
+                self._run_id, ms(self._store.live_ttl), max_events, max_bytes, self.owner,
+            ]  # fmt: skip
+        args: list[str | bytes | int] = [len(entries), *self._append_head, self._cursor_sending]
         for e in entries:
-            args += [e.seq, e.event_id, e.data, int(e.terminal)]
-        return [k.stream, k.index, k.pointer], args
+            args += (e.seq, e.event_id, e.data, int(e.terminal))
+        return keys, args
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""

@@ -63,7 +63,7 @@ class RedisReplayLog:
     """
 
     __slots__ = (
-        "_append_keys", "_append_head", "_caps", "_cursor_of", "_cursor_sending", "_flush_error",
+        "_append_head", "_append_keys", "_caps", "_cursor_of", "_cursor_sending", "_flush_error",
         "_local", "_on_fenced", "_pending", "_run_id", "_sending", "_store", "binding", "fenced",
         "keys", "owner",
     )  # fmt: skip

@@ -28,11 +28,12 @@ from sidecar.sessions.redis_scripts import fence_key, owner_key
 _APPEND_FUNCTION = """
 local function append(stream, index, pointer, a, h, last_arg)
   local run, ttl = a[h], a[h + 1]
-  local owner = redis.call('HGET', index, 'gen')
+  local held = redis.call('HMGET', index, 'gen', 'last', 'bytes')
+  local owner = held[1]
   if a[h + 4] ~= '' and owner and owner ~= a[h + 4] then return -1 end
   if a[h + 5] ~= '' then redis.call('HSET', index, 'cur', a[h + 5]) end
   local max_events, max_bytes = tonumber(a[h + 2]), tonumber(a[h + 3])
-  local last = tonumber(redis.call('HGET', index, 'last') or '0')
+  local last = tonumber(held[2] or '0')
   local added = 0
   for i = h + 6, last_arg, 4 do
     local seq, id, data = a[i], a[i + 1], a[i + 2]
@@ -47,7 +48,7 @@ local function append(stream, index, pointer, a, h, last_arg)
       last = tonumber(seq)
     end
   end
-  local bytes = tonumber(redis.call('HGET', index, 'bytes') or '0') + added
+  local bytes = tonumber(held[3] or '0') + added
   local len = redis.call('XLEN', stream)
   local evicted, gone = 0, nil
   while len > 1 and (len > max_events or bytes > max_bytes) do

@@ -1,13 +1,15 @@
 """The benchmark runner: each scenario through direct, nginx and the sidecar, in one run.
 
 ``python -m bench.run [--scenarios steady,burst] [--targets nginx,resume-redis] [--quick]
-[--profile]``
+[--profile] [--rounds N]``
 
 For every (scenario, path) it starts a fresh producer and a fresh proxy on free
 loopback ports, runs the load client(s) in their own processes, reads the
 proxy's CPU time and RSS from /proc (children included), prints a markdown
 table with the ratios against the targets and writes the whole result
-as JSON to bench/results/. Timing is never asserted: only numbers come out.
+as JSON to bench/results/. The steady scenario's paths run ``--rounds``
+times in turn; its targets are the median of the rounds' ratios. Timing is
+never asserted: only numbers come out.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from bench.scenarios import FULL, QUICK, Scenario, epilog
 RESULTS = Path(__file__).with_name("results")
 FDS_PER_PROXIED_STREAM = 2  # the client's socket and the upstream's
 FD_RESERVE = 128  # listening sockets, epoll, logs, pipes
+#: The scenarios whose paths run several times, in turn: their CPU and p99
+#: targets are ratios to nginx, and one round's ratio moves with whatever
+#: else the two cores did in that minute (the report takes the median).
+REPEATED = frozenset({"steady"})
+ROUNDS = 3
 
 
 def percentile(values: list[int], p: float) -> float:
@@ -338,8 +345,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="py-spy one sidecar path (--targets, default sidecar)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"run steady's paths this many times, in turn (default {ROUNDS}; --quick: 1)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="results JSON path")
     args = parser.parse_args(argv)
+    rounds = args.rounds
+    if rounds is None:
+        rounds = 1 if args.quick or args.profile else ROUNDS
+    if rounds < 1:
+        parser.error("--rounds takes a positive number")
     table = QUICK if args.quick else FULL
     wanted = [s for s in args.scenarios.split(",") if s]
     if args.targets is None:
@@ -374,11 +392,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"{scn.name}: ran {cap:,} streams, not {scn.streams:,}: RLIMIT_NOFILE is "
                     f"{nofile:,} here and a proxy needs {FDS_PER_PROXIED_STREAM} fds per stream"
                 )
-            for name in [n for n in names if n in scn.paths]:
-                print(f"# {scn.name} via {name}: {streams:,} streams ...", flush=True)
-                results.append(run_case(scn, name, Path(tmp), nofile, streams, profile_dir))
+            repeat = rounds if scn.name in REPEATED else 1
+            for round_ in range(1, repeat + 1):
+                for name in [n for n in names if n in scn.paths]:
+                    label = f" (round {round_} of {repeat})" if repeat > 1 else ""
+                    print(f"# {scn.name} via {name}{label}: {streams:,} streams ...", flush=True)
+                    workdir = Path(tmp) / f"round-{round_}" if repeat > 1 else Path(tmp)
+                    result = run_case(scn, name, workdir, nofile, streams, profile_dir)
+                    if repeat > 1:
+                        result["round"] = round_
+                    results.append(result)
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rounds": rounds,
         "quick": args.quick,
         "machine": machine(),
         "revision": revision(),

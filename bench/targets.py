@@ -216,9 +216,9 @@ class Process:
         path.write_text(json.dumps(config, indent=2))
         self.child = Child(name, procs.python("sidecar", "--config", str(path)), workdir)
         try:
-            procs.wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", 20, self.child)
-            if workers > 1:
-                procs.wait_port(self.port, 20, self.child)
+            # Ready, as a readiness probe sees it: with workers, once every one
+            # listens (the stream port alone answers with the first).
+            procs.wait_http(f"http://127.0.0.1:{self.admin_port}/readyz", 20, self.child)
         except BaseException:
             self.child.stop()
             raise

@@ -9,18 +9,25 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from collections.abc import Callable
 
 from sidecar import __version__
 from sidecar.config import Config
 
 
-def run(config: Config, worker: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT (on uvloop when it is installed)."""
+def run(
+    config: Config, worker: bool = False, on_listening: Callable[[], None] | None = None
+) -> int:
+    """Serve until SIGTERM/SIGINT (on uvloop when it is installed).
+
+    ``on_listening`` is called once the stream port takes connections (a
+    worker tells its supervisor so).
+    """
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_serve(config, worker))
-    return uvloop.run(_serve(config, worker))
+        return asyncio.run(_serve(config, worker, on_listening))
+    return uvloop.run(_serve(config, worker, on_listening))
 
 
 def tune_gc() -> None:
@@ -40,7 +47,7 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, middle, old)
 
 
-async def _serve(config: Config, worker: bool) -> int:
+async def _serve(config: Config, worker: bool, on_listening: Callable[[], None] | None) -> int:
     import structlog
 
     from sidecar.app import Sidecar
@@ -61,6 +68,8 @@ async def _serve(config: Config, worker: bool) -> int:
         routes=[r.path for r in config.routes],
         version=__version__,
     )
+    if on_listening is not None:
+        on_listening()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

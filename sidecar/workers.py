@@ -6,9 +6,12 @@ spreads connections over them. Sessions hold across workers through the
 Redis backend (config validation insists on it). Metrics use
 prometheus-client's multiprocess mode: every worker writes its samples to a
 directory the supervisor owns, and the supervisor's ``/metrics`` adds them
-up. On SIGTERM the supervisor turns ``/readyz`` false, passes SIGTERM on, and
-each worker drains as a single process would. A worker that dies is started
-again.
+up. ``/readyz`` is true once every worker listens (each sets an event of
+its own when it does): a probe that passed while a worker was still starting
+would send all the first connections to the others, or to none. On SIGTERM
+the supervisor turns ``/readyz`` false, passes SIGTERM on, and each worker
+drains as a single process would. A worker that dies is started again, and
+the supervisor is not ready until it listens.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import signal
 import tempfile
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 
 import structlog
 from aiohttp import web
@@ -35,8 +39,8 @@ _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_DELAY = 1.0
 
 
-def _worker_main(config: Config, index: int) -> None:
-    """Entry point of one worker process (spawned: nothing inherited but config)."""
+def _worker_main(config: Config, index: int, listening: Event) -> None:
+    """Entry point of one worker process (spawned: nothing inherited but its arguments)."""
     from sidecar import logs, serve
 
     # The supervisor decides when to stop: SIGINT from a terminal reaches
@@ -44,7 +48,7 @@ def _worker_main(config: Config, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     structlog.contextvars.bind_contextvars(worker=index)
     logs.configure(config.logging)
-    raise SystemExit(serve.run(config, worker=True))
+    raise SystemExit(serve.run(config, worker=True, on_listening=listening.set))
 
 
 class Supervisor:
@@ -52,13 +56,22 @@ class Supervisor:
         self.config = config
         self.metrics_dir = tempfile.mkdtemp(prefix="sse-sidecar-metrics-")
         self.procs: list[BaseProcess] = []
+        #: Set by each worker (by index) once it listens.
+        self.listening: list[Event] = []
         self.draining = False
         self._spawn = multiprocessing.get_context("spawn")
         self.admin_port = config.admin.port
 
     def _start_worker(self, index: int) -> BaseProcess:
+        listening = self._spawn.Event()
+        if index < len(self.listening):
+            self.listening[index] = listening
+        else:
+            self.listening.append(listening)
         proc = self._spawn.Process(
-            target=_worker_main, args=(self.config, index), name=f"sse-sidecar-worker-{index}"
+            target=_worker_main,
+            args=(self.config, index, listening),
+            name=f"sse-sidecar-worker-{index}",
         )
         proc.start()
         log.info("worker_started", worker=index, pid=proc.pid)
@@ -70,6 +83,9 @@ class Supervisor:
         dead = [i for i, p in enumerate(self.procs) if not p.is_alive()]
         if dead:
             return False, f"workers not running: {dead}"
+        starting = [i for i, event in enumerate(self.listening) if not event.is_set()]
+        if starting:
+            return False, f"workers starting: {starting}"
         return True, "ready"
 
     def render_metrics(self) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 
@@ -14,6 +15,68 @@ from tests.conftest import Script
 from tests.integration.processes import SidecarProcess
 
 pytestmark = pytest.mark.redis
+
+
+async def readyz(sc: SidecarProcess) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(sc.admin_url + "/readyz") as resp:
+            return resp.status, await resp.text()
+
+
+async def ready(sc: SidecarProcess, limit_s: float = 20.0) -> str:
+    """Wait for the supervisor's /readyz to pass; what the log held at that moment."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while (await readyz(sc))[0] != 200:
+        assert loop.time() < deadline, "never ready"
+        await asyncio.sleep(0.02)
+    return sc.log()
+
+
+def listening(log: str) -> set[int]:
+    """The workers that logged that they listen."""
+    return {
+        json.loads(line).get("worker")
+        for line in log.splitlines()
+        if line.startswith("{") and '"event": "listening"' in line
+    }
+
+
+async def test_ready_only_once_every_worker_listens_also_after_one_died(
+    tmp_path, upstream, redis_server
+):
+    # A probe that passed while a worker was starting would send every first
+    # connection to the other one (or, with none listening, refuse them).
+    sc = SidecarProcess(
+        tmp_path,
+        {
+            "workers": 2,
+            "backend": {"kind": "redis", "url": redis_server.url},
+            "drain_timeout": "1s",
+            "routes": [{"name": "chat", "path": "/s", "upstream": upstream.url}],
+        },
+    )
+    await sc.start()
+    try:
+        assert listening(await ready(sc)) == {0, 1}
+        pids = [
+            json.loads(line)["pid"]
+            for line in sc.log().splitlines()
+            if '"event": "worker_started"' in line
+        ]
+        os.kill(pids[0], signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while (status := await readyz(sc))[0] == 200:
+            assert loop.time() < deadline, "still ready with a worker dead"
+            await asyncio.sleep(0.02)
+        assert "workers" in status[1]
+        log = await ready(sc)
+        started = [line for line in log.splitlines() if '"event": "listening"' in line]
+        assert len(started) == 3, "ready again only once the new worker listens"
+    finally:
+        sc.signal(signal.SIGTERM)
+        assert await sc.wait(15.0) == 0
 
 
 async def test_two_workers_share_a_port_and_one_session_has_one_stream(
@@ -37,11 +100,7 @@ async def test_two_workers_share_a_port_and_one_session_has_one_stream(
         },
     )
     await sc.start()
-    # start() returns once the port answers: the first worker. Wait for both.
-    for _ in range(200):
-        if sc.log().count('"event": "listening"') >= 2:
-            break
-        await asyncio.sleep(0.05)
+    await ready(sc)  # both workers listen: start() returns once the first one does
     try:
         async with aiohttp.ClientSession() as http:
             holder = await http.get(sc.url + "/s?k=alice")

@@ -171,6 +171,10 @@ class LogSink:
     def has_room(self, size: int) -> bool:
         return True  # a run never waits for a client: the one behind reads the log
 
+    def write_if_room(self, data: bytes) -> bool:
+        self.write_nowait(data)
+        return True
+
     async def drained(self) -> None:
         return None
 
@@ -198,10 +202,9 @@ class LogSink:
         assert client is not None
         data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
         sink = client.sink
-        if client.after_seq != entries[0].seq - 1 or not sink.has_room(len(data)):
+        if client.after_seq != entries[0].seq - 1 or not sink.write_if_room(data):
             self.release()  # behind (or gone): it catches up from the log
             return
-        sink.write_nowait(data)
         client.after_seq = entries[-1].seq
         client.last_entry = self._loop.time()
         if entries[-1].terminal:

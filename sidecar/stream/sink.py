@@ -47,6 +47,13 @@ class SpliceTarget(Protocol):
 
     def write_nowait(self, data: bytes) -> None: ...
 
+    def write_if_room(self, data: bytes) -> bool:
+        """Write now if the client keeps up (``has_room``); False, writing nothing, if not.
+
+        One call for the check and the write: it is the hot path's.
+        """
+        ...
+
     def emit_nowait(self, batch: Batch) -> None:
         """A numbered batch (``ids`` set): its entries, then its client's bytes."""
         ...
@@ -184,6 +191,16 @@ class ClientSink:
         assert transport is not None
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         self._state.wrote(len(data), self._loop.time())
+
+    def write_if_room(self, data: bytes) -> bool:
+        transport = self._transport
+        assert transport is not None
+        size = len(data)
+        if transport.get_write_buffer_size() + size > HIGH_WATER or transport.is_closing():
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (size, data) if self._chunked else data)
+        self._state.wrote(size, self._loop.time())
+        return True
 
     def emit_nowait(self, batch: Batch) -> None:
         if batch.data:

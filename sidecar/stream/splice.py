@@ -282,10 +282,8 @@ class Splice:
 
     def _send(self, data: bytes) -> None:
         """Write now, or hold the bytes for the task while the client is behind."""
-        if self._congested or not self._sink.has_room(len(data)):
+        if self._congested or not self._sink.write_if_room(data):
             self._hold(data)
-        else:
-            self._sink.write_nowait(data)
 
     def _hold(self, data: bytes) -> None:
         self._pending_size += len(data)

@@ -218,8 +218,12 @@ class Upstream(asyncio.Protocol):
             else:
                 self._fail(f"upstream sent an invalid response: {exc}")
             return
-        if self._pieces:
-            self._deliver()
+        pieces = self._pieces
+        if pieces:  # _deliver, inlined: this is once per read
+            body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()
+            if self._sink is not None:
+                self._sink.data(body)
         if in_head and self._head is not None and (error := self._head.fed(len(data))):
             self._fail("", error)
 

@@ -84,10 +84,14 @@ _NOT_FIRST = frozenset({b":", b"\n", b"\xef"})
 _DATA_LINE = re.compile(rb"(?:^|\n)data:")
 _OWN_ID = re.compile(rb"id: ?+([^\n\x00]+)\n")  # possessive: the space is never the value
 _ID_LINE = re.compile(rb"\nid(?::|\n|$)")
+#: The steady read's shape, an own id and one data line, judged in one match.
+_ID_AND_DATA = re.compile(rb"id: ?+([^\n\x00]+)\ndata:[^\n]*\n\n")
 
 
 def _event_id(block: bytes, end: int) -> str | None:
     """The own id of the event in ``block[:end]`` ("" for none), or None: the decoder decides."""
+    if end == len(block) - 2 and (simple := _ID_AND_DATA.fullmatch(block)) is not None:
+        return simple.group(1).decode()
     if _DATA_LINE.search(block, 0, end) is None:
         return None
     event_id, rest_at = "", 0
@@ -188,19 +192,9 @@ class Normalizer:
         line (it is not dispatched, so it takes no seq): the decoder decides
         those.
         """
-        end = len(block) - 2
-        if block.find(b"\n\n") == end:
-            # One event, the steady read: judged in place, and sent as it
-            # came (no copy) when it has its own id.
-            event_id = _event_id(block, end)
-            if event_id is None:
-                return None
-            if event_id:
-                entry = Entry(ids.next_seq(), event_id, block)
-            else:
-                seq, ours = ids.next()
-                entry = Entry(seq, ours, b"id: %b\n%b" % (ours.encode(), block))
-            return Batch(data=entry.data, forwarded=1, entries=[entry])
+        if block.find(b"\n\n") == len(block) - 2:
+            entry = self.number_one(block, ids)
+            return None if entry is None else Batch(data=entry.data, forwarded=1, entries=[entry])
         pieces = block.split(b"\n\n")
         pieces.pop()  # the block ends with a blank line: nothing after it
         own: list[str] = []
@@ -220,6 +214,19 @@ class Normalizer:
                 entries.append(Entry(seq, ours, b"id: %b\n%b\n\n" % (ours.encode(), piece)))
         batch.data = b"".join(e.data for e in entries)
         return batch
+
+    def number_one(self, block: bytes, ids: IdSource) -> Entry | None:
+        """:meth:`number` of a block of one event (the steady read), as its log entry alone.
+
+        Judged in place, and sent as it came (no copy) when it has its own id.
+        """
+        event_id = _event_id(block, len(block) - 2)
+        if event_id is None:
+            return None
+        if event_id:
+            return Entry(ids.next_seq(), event_id, block)
+        seq, ours = ids.next()
+        return Entry(seq, ours, b"id: %b\n%b" % (ours.encode(), block))
 
     def rewrite_comments(self, block: bytes) -> Batch | None:
         """Comments of a block of complete events handled on bytes: the fast path's second try.

@@ -11,6 +11,7 @@ follows it here (nor, with Redis, from another process), then ends quietly.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -131,6 +132,16 @@ class LogSink:
             if self._direct is not None:
                 self._deliver(entries)
 
+    def emit_entry(self, entry: Entry) -> None:
+        """One numbered event (the splice's steady read): ``emit_nowait`` without a batch."""
+        if self.state is not None:
+            self.state.bytes_out += len(entry.data)
+        entries = (entry,)
+        self.log.append_nowait(entries)
+        self.last_seq = entry.seq
+        if self._direct is not None:
+            self._deliver(entries)
+
     async def write(self, data: bytes) -> None:
         """Bytes of the run's own without an id (never a place to resume from)."""
         self.write_nowait(data)
@@ -197,7 +208,7 @@ class LogSink:
             self._direct = None
             direct.released()
 
-    def _deliver(self, entries: list[Entry]) -> None:
+    def _deliver(self, entries: Sequence[Entry]) -> None:
         client = self._direct
         assert client is not None
         data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)

@@ -22,6 +22,7 @@ from sidecar.errors import ClientGone
 from sidecar.headers import Headers
 from sidecar.metrics import RouteMetrics
 from sidecar.normalize import Batch, IdSource
+from sidecar.replay.base import Entry
 from sidecar.stream.state import StreamState
 
 #: asyncio's default write high-water mark: at or under it a write never waits.
@@ -56,6 +57,10 @@ class SpliceTarget(Protocol):
 
     def emit_nowait(self, batch: Batch) -> None:
         """A numbered batch (``ids`` set): its entries, then its client's bytes."""
+        ...
+
+    def emit_entry(self, entry: Entry) -> None:
+        """One numbered event (``ids`` set): ``emit_nowait`` of a batch of it alone."""
         ...
 
     async def drained(self) -> None: ...
@@ -205,6 +210,9 @@ class ClientSink:
     def emit_nowait(self, batch: Batch) -> None:
         if batch.data:
             self.write_nowait(batch.data)
+
+    def emit_entry(self, entry: Entry) -> None:
+        self.write_nowait(entry.data)
 
     async def drained(self) -> None:
         """Wait for the client to take what it was sent (bounded by limits.write_timeout)."""

@@ -241,6 +241,14 @@ class Splice:
     def _numbered(self, block: bytes) -> bool:
         """Number a block of unchanged events on its bytes and emit it, if ids allow that."""
         assert self._ids is not None
+        if block.find(b"\n\n") == len(block) - 2:
+            # One event, the steady read: an entry, no batch around it.
+            entry = self._normalizer.number_one(block, self._ids)
+            if entry is None:
+                return False
+            self._state.passed(1)
+            self._sink.emit_entry(entry)
+            return True
         batch = self._normalizer.number(block, self._ids)
         if batch is None:
             return False

@@ -43,3 +43,45 @@ def test_an_events_own_first_id_is_kept_and_the_others_get_ours() -> None:
     ]
     assert batch.data == b"id: up-1\ndata: a\n\nid: n-2\ndata: b\n\n"
     assert batch.forwarded == 2
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"id: 7\ndata: x\nid: 8\n\n",  # the one-match shape, then a second id line
+        b"id: a\x00b\ndata: x\n\n",  # NUL in the id of the one-match shape
+        b"id: \ndata: x\n\n",  # an empty id of that shape
+        b"id: 7\n\n",  # an id and no data line
+    ],
+)
+def test_one_event_the_decoder_must_judge_takes_no_seq(block: bytes) -> None:
+    ids = IdSource("n")
+    assert NORMALIZER.number_one(block, ids) is None
+    assert ids.seq == 0
+
+
+def test_one_event_with_its_own_id_is_its_entry_as_it_came() -> None:
+    ids = IdSource("n")
+    for block, own in (
+        (b"id: up-1\ndata: a\n\n", "up-1"),  # the steady shape: one match
+        (b"id:up-2\ndata: a\n\n", "up-2"),  # no space after the colon
+        (b"id: up-3\nevent: tok\ndata: a\ndata: b\n\n", "up-3"),  # other fields: the long way
+        (b"event: tok\nid: up-4\ndata: a\n\n", None),  # an id line not first: the decoder's
+    ):
+        entry = NORMALIZER.number_one(block, ids)
+        if own is None:
+            assert entry is None
+            continue
+        assert entry is not None
+        assert entry.event_id == own
+        assert entry.data is block  # sent without a copy
+    assert ids.seq == 3
+
+
+def test_one_event_without_an_id_gets_ours_first() -> None:
+    ids = IdSource("n")
+    entry = NORMALIZER.number_one(b"data: a\n\n", ids)
+    assert entry == Entry(1, "n-1", b"id: n-1\ndata: a\n\n")
+    batch = NORMALIZER.number(b"data: b\n\n", ids)
+    assert batch is not None
+    assert (batch.forwarded, batch.entries) == (1, [Entry(2, "n-2", b"id: n-2\ndata: b\n\n")])

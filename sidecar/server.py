@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -32,6 +33,9 @@ from sidecar.config import ServerLimits
 from sidecar.metrics import Metrics
 
 log = structlog.get_logger("sse_sidecar")
+
+#: A request handler, as aiohttp's Server calls it.
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: File descriptors kept back from the cap: listening sockets, Redis, logs.
 _FD_RESERVE = 64
@@ -269,8 +273,9 @@ class GuardedRunner(web.AppRunner):
         app.on_startup.freeze()
         await app.startup()
         app.freeze()
+        handler = guard_heads(self.guard.limits, self.guard, app._handle)
         return GuardedServer(
-            self.guard, app._handle, request_factory=app._make_request, loop=loop, **self._kwargs
+            self.guard, handler, request_factory=app._make_request, loop=loop, **self._kwargs
         )
 
 
@@ -280,12 +285,16 @@ def head_size(request: web.BaseRequest) -> int:
     return line + sum(len(k) + len(v) + 4 for k, v in request.raw_headers) + 2
 
 
-def head_guard(limits: ServerLimits, guard: Guard) -> Any:
-    """A middleware: a request head over ``max_request_head_bytes`` gets 431, not a stream."""
+def guard_heads(limits: ServerLimits, guard: Guard, handler: Handler) -> Handler:
+    """``handler``, refusing a request head over ``max_request_head_bytes`` with 431.
+
+    Not a middleware: an application with one holds two more coroutine frames
+    (the middleware's and aiohttp's current-app fix-up) for the whole of every
+    stream. A plain function returning the handler's coroutine holds none.
+    """
     limit = limits.max_request_head_bytes
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    def guarded(request: web.Request) -> Awaitable[web.StreamResponse]:
         if head_size(request) > limit:
             guard.bad_request("head_too_large", f"request head over {limit} bytes", request.remote)
             message = f"request head over {limit} bytes (limits.max_request_head_bytes)"
@@ -293,8 +302,11 @@ def head_guard(limits: ServerLimits, guard: Guard) -> Any:
                 {"error": {"code": "request_head_too_large", "message": message}}, status=431
             )
             resp.force_close()
-            return resp
-        response: web.StreamResponse = await handler(request)
-        return response
+            return _answered(resp)
+        return handler(request)
 
-    return middleware
+    return guarded
+
+
+async def _answered(response: web.StreamResponse) -> web.StreamResponse:
+    return response

@@ -12,8 +12,10 @@ over ``limits.max_request_head_bytes`` with a JSON error (400/431), and logs
 them as one JSON line each, at most ``limits.bad_request_logs_per_s`` a second.
 
 aiohttp offers no hook for these, so this subclasses its ``RequestHandler``
-and ``Server`` and reads two of its private fields (``_request_count``,
-``_waiter``); pinned by aiohttp < 4 and by tests/adversarial.
+and ``Server``, reads two of its private fields (``_request_count``,
+``_waiter``), drops its keep-alive timer while a request runs
+(``_keepalive_handle``) and queues request heads in a list of its own
+(``_messages``); pinned by aiohttp < 4 and by tests/adversarial.
 """
 
 from __future__ import annotations
@@ -127,11 +129,30 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     return status, "malformed" if status < 500 else "internal", "request failed"
 
 
+class HeadQueue(list[Any]):
+    """The request heads a connection has read ahead of its handler: a list, not a deque.
+
+    aiohttp queues them in a deque, whose first block (~0.7 KiB) every
+    connection holds for its whole life, though a stream's connection has
+    at most a pipelined head or two in it (aiohttp caps it at 32, so the
+    list's O(n) popleft costs nothing).
+    """
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class GuardedHandler(RequestHandler):
     """aiohttp's per-connection protocol, with the guard's limits."""
 
+    # A dict per connection otherwise (aiohttp's RequestHandler has slots).
+    __slots__ = ("_head_timer", "_heads_seen", "_refused", "guard")
+
     def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._messages = HeadQueue()  # type: ignore[assignment]
         self.guard = guard
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None

@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from sidecar.app import create_app
 from sidecar.config import ServerLimits
 from sidecar.metrics import Metrics
-from sidecar.server import Guard, Handler, guard_heads
+from sidecar.server import Guard, GuardedServer, Handler, HeadQueue, guard_heads
 from tests.conftest import make_config
 
 
@@ -54,3 +54,26 @@ def test_the_stream_app_has_no_middleware() -> None:
     # for the whole of every stream; the head cap is the runner's instead.
     app = create_app(make_config("http://127.0.0.1:9/"))
     assert list(app.middlewares) == []
+
+
+def test_the_head_queue_is_first_in_first_out() -> None:
+    heads = HeadQueue()
+    assert not heads
+    heads.append("a")
+    heads.append("b")
+    assert len(heads) == 2
+    assert heads.popleft() == "a"
+    assert heads.popleft() == "b"
+    assert not heads
+
+
+async def test_a_connection_holds_no_dict_and_no_deque() -> None:
+    limits = ServerLimits()
+    guard = Guard(limits, Metrics())
+    handler = GuardedServer(guard, _ok)()
+    try:
+        assert not hasattr(handler, "__dict__")
+        assert isinstance(handler._messages, HeadQueue)
+    finally:
+        if handler._keepalive_handle is not None:
+            handler._keepalive_handle.cancel()

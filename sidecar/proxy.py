@@ -78,10 +78,12 @@ class RouteHandler:
             )
             if last_id:
                 # A reconnect follows the run it lost; a POST body is not sent again.
-                return await self.resume.reattach(request, key, last_id)
+                joined = await self.resume.reattach(request, key, last_id)
+                return joined if isinstance(joined, web.StreamResponse) else await joined
             if key is not None:
                 try:
-                    return await self.resume.start(request, url, body, key)
+                    joined = await self.resume.start(request, url, body, key)
+                    return joined if isinstance(joined, web.StreamResponse) else await joined
                 except BackendUnavailable as exc:
                     if self.ctx.config.backend.on_outage != "allow":
                         self.metrics.rejected("backend_unavailable")

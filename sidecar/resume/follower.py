@@ -46,7 +46,9 @@ class FollowedRun(Protocol):
 
     def attach(self, follower: Follower) -> None: ...
 
-    def detach(self, follower: Follower) -> None: ...
+    def detach(self, follower: Follower | None = None) -> None:
+        """``follower`` stops following (None: a request waiting for the run's answer)."""
+        ...
 
     def direct(self, client: Follower) -> bool:
         """Whether the run now writes ``client``'s events itself (it has them all so far)."""
@@ -134,13 +136,26 @@ class Follower:
         if direct is not None and not direct.done():
             direct.set_result(None)
 
-    async def serve(self, headers: Headers | None = None) -> web.StreamResponse:
-        await self.sink.start(headers)
-        response = self.sink.response
-        assert response is not None
-        self.task = asyncio.current_task()
-        if self.run is not None:
-            self.run.attach(self)
+    async def serve(
+        self, headers: Headers | None = None, *, waited: bool = False
+    ) -> web.StreamResponse:
+        """Follow the log until its end or the client's; the client's response.
+
+        ``waited``: the run counts this request among those waiting for its
+        answer (sidecar/resume/entry.py); the count is let go once this
+        follower follows the run itself (or cannot), never before, so the
+        run's grace does not start in between.
+        """
+        try:
+            await self.sink.start(headers)
+            response = self.sink.response
+            assert response is not None
+            self.task = asyncio.current_task()
+            if self.run is not None:
+                self.run.attach(self)
+        finally:
+            if waited and self.run is not None:
+                self.run.detach()
         try:
             await self.sink.open()
             self.outcome = await self._follow()

@@ -349,21 +349,23 @@ def _awaiting(task: asyncio.Task) -> list[str]:
 
 async def test_a_followed_stream_holds_no_frame_of_its_set_up(upstream, start_sidecar):
     # Each coroutine a stream's handler is suspended in is held for the whole
-    # stream: the first client's and a reconnect's follow the run without
-    # ResumeEntry's (nor a middleware's) frame above them.
+    # stream: the first client's and a reconnect's follow the run in the
+    # follower's one frame, without ResumeEntry's (nor a middleware's) above.
     upstream.script = numbered(3, gap=3.0)
     sc = await start_sidecar(resume_config(upstream.url))
     async with sc.http.get(sc.url + "/s?s=carol") as resp:
         first = await read_until(resp, 1)
         await asyncio.sleep(0.2)  # caught up: the follower waits on the run
         chains = [_awaiting(t) for t in asyncio.all_tasks()]
-        (chain,) = [c for c in chains if "Follower._follow" in c]
+        (chain,) = [c for c in chains if "Follower.serve" in c]
         assert not [name for name in chain if name.startswith("ResumeEntry.")]
         assert "RouteHandler.handle" in chain
         assert not [name for name in chain if "middleware" in name]
+        # The follower's own loop is in its one frame.
+        assert chain[chain.index("Follower.serve") + 1 :] == []
     async with sc.http.get(sc.url + "/s?s=carol", headers={"Last-Event-ID": first[-1][0]}) as resp:
         assert resp.status == 200
         await asyncio.sleep(0.3)
         chains = [_awaiting(t) for t in asyncio.all_tasks()]
-        (chain,) = [c for c in chains if "Follower._follow" in c]
+        (chain,) = [c for c in chains if "Follower.serve" in c]
         assert not [name for name in chain if name.startswith("ResumeEntry.")]

@@ -19,7 +19,7 @@ from sidecar.probe import add_probe_route
 from sidecar.proxy import RouteHandler
 from sidecar.replay.base import ReplayStore
 from sidecar.replay.memory import MemoryReplayStore
-from sidecar.server import Guard, GuardedRunner, head_guard
+from sidecar.server import Guard, GuardedRunner
 from sidecar.sessions.base import SessionStore
 from sidecar.sessions.memory import MemorySessionStore
 
@@ -67,19 +67,20 @@ def replay_store(config: Config, metrics: Metrics) -> ReplayStore:
     return MemoryReplayStore(config.replay_max_bytes, on_evict=evicted)
 
 
-def create_app(
-    config: Config, metrics: Metrics | None = None, guard: Guard | None = None
-) -> web.Application:
-    """The stream server: one handler per configured route, nothing else is proxied."""
+def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
+    """The stream server: one handler per configured route, nothing else is proxied.
+
+    Its connection limits (and the cap on request heads) are the runner's
+    (sidecar/server.py, GuardedRunner).
+    """
     metrics = metrics or Metrics()
-    guard = guard or Guard(config.limits, metrics)
     ctx = Context(
         config=config,
         metrics=metrics,
         sessions=session_store(config, metrics),
         replay=replay_store(config, metrics),
     )
-    app = web.Application(middlewares=[head_guard(config.limits, guard)])
+    app = web.Application()
     app[CONTEXT] = ctx
     app.on_response_prepare.append(add_cors_headers)
     if config.probe_path is not None:
@@ -126,7 +127,7 @@ class Sidecar:
         metrics = Metrics()
         #: Connection limits of the stream port (sidecar/server.py).
         self.guard = Guard(config.limits, metrics)
-        self.app = create_app(config, metrics, self.guard)
+        self.app = create_app(config, metrics)
         self.ctx = self.app[CONTEXT]
         self._runner = GuardedRunner(
             self.app,

@@ -29,10 +29,10 @@ async def start_response(
 ) -> web.StreamResponse:
     """Send a normalised stream's headers to the client now."""
     headers = hdrs.stream_response(upstream_headers)
-    headers["X-Request-ID"] = request_id
+    headers[hdrs.X_REQUEST_ID] = request_id
     if request.version >= (1, 1) and request.keep_alive:
         # Implied by HTTP/1.1, but some intermediaries only trust it spelled out.
-        headers["Connection"] = "keep-alive"
+        headers[hdrs.CONNECTION] = "keep-alive"
     response = web.StreamResponse(status=200, headers=headers)
     try:
         await response.prepare(request)

@@ -20,6 +20,7 @@ from sidecar.config import Route
 from sidecar.context import Context, StreamHandle
 from sidecar.errors import BackendUnavailable, BadSessionKey
 from sidecar.paths import BadPath
+from sidecar.query import query_param
 from sidecar.resume.entry import ResumeEntry
 from sidecar.services import RouteServices
 from sidecar.sessions.keys import SessionKeySource
@@ -72,15 +73,17 @@ class RouteHandler:
         if isinstance(body, web.Response):
             return body
         if self.resume is not None:
-            last_id = request.headers.get("Last-Event-ID") or request.query.get(
-                self.route.resume.query_param
+            last_id = request.headers.get("Last-Event-ID") or query_param(
+                request.rel_url.raw_query_string, self.route.resume.query_param
             )
             if last_id:
                 # A reconnect follows the run it lost; a POST body is not sent again.
-                return await self.resume.reattach(request, key, last_id)
+                joined = await self.resume.reattach(request, key, last_id)
+                return joined if isinstance(joined, web.StreamResponse) else await joined
             if key is not None:
                 try:
-                    return await self.resume.start(request, url, body, key)
+                    joined = await self.resume.start(request, url, body, key)
+                    return joined if isinstance(joined, web.StreamResponse) else await joined
                 except BackendUnavailable as exc:
                     if self.ctx.config.backend.on_outage != "allow":
                         self.metrics.rejected("backend_unavailable")

@@ -12,8 +12,10 @@ over ``limits.max_request_head_bytes`` with a JSON error (400/431), and logs
 them as one JSON line each, at most ``limits.bad_request_logs_per_s`` a second.
 
 aiohttp offers no hook for these, so this subclasses its ``RequestHandler``
-and ``Server`` and reads two of its private fields (``_request_count``,
-``_waiter``); pinned by aiohttp < 4 and by tests/adversarial.
+and ``Server``, reads two of its private fields (``_request_count``,
+``_waiter``), drops its keep-alive timer while a request runs
+(``_keepalive_handle``) and queues request heads in a list of its own
+(``_messages``); pinned by aiohttp < 4 and by tests/adversarial.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -32,6 +35,9 @@ from sidecar.config import ServerLimits
 from sidecar.metrics import Metrics
 
 log = structlog.get_logger("sse_sidecar")
+
+#: A request handler, as aiohttp's Server calls it.
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: File descriptors kept back from the cap: listening sockets, Redis, logs.
 _FD_RESERVE = 64
@@ -123,11 +129,30 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     return status, "malformed" if status < 500 else "internal", "request failed"
 
 
+class HeadQueue(list[Any]):
+    """The request heads a connection has read ahead of its handler: a list, not a deque.
+
+    aiohttp queues them in a deque, whose first block (~0.7 KiB) every
+    connection holds for its whole life, though a stream's connection has
+    at most a pipelined head or two in it (aiohttp caps it at 32, so the
+    list's O(n) popleft costs nothing).
+    """
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class GuardedHandler(RequestHandler):
     """aiohttp's per-connection protocol, with the guard's limits."""
 
+    # A dict per connection otherwise (aiohttp's RequestHandler has slots).
+    __slots__ = ("_head_timer", "_heads_seen", "_refused", "guard")
+
     def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._messages = HeadQueue()  # type: ignore[assignment]
         self.guard = guard
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
@@ -269,8 +294,9 @@ class GuardedRunner(web.AppRunner):
         app.on_startup.freeze()
         await app.startup()
         app.freeze()
+        handler = guard_heads(self.guard.limits, self.guard, app._handle)
         return GuardedServer(
-            self.guard, app._handle, request_factory=app._make_request, loop=loop, **self._kwargs
+            self.guard, handler, request_factory=app._make_request, loop=loop, **self._kwargs
         )
 
 
@@ -280,12 +306,16 @@ def head_size(request: web.BaseRequest) -> int:
     return line + sum(len(k) + len(v) + 4 for k, v in request.raw_headers) + 2
 
 
-def head_guard(limits: ServerLimits, guard: Guard) -> Any:
-    """A middleware: a request head over ``max_request_head_bytes`` gets 431, not a stream."""
+def guard_heads(limits: ServerLimits, guard: Guard, handler: Handler) -> Handler:
+    """``handler``, refusing a request head over ``max_request_head_bytes`` with 431.
+
+    Not a middleware: an application with one holds two more coroutine frames
+    (the middleware's and aiohttp's current-app fix-up) for the whole of every
+    stream. A plain function returning the handler's coroutine holds none.
+    """
     limit = limits.max_request_head_bytes
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    def guarded(request: web.Request) -> Awaitable[web.StreamResponse]:
         if head_size(request) > limit:
             guard.bad_request("head_too_large", f"request head over {limit} bytes", request.remote)
             message = f"request head over {limit} bytes (limits.max_request_head_bytes)"
@@ -293,8 +323,11 @@ def head_guard(limits: ServerLimits, guard: Guard) -> Any:
                 {"error": {"code": "request_head_too_large", "message": message}}, status=431
             )
             resp.force_close()
-            return resp
-        response: web.StreamResponse = await handler(request)
-        return response
+            return _answered(resp)
+        return handler(request)
 
-    return middleware
+    return guarded
+
+
+async def _answered(response: web.StreamResponse) -> web.StreamResponse:
+    return response

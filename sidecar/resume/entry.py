@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import functools
 import secrets
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -33,6 +35,12 @@ from sidecar.sessions.binding import CredentialBinding, same_credentials
 
 log = structlog.get_logger("sse_sidecar")
 
+#: What a request that joins a run gets: the answer, or the follower's stream
+#: to await. The follower is awaited by the caller, not in here, so a stream's
+#: handler does not hold this module's frame (set-up's locals and all) for
+#: the stream's whole life.
+Joined = web.StreamResponse | Coroutine[Any, Any, web.StreamResponse]
+
 
 class ResumeEntry:
     """A route's resume: its runs on this process by session key, and how requests join them."""
@@ -43,9 +51,7 @@ class ResumeEntry:
         self.binding = CredentialBinding(services.route.resume.bind)
         self.takeover = Takeover(services, self.runs)
 
-    async def start(
-        self, request: web.Request, url: URL, body: bytes | None, key: str
-    ) -> web.StreamResponse:
+    async def start(self, request: web.Request, url: URL, body: bytes | None, key: str) -> Joined:
         """A new run for the session, followed by this request's client."""
         services = self.services
         ctx = services.ctx
@@ -75,16 +81,18 @@ class ResumeEntry:
         try:
             # Shielded: a client that leaves now must not cancel the run's answer.
             ready = await asyncio.shield(run.ready)
-            if ready is not None:
-                return ready
-            follower = Follower(services, request, replay_log, 0, run, run.request_id)
-            return await follower.serve(run.stream_headers)
-        finally:
+        except BaseException:
             run.detach()
+            raise
+        if ready is not None:
+            run.detach()
+            return ready
+        follower = Follower(services, request, replay_log, 0, run, run.request_id)
+        # The follower lets go of this request's place among the run's waiting
+        # ones once it follows the run itself.
+        return follower.serve(run.stream_headers, waited=True)
 
-    async def reattach(
-        self, request: web.Request, key: str | None, last_id: str
-    ) -> web.StreamResponse:
+    async def reattach(self, request: web.Request, key: str | None, last_id: str) -> Joined:
         """A reconnect with Last-Event-ID: what the client missed, then the live rest."""
         services = self.services
         ctx = services.ctx
@@ -131,7 +139,7 @@ class ResumeEntry:
             ctx.metrics.resume.labels(route, "hit").inc()
             taken, after_seq = resumed
             follower = Follower(services, request, taken.log, after_seq, taken, request_id)
-            return await follower.serve(None)
+            return follower.serve(None)
         if replay_log is None or entries is None:
             result = "miss" if replay_log is None else "gap"
             ctx.metrics.resume.labels(route, result).inc()
@@ -158,7 +166,7 @@ class ResumeEntry:
         follower = Follower(
             services, request, replay_log, after_seq, run, request_id, until, take_over
         )
-        return await follower.serve(run.stream_headers if run is not None else None)
+        return follower.serve(run.stream_headers if run is not None else None)
 
     def credentials_of(self, request: web.Request, key: str) -> str:
         """The fingerprint of this request's credentials, as the route's ``resume.bind`` says."""

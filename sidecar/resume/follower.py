@@ -46,7 +46,9 @@ class FollowedRun(Protocol):
 
     def attach(self, follower: Follower) -> None: ...
 
-    def detach(self, follower: Follower) -> None: ...
+    def detach(self, follower: Follower | None = None) -> None:
+        """``follower`` stops following (None: a request waiting for the run's answer)."""
+        ...
 
     def direct(self, client: Follower) -> bool:
         """Whether the run now writes ``client``'s events itself (it has them all so far)."""
@@ -134,16 +136,116 @@ class Follower:
         if direct is not None and not direct.done():
             direct.set_result(None)
 
-    async def serve(self, headers: Headers | None = None) -> web.StreamResponse:
-        await self.sink.start(headers)
-        response = self.sink.response
-        assert response is not None
-        self.task = asyncio.current_task()
-        if self.run is not None:
-            self.run.attach(self)
+    async def serve(
+        self, headers: Headers | None = None, *, waited: bool = False
+    ) -> web.StreamResponse:
+        """Follow the log until its end or the client's; the client's response.
+
+        ``waited``: the run counts this request among those waiting for its
+        answer (sidecar/resume/entry.py); the count is let go once this
+        follower follows the run itself (or cannot), never before, so the
+        run's grace does not start in between.
+        """
+        try:
+            await self.sink.start(headers)
+            response = self.sink.response
+            assert response is not None
+            self.task = asyncio.current_task()
+            if self.run is not None:
+                self.run.attach(self)
+        finally:
+            if waited and self.run is not None:
+                self.run.detach()
+        # Then the log is written out until its end, in this frame: each
+        # coroutine a stream's handler awaits is held for the stream's life.
         try:
             await self.sink.open()
-            self.outcome = await self._follow()
+            m = self.services.metrics
+            state = self.state
+            interval = self.pacing.heartbeat
+            idle = self.route.limits.idle_timeout
+            grace = self.route.resume.grace
+            self.last_entry = self.loop.time()
+            followed_at = -grace
+            remote = self.run is None
+            while True:
+                now = self.loop.time()
+                if remote and now - followed_at > grace / 3:
+                    await self.log.follow(grace)  # keeps a run on another process going
+                    followed_at = now
+                block = min(self.last_entry + idle, now + grace / 3) - now
+                if interval > 0:
+                    block = min(block, state.last_write + interval - now)
+                if remote:
+                    # A quiet run elsewhere is asked after once a second, so the
+                    # death of its process ends this stream within its lease + 1 s.
+                    block = min(block, OWNER_CHECK)
+                if self.run is not None and self.run.direct(self):
+                    try:
+                        await self._direct_wait(max(block, 0.0))
+                    finally:
+                        self._direct_over()
+                    if self.ended:
+                        self.outcome = "completed"
+                        return response
+                    entries = await self.log.read(self.after_seq, 0)
+                else:
+                    entries = await self.log.read(self.after_seq, max(block, 0.0))
+                now = self.loop.time()
+                if entries and entries[0].seq > self.after_seq + 1:
+                    # This client fell further behind than the buffer holds.
+                    self.services.ctx.metrics.resume.labels(self.route.name, "gap").inc()
+                    message = "events were lost: the client fell behind the resume buffer"
+                    dialect = self.services.normalizer.dialect
+                    await self.sink.write(dialect.error("resume_gap", message, partial=True))
+                    self.outcome = "completed"
+                    return response
+                if entries:
+                    self.last_entry = now
+                    await self.sink.write(b"".join(e.data for e in entries))
+                    replayed = sum(1 for e in entries if e.seq <= self.replay_until)
+                    if replayed:
+                        self.replayed += replayed
+                        m.event("replayed", replayed)
+                    self.after_seq = entries[-1].seq
+                    if entries[-1].terminal:
+                        self.outcome = "completed"
+                        return response
+                    continue
+                if self.run is not None and self.run.done:
+                    if await self.log.read(self.after_seq, 0):
+                        continue  # it ended while we looked: write the rest first
+                    # It ended without a terminal entry (abandoned as this client came,
+                    # or a run taken over whose session claim was refused and whose
+                    # log could not be given its end); the client still gets an end.
+                    message = "the stream ended before its terminal event"
+                    data = self.dialect.error("upstream_disconnected", message, partial=True)
+                    await self.sink.write(data)
+                    self.outcome = "upstream_disconnected"
+                    return response
+                if remote and await self.log.abandoned():
+                    if await self.log.read(self.after_seq, 0):
+                        continue  # what it wrote before it died comes first
+                    if await self._taken_over():
+                        remote = self.run is None
+                        continue
+                    self.outcome = await self._gone()
+                    return response
+                # A run of this process has the same limit on its upstream and
+                # always ends with a terminal entry (or resumes its upstream):
+                # only a follower of a run elsewhere needs its own idle limit.
+                if remote and now - self.last_entry >= idle:
+                    data = self.services.normalizer.dialect.error(
+                        "upstream_timeout",
+                        f"no event for limits.idle_timeout ({idle:g}s) while following the stream",
+                        partial=True,
+                    )
+                    await self.sink.write(data)
+                    self.outcome = "completed"
+                    return response
+                if self.pacing.heartbeat_due(now, state.last_write):
+                    await self.sink.write(self.services.normalizer.keepalive)
+                    state.heartbeat()
         except asyncio.CancelledError:
             if not self.replaced:
                 raise  # the client went away
@@ -208,95 +310,12 @@ class Follower:
             got.attach(self)
         return True
 
-    async def _follow(self) -> str:
-        """Write the log out until its end; the outcome of this client's stream."""
-        m = self.services.metrics
-        state = self.state
-        interval = self.pacing.heartbeat
-        idle = self.route.limits.idle_timeout
-        grace = self.route.resume.grace
-        self.last_entry = self.loop.time()
-        followed_at = -grace
-        remote = self.run is None
-        while True:
-            now = self.loop.time()
-            if remote and now - followed_at > grace / 3:
-                await self.log.follow(grace)  # keeps a run on another process going
-                followed_at = now
-            block = min(self.last_entry + idle, now + grace / 3) - now
-            if interval > 0:
-                block = min(block, state.last_write + interval - now)
-            if remote:
-                # A quiet run elsewhere is asked after once a second, so the
-                # death of its process ends this stream within its lease + 1 s.
-                block = min(block, OWNER_CHECK)
-            if self.run is not None and self.run.direct(self):
-                try:
-                    await self._direct_wait(max(block, 0.0))
-                finally:
-                    self._direct_over()
-                if self.ended:
-                    return "completed"
-                entries = await self.log.read(self.after_seq, 0)
-            else:
-                entries = await self.log.read(self.after_seq, max(block, 0.0))
-            now = self.loop.time()
-            if entries and entries[0].seq > self.after_seq + 1:
-                # This client fell further behind than the buffer holds.
-                self.services.ctx.metrics.resume.labels(self.route.name, "gap").inc()
-                message = "events were lost: the client fell behind the resume buffer"
-                dialect = self.services.normalizer.dialect
-                await self.sink.write(dialect.error("resume_gap", message, partial=True))
-                return "completed"
-            if entries:
-                self.last_entry = now
-                await self.sink.write(b"".join(e.data for e in entries))
-                replayed = sum(1 for e in entries if e.seq <= self.replay_until)
-                if replayed:
-                    self.replayed += replayed
-                    m.event("replayed", replayed)
-                self.after_seq = entries[-1].seq
-                if entries[-1].terminal:
-                    return "completed"
-                continue
-            if self.run is not None and self.run.done:
-                if await self.log.read(self.after_seq, 0):
-                    continue  # it ended while we looked: write the rest first
-                # It ended without a terminal entry (abandoned as this client came,
-                # or a run taken over whose session claim was refused and whose
-                # log could not be given its end); the client still gets an end.
-                message = "the stream ended before its terminal event"
-                data = self.dialect.error("upstream_disconnected", message, partial=True)
-                await self.sink.write(data)
-                return "upstream_disconnected"
-            if remote and await self.log.abandoned():
-                if await self.log.read(self.after_seq, 0):
-                    continue  # what it wrote before it died comes first
-                if await self._taken_over():
-                    remote = self.run is None
-                    continue
-                return await self._gone()
-            # A run of this process has the same limit on its upstream and
-            # always ends with a terminal entry (or resumes its upstream):
-            # only a follower of a run elsewhere needs its own idle limit.
-            if remote and now - self.last_entry >= idle:
-                data = self.services.normalizer.dialect.error(
-                    "upstream_timeout",
-                    f"no event for limits.idle_timeout ({idle:g}s) while following the stream",
-                    partial=True,
-                )
-                await self.sink.write(data)
-                return "completed"
-            if self.pacing.heartbeat_due(now, state.last_write):
-                await self.sink.write(self.services.normalizer.keepalive)
-                state.heartbeat()
-
     # The run writes this client's events itself: the follower waits until it
     # stops or the block passes. The wait is a bare future woken by the run
     # (:meth:`released`) or by the process's timer wheel, not asyncio.wait,
     # which holds a waiter, a set, a timer handle and callbacks for the whole
     # of an idle stream's silence; nor a coroutine of its own (awaited in
-    # _follow). The wheel wakes at most its resolution late, never early, and
+    # serve). The wheel wakes at most its resolution late, never early, and
     # a heartbeat is only written once due.
 
     def _direct_wait(self, block: float) -> asyncio.Future[None]:

@@ -7,8 +7,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Protocol
 
+from yarl import URL
+
 from sidecar.config import Session
 from sidecar.errors import BadSessionKey
+from sidecar.query import query_param
 
 #: What a place the key is not read from is read as.
 _UNREAD: Mapping[str, str] = MappingProxyType({})
@@ -24,7 +27,7 @@ class KeyedRequest(Protocol):
     def cookies(self) -> Mapping[str, str]: ...
 
     @property
-    def query(self) -> Mapping[str, str]: ...
+    def rel_url(self) -> URL: ...
 
     @property
     def match_info(self) -> Mapping[str, str]: ...
@@ -52,13 +55,19 @@ class SessionKeySource:
         """:meth:`read` of a request, parsing only the part the key is in.
 
         A request caches its parsed query and cookie jar for as long as it
-        lives, which for a stream is the stream's whole life.
+        lives, which for a stream is the stream's whole life: the cookies are
+        parsed only for a cookie key, and a query key is read from the raw
+        query string (sidecar/query.py), never through ``request.query``.
         """
         place = self._place
+        query: Mapping[str, str] = _UNREAD
+        if place == "query":
+            value = query_param(request.rel_url.raw_query_string, self._name)
+            query = {self._name: value} if value is not None else _UNREAD
         return self.read(
             request.headers,
             request.cookies if place == "cookie" else _UNREAD,
-            request.query if place == "query" else _UNREAD,
+            query,
             request.match_info["tail"] if place == "path" else "",
         )
 

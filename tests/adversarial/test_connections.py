@@ -236,3 +236,13 @@ async def test_malformed_requests_are_logged_as_rate_limited_json_lines(tmp_path
     # 5 a second at most; the rest counted in the next second's first line.
     assert 1 <= len(bad) <= 15
     assert len(bad) + sum(r["count"] for r in suppressed) >= 30
+
+
+async def test_pipelined_requests_are_answered_in_order(raw_upstream, start_sidecar):
+    # The heads a connection reads ahead wait in the handler's queue (HeadQueue).
+    raw_upstream.handler = done
+    sc = await start_sidecar(make_config(raw_upstream.url))
+    first = b"GET /s?n=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    resp = await raw_request(sc.sidecar.port, first + first + get("/s?n=3"))
+    assert resp.raw.count(b"HTTP/1.1 200") == 3
+    assert len(raw_upstream.heads) == 3

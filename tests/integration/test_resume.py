@@ -335,3 +335,37 @@ async def test_a_caught_up_client_ends_with_the_run_not_at_its_next_heartbeat(
     assert got.kinds()[-1] == "done"
     assert loop.time() - started < 2.0
     assert len(sc.sidecar.ctx.timers) == 0
+
+
+def _awaiting(task: asyncio.Task) -> list[str]:
+    """The qualified names of the coroutines ``task`` is suspended in, outermost first."""
+    names = []
+    coro = task.get_coro()
+    while coro is not None and hasattr(coro, "cr_code"):
+        names.append(coro.cr_code.co_qualname)
+        coro = coro.cr_await
+    return names
+
+
+async def test_a_followed_stream_holds_no_frame_of_its_set_up(upstream, start_sidecar):
+    # Each coroutine a stream's handler is suspended in is held for the whole
+    # stream: the first client's and a reconnect's follow the run in the
+    # follower's one frame, without ResumeEntry's (nor a middleware's) above.
+    upstream.script = numbered(3, gap=3.0)
+    sc = await start_sidecar(resume_config(upstream.url))
+    async with sc.http.get(sc.url + "/s?s=carol") as resp:
+        first = await read_until(resp, 1)
+        await asyncio.sleep(0.2)  # caught up: the follower waits on the run
+        chains = [_awaiting(t) for t in asyncio.all_tasks()]
+        (chain,) = [c for c in chains if "Follower.serve" in c]
+        assert not [name for name in chain if name.startswith("ResumeEntry.")]
+        assert "RouteHandler.handle" in chain
+        assert not [name for name in chain if "middleware" in name]
+        # The follower's own loop is in its one frame.
+        assert chain[chain.index("Follower.serve") + 1 :] == []
+    async with sc.http.get(sc.url + "/s?s=carol", headers={"Last-Event-ID": first[-1][0]}) as resp:
+        assert resp.status == 200
+        await asyncio.sleep(0.3)
+        chains = [_awaiting(t) for t in asyncio.all_tasks()]
+        (chain,) = [c for c in chains if "Follower.serve" in c]
+        assert not [name for name in chain if name.startswith("ResumeEntry.")]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
+from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar import headers as hdrs
@@ -285,3 +288,23 @@ def test_a_stream_keeps_nothing_of_headers_that_are_all_its_own_or_hop_by_hop() 
     assert hdrs.stream_kept(CIMultiDictProxy(given)) is None
     assert hdrs.stream_kept(None) is None
     assert list(hdrs.stream_response(None).items()) == STREAM
+
+
+def test_serialising_a_streams_own_head_keeps_nothing() -> None:
+    # aiohttp's serialiser makes (and the response keeps) an istr of every
+    # plain str name: the stream's own names are istr already.
+    heads = []
+    for i in range(200):
+        head = hdrs.stream_response(None)
+        head[hdrs.X_REQUEST_ID] = str(i)
+        head[hdrs.CONNECTION] = "keep-alive"
+        heads.append(head)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for head in heads:
+            _serialize_headers("HTTP/1.1 200 OK", head)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 200 * 16

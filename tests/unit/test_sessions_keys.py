@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from multidict import CIMultiDict
+from yarl import URL
 
 from sidecar.config import Session
 from sidecar.errors import BadSessionKey
@@ -105,7 +106,7 @@ class Parts:
 
     headers = property(lambda self: self._get("headers"))
     cookies = property(lambda self: self._get("cookies"))
-    query = property(lambda self: self._get("query"))
+    rel_url = property(lambda self: self._get("rel_url"))
     match_info = property(lambda self: self._get("match_info"))
 
 
@@ -114,7 +115,7 @@ class Parts:
     [
         ("header:X-Session-Key", {"headers": CIMultiDict({"X-Session-Key": "k1"})}),
         ("cookie:sid", {"headers": CIMultiDict(), "cookies": {"sid": "k1"}}),
-        ("query:s", {"headers": CIMultiDict(), "query": {"s": "k1"}}),
+        ("query:s", {"headers": CIMultiDict(), "rel_url": URL("/s?a=1&s=k1&s=k2")}),
         ("path:0", {"headers": CIMultiDict(), "match_info": {"tail": "/k1/x"}}),
     ],
 )

@@ -43,8 +43,10 @@ async def test_exact_counters_after_a_scripted_set_of_streams(upstream, start_si
             session={"policy": "reject"},
         )
     )
+    keepalives = 0  # what the clients got: converted comments and heartbeats
     for mode in ("normal", "comments", "heartbeats", "crash", "garbage", "noterm", "hang", "e500"):
-        await read_stream(sc.http, "GET", sc.url + f"/s?m={mode}")
+        got_stream = await read_stream(sc.http, "GET", sc.url + f"/s?m={mode}")
+        keepalives += sum(e.event == "keepalive" for e in got_stream.events)
     # A conflict: a live stream holds the key, a second request is rejected.
     key = {"X-Session-Key": "k1"}
     upstream.script = lambda request: Script([b"data: 1\n\n", 0.3, DONE])
@@ -52,7 +54,7 @@ async def test_exact_counters_after_a_scripted_set_of_streams(upstream, start_si
     await asyncio.sleep(0.1)
     async with sc.http.get(sc.url + "/s", headers=key) as resp:
         assert resp.status == 409
-    await first
+    keepalives += sum(e.event == "keepalive" for e in (await first).events)
     got = samples(await sc.metrics())
 
     def v(name: str, **labels: str) -> float:
@@ -73,8 +75,13 @@ async def test_exact_counters_after_a_scripted_set_of_streams(upstream, start_si
     assert v("sse_sidecar_events_total", route=r, kind="forwarded") == 13
     assert v("sse_sidecar_events_total", route=r, kind="comment_converted") == 2
     # heartbeats: 550 ms of silence holds 2 (at 200, 400 ms); hang: 900 ms
-    # until idle_timeout holds 4; k1: 300 ms holds 1.
-    assert v("sse_sidecar_events_total", route=r, kind="heartbeat") == 7
+    # until idle_timeout holds 4; k1: 300 ms holds 1. Each is due 200 ms after
+    # the last write and the timer wheel fires up to a slot late, so on a
+    # loaded machine the last of hang's may fall past its timeout: the count
+    # must be exactly what the clients got, and about what the timings give.
+    heartbeats = v("sse_sidecar_events_total", route=r, kind="heartbeat")
+    assert heartbeats == keepalives - 2
+    assert 5 <= heartbeats <= 7
     # crash, garbage, noterm (end), hang (timeout)
     assert v("sse_sidecar_events_total", route=r, kind="terminal_synthesized") == 4
     assert v("sse_sidecar_upstream_protocol_errors_total", route=r, kind="invalid_utf8") == 1

@@ -55,26 +55,10 @@ class Upstream(asyncio.Protocol):
     """One upstream connection and its response (the head, then the body)."""
 
     __slots__ = (
-        "_decoder",
-        "_early",
-        "_early_size",
-        "_end",
-        "_framed",
-        "_head",
-        "_interim",
-        "_notified",
-        "_pieces",
-        "_reader",
-        "_sink",
-        "_stash",
-        "head",
-        "headers",
-        "loop",
-        "parser",
-        "reason",
-        "status",
-        "transport",
-    )
+        "_decoder", "_early", "_early_size", "_end", "_framed", "_head", "_interim", "_notified",
+        "_pieces", "_reader", "_sink", "_stash", "head", "headers", "loop", "parser", "reason",
+        "status", "transport",
+    )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: HeadLimits | None = None) -> None:
         self.loop = loop

@@ -55,9 +55,7 @@ class Log(Protocol):
 
     def sent(self, error: BackendUnavailable | None, reply: object = None) -> None: ...
 
-    def append_part(
-        self, entries: Sequence[Entry]
-    ) -> tuple[list[str], list[str | bytes | int]]: ...
+    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], AppendArgs]: ...
 
 
 class Store(Protocol):

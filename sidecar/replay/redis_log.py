@@ -21,7 +21,7 @@ from redis.commands.core import AsyncScript
 from sidecar.errors import BackendUnavailable
 from sidecar.redisconn import Client, ScriptRounds
 from sidecar.replay.base import Entry
-from sidecar.replay.redis_append import Appends
+from sidecar.replay.redis_append import AppendArgs, Appends
 from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms
 from sidecar.replay.redis_scripts import Keys, entries_of
 
@@ -100,7 +100,7 @@ class RedisReplayLog:
         #: What every append call of this log repeats, made at its first (a
         #: log that never appends, as an idle stream's, holds none of it).
         self._append_keys: list[str] | None = None
-        self._append_head: list[str | bytes | int] = []
+        self._append_head: AppendArgs = []
 
     @property
     def run_id(self) -> str:
@@ -174,7 +174,7 @@ class RedisReplayLog:
         for callback in callbacks:
             callback()
 
-    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], list[str | bytes | int]]:
+    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], AppendArgs]:
         """This log's part of an append round's call: its keys and its arguments for ``entries``."""
         keys = self._append_keys
         if keys is None:
@@ -185,7 +185,7 @@ class RedisReplayLog:
             self._append_head = [
                 self._run_id, ms(self._store.live_ttl), max_events, max_bytes, self.owner,
             ]  # fmt: skip
-        args: list[str | bytes | int] = [len(entries), *self._append_head, self._cursor_sending]
+        args: AppendArgs = [len(entries), *self._append_head, self._cursor_sending]
         for e in entries:
             args += (e.seq, e.event_id, e.data, int(e.terminal))
         return keys, args

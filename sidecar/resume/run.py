@@ -125,20 +125,19 @@ class LogSink:
             # What the run produced for its clients (each follower logs what it wrote);
             # not state.wrote(): the route's client bytes are the followers' to count.
             self.state.bytes_out += len(batch.data)
-        entries = batch.entries
-        if entries:
-            self.log.append_nowait(entries)
-            self.last_seq = entries[-1].seq
-            if self._direct is not None:
-                self._deliver(entries)
+        if batch.entries:
+            self._logged(batch.entries)
 
     def emit_entry(self, entry: Entry) -> None:
         """One numbered event (the splice's steady read): ``emit_nowait`` without a batch."""
         if self.state is not None:
             self.state.bytes_out += len(entry.data)
-        entries = (entry,)
+        self._logged((entry,))
+
+    def _logged(self, entries: Sequence[Entry]) -> None:
+        """Entries into the log, and to the caught-up client, if any."""
         self.log.append_nowait(entries)
-        self.last_seq = entry.seq
+        self.last_seq = entries[-1].seq
         if self._direct is not None:
             self._deliver(entries)
 
@@ -179,12 +178,9 @@ class LogSink:
     def take_transport(self) -> None:
         return None  # the direct client's transport is its own Sink's
 
-    def has_room(self, size: int) -> bool:
-        return True  # a run never waits for a client: the one behind reads the log
-
     def write_if_room(self, data: bytes) -> bool:
         self.write_nowait(data)
-        return True
+        return True  # a run never waits for a client: the one behind reads the log
 
     async def drained(self) -> None:
         return None

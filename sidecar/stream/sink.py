@@ -41,15 +41,14 @@ class SpliceTarget(Protocol):
 
     def take_transport(self) -> None: ...
 
-    def has_room(self, size: int) -> bool: ...
-
     @property
     def closing(self) -> bool: ...
 
     def write_nowait(self, data: bytes) -> None: ...
 
     def write_if_room(self, data: bytes) -> bool:
-        """Write now if the client keeps up (``has_room``); False, writing nothing, if not.
+        """Write now if the client keeps up (its write buffer stays at or under
+        HIGH_WATER); False, writing nothing, if not.
 
         One call for the check and the write: it is the hot path's.
         """
@@ -180,12 +179,6 @@ class ClientSink:
         # aiohttp chose the framing when it sent the head (chunked for HTTP/1.1);
         # its final write_eof() closes the framing.
         self._chunked = self.response.headers.get("Transfer-Encoding", "").lower() == "chunked"
-
-    def has_room(self, size: int) -> bool:
-        """Whether ``size`` more bytes can be written now without waiting for the client."""
-        transport = self._transport
-        assert transport is not None
-        return transport.get_write_buffer_size() + size <= HIGH_WATER and not transport.is_closing()
 
     @property
     def closing(self) -> bool:

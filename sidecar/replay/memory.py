@@ -61,11 +61,14 @@ class MemoryReplayLog:
         self.bytes += added
         # Never the newest entry: an event over the byte cap must still reach
         # the followers (it may be the terminal event).
-        while len(self.entries) > 1 and (
-            len(self.entries) > self.max_events or self.bytes > self.max_bytes
-        ):
+        held = len(self.entries)
+        while held > 1 and (held > self.max_events or self.bytes > self.max_bytes):
             self.evict_oldest()
-        self._store.grew(self, added)
+            held -= 1
+        store = self._store
+        store.total += added
+        if store.total > store.max_total_bytes:
+            store.over_total()
         if self._readers:
             # Wake every reader: they wait on the event of the moment they looked.
             changed, self._changed = self._changed, asyncio.Event()
@@ -198,8 +201,8 @@ class MemoryReplayStore:
     def finished(self, log: MemoryReplayLog) -> None:
         self._finished[id(log)] = log
 
-    def grew(self, log: MemoryReplayLog, added: int) -> None:
-        self.total += added
+    def over_total(self) -> None:
+        """Over ``max_total_bytes`` (a log just grew): finished logs go, then oldest entries."""
         while self.total > self.max_total_bytes and self._finished:
             _, oldest = self._finished.popitem(last=False)
             self.forget(oldest)

@@ -129,10 +129,26 @@ class LogSink:
             self._logged(batch.entries)
 
     def emit_entry(self, entry: Entry) -> None:
-        """One numbered event (the splice's steady read): ``emit_nowait`` without a batch."""
+        """One numbered event (the splice's steady read): ``emit_nowait`` without a batch.
+
+        ``_logged`` and ``_deliver`` for one entry, inlined: this is once per
+        event of every resumable stream.
+        """
+        data = entry.data
         if self.state is not None:
-            self.state.bytes_out += len(entry.data)
-        self._logged((entry,))
+            self.state.bytes_out += len(data)
+        self.log.append_nowait((entry,))
+        seq = self.last_seq = entry.seq
+        client = self._direct
+        if client is not None:
+            if client.after_seq == seq - 1 and client.sink.write_if_room(data):
+                client.after_seq = seq
+                client.last_entry = self._loop.time()
+                if entry.terminal:
+                    client.ended = True
+                    self.release()
+            else:
+                self.release()  # behind (or gone): it catches up from the log
 
     def _logged(self, entries: Sequence[Entry]) -> None:
         """Entries into the log, and to the caught-up client, if any."""

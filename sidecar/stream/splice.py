@@ -165,6 +165,14 @@ class Splice:
                 if self._ids is None:
                     state.passed(events)
                     self._send(chunk)
+                elif events == 1:
+                    # A resumable run's steady read: one event, numbered on
+                    # its bytes (_numbered's first case, inlined likewise).
+                    if (entry := self._normalizer.number_one(chunk, self._ids)) is not None:
+                        state.passed(1)
+                        self._sink.emit_entry(entry)
+                    elif self._decoded(chunk):
+                        self._stop(COMPLETED)
                 elif not self._numbered(chunk) and self._decoded(chunk):
                     self._stop(COMPLETED)
             elif self._refused(chunk):

@@ -7,6 +7,12 @@ straight away instead; a server that lost the scripts (restarted, flushed)
 answers those calls ``NOSCRIPT`` without running them, and they go again
 once the scripts are loaded. A cluster pipeline sends each script's text
 (``EVAL``): a promoted replica may not have it cached.
+
+A caller that sends calls all the time (the replay store's append rounds)
+holds a connection of its own and passes it: the calls are packed and
+written at once and their replies read in order, which is what a pipeline
+does without its per-call objects, the pool's acquire and release and the
+retry wrapper around them (measured: ~0.3 ms of CPU a round, redis-py 8).
 """
 
 from __future__ import annotations
@@ -14,30 +20,37 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 #: One script call: the script, its keys, its arguments.
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]
 
 
 async def run_scripts(
-    client: Redis | RedisCluster, calls: Sequence[ScriptCall], *, raise_on_error: bool = False
+    client: Redis | RedisCluster,
+    calls: Sequence[ScriptCall],
+    *,
+    raise_on_error: bool = False,
+    connection: AbstractConnection | None = None,
 ) -> list[Any]:
     """The calls in one pipeline; each one's result, or its error, in order.
 
     A call answered ``NOSCRIPT`` did not run: its script is loaded and the
     call sent again, so the caller sees its real result. With
     ``raise_on_error`` the first error is raised instead (as a pipeline does).
+    ``connection``: one server's connection the caller holds, to send on.
     """
-    results = await _pipeline(client, calls)
+    results = await _send(client, calls, connection)
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:
         for script in {calls[i][0] for i in missing}:
             await client.script_load(script.script)
-        again = await _pipeline(client, [calls[i] for i in missing])
+        again = await _send(client, [calls[i] for i in missing], connection)
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     if raise_on_error:
@@ -45,6 +58,45 @@ async def run_scripts(
             if isinstance(result, Exception):
                 raise result
     return results
+
+
+async def _send(
+    client: Redis | RedisCluster,
+    calls: Sequence[ScriptCall],
+    connection: AbstractConnection | None,
+) -> list[Any]:
+    if connection is None:
+        return await _pipeline(client, calls)
+    return await _on_connection(connection, calls)
+
+
+async def _on_connection(conn: AbstractConnection, calls: Sequence[ScriptCall]) -> list[Any]:
+    """The calls written at once on ``conn``, their replies read in order.
+
+    Any failure (a cancel by the caller's budget included) closes the
+    connection, since replies may be left unread on it; its next use
+    connects again.
+    """
+    try:
+        if not conn.is_connected:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        await conn.send_packed_command(
+            [
+                hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+                for script, keys, args in calls
+            ],
+            check_health=False,
+        )
+        results: list[Any] = []
+        for _ in calls:
+            try:
+                results.append(await conn.read_response())
+            except ResponseError as exc:  # this call's answer; the others still come
+                results.append(exc)
+        return results
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
 
 
 async def _pipeline(client: Redis | RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:

@@ -7,7 +7,8 @@ log, since each call costs more on both sides (its arguments, its reply,
 redis-py's pipeline bookkeeping, the script's start in Redis) than the
 entries it carries. On a cluster one call's logs share a slot. A failed
 round (Redis unreachable) goes again after a pause; the append script skips
-what Redis already has.
+what Redis already has. On one server the rounds keep one connection of the
+pool for themselves (sidecar/redispipe.py: no pipeline object per round).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 
@@ -78,6 +81,8 @@ class Appends:
         self._queued: dict[Log, None] = {}  # in the order they appended
         self._appender: asyncio.Task[None] | None = None
         self._round = asyncio.Event()
+        #: The pool's connection the rounds send on, once taken (one server only).
+        self._connection: AbstractConnection | None = None
 
     def queue(self, log: Log) -> None:
         """The log has entries for Redis: the next append round sends them."""
@@ -109,7 +114,9 @@ class Appends:
                     async with self._store.backend() as redis:
                         calls, order = self._calls(batches)
                         # A failed call fails the round (as the backend says).
-                        results = await run_scripts(redis, calls, raise_on_error=True)
+                        results = await run_scripts(
+                            redis, calls, raise_on_error=True, connection=await self._held(redis)
+                        )
                     for positions, result in zip(order, results, strict=True):
                         for i, reply in zip(positions, result, strict=True):
                             replies[i] = reply
@@ -153,6 +160,18 @@ class Appends:
                 calls.append((script, keys, args))
                 order.append(positions)
         return calls, order
+
+    async def _held(self, redis: object) -> AbstractConnection | None:
+        """The connection of the rounds' own, taken from the pool at the first (None: a cluster).
+
+        Taken for good: the pool counts it in use, so the process's
+        connections stay what ``pool_size`` says, and it is closed with the
+        pool. A broken one connects again on its next round.
+        """
+        if self._connection is None and isinstance(redis, Redis):
+            pool = redis.connection_pool
+            self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        return self._connection
 
     def _round_done(self) -> None:
         self._round.set()

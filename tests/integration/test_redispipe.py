@@ -1,6 +1,12 @@
-"""Script calls on pipelines (sidecar/redispipe.py), on a real Redis and a real cluster."""
+"""Script calls on pipelines (sidecar/redispipe.py), on a real Redis and a real cluster.
+
+Each one-server test runs twice: on a pipeline of the pool, and on a
+connection the caller holds (the append rounds' way).
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from redis.exceptions import ResponseError
@@ -24,16 +30,28 @@ async def client(redis_server):
     await conn.aclose()
 
 
+@pytest.fixture(params=["pipeline", "held"])
+async def held(request, client):
+    """None (a pipeline per call), or a connection taken from the pool for good."""
+    if request.param == "pipeline":
+        yield None
+        return
+    connection = await client.connection_pool.get_connection()
+    yield connection
+    await client.connection_pool.release(connection)
+
+
 async def commands(client, name: str) -> int:
     stats = await client.info("commandstats")
     return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
 
 
-async def test_calls_go_without_a_script_check_and_each_gets_its_own_result(client):
+async def test_calls_go_without_a_script_check_and_each_gets_its_own_result(client, held):
     script = client.register_script(SCRIPT)
     await client.script_load(SCRIPT)
     await client.config_resetstat()
-    results = await run_scripts(client, [(script, ["a"], ["x"]), (script, ["b"], ["fail"])] * 2)
+    calls = [(script, ["a"], ["x"]), (script, ["b"], ["fail"])] * 2
+    results = await run_scripts(client, calls, connection=held)
     assert results[0] == 1
     assert results[2] == 2
     assert all(isinstance(r, ResponseError) for r in results[1::2])
@@ -42,10 +60,11 @@ async def test_calls_go_without_a_script_check_and_each_gets_its_own_result(clie
     assert await commands(client, "evalsha") == 4
 
 
-async def test_a_server_that_lost_the_scripts_runs_each_call_once(client):
+async def test_a_server_that_lost_the_scripts_runs_each_call_once(client, held):
     script = client.register_script(SCRIPT)
     await client.script_flush()  # as after a restart
-    results = await run_scripts(client, [(script, ["c"], ["x"]), (script, ["d"], ["x"])])
+    calls = [(script, ["c"], ["x"]), (script, ["d"], ["x"])]
+    results = await run_scripts(client, calls, connection=held)
     assert results == [1, 1]
     assert int(await client.get("c")) == 1  # the NOSCRIPT answer ran nothing
     assert await client.script_exists(script.sha) == [True]
@@ -62,11 +81,37 @@ async def test_a_cluster_pipeline_sends_the_scripts_text(redis_cluster):
         await conn.aclose()
 
 
-async def test_raise_on_error_raises_the_first_error_after_every_call_ran(client):
+async def test_raise_on_error_raises_the_first_error_after_every_call_ran(client, held):
     script = client.register_script(SCRIPT)
     await client.delete("e")
+    calls = [(script, ["e"], ["fail"]), (script, ["e"], ["x"])]
     with pytest.raises(ResponseError, match="asked to fail"):
-        await run_scripts(
-            client, [(script, ["e"], ["fail"]), (script, ["e"], ["x"])], raise_on_error=True
-        )
+        await run_scripts(client, calls, raise_on_error=True, connection=held)
     assert int(await client.get("e")) == 1  # the pipeline ran past the failed call
+    # The held connection read every reply: the next call gets its own.
+    assert await run_scripts(client, [(script, ["e"], ["x"])], connection=held) == [2]
+
+
+async def test_a_held_connection_cut_off_mid_call_is_closed_and_connects_again(client):
+    """A cancel between the write and the replies leaves them unread: never read them later."""
+    slow = client.register_script("redis.call('INCR', KEYS[1]); return ARGV[1]")
+    await client.script_load(slow.script)
+    await client.set("s", 0)
+    connection = await client.connection_pool.get_connection()
+    try:
+        # Scripts wait (unanswered) while writes are paused.
+        await client.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+        call = asyncio.ensure_future(
+            run_scripts(client, [(slow, ["s"], ["first"])], connection=connection)
+        )
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert not connection.is_connected
+        await client.execute_command("CLIENT", "UNPAUSE")
+        # Connected anew, it reads its own reply, not the cancelled call's.
+        again = await run_scripts(client, [(slow, ["s"], ["second"])], connection=connection)
+        assert again == [b"second"]
+    finally:
+        await client.connection_pool.release(connection)

@@ -28,7 +28,7 @@ from sidecar.errors import BackendUnavailable
 from sidecar.redisconn import Client
 from sidecar.redispipe import ScriptCall, run_scripts
 from sidecar.replay.base import Entry
-from sidecar.replay.redis_follow import RETRY
+from sidecar.replay.redis_follow import RETRY, ms
 
 #: The least time from the start of one append round to the next. Under load
 #: a round then carries the events of every run of the last few milliseconds,
@@ -44,9 +44,6 @@ ROUND_INTERVAL = 0.005
 #: a round of thousands of logs goes as several calls, in one pipeline.
 LOGS_PER_CALL = 100
 
-#: A log's arguments in an append call.
-AppendArgs = list[str | bytes | int]
-
 
 class Log(Protocol):
     """A run's own log, as the rounds see it (sidecar/replay/redis.py)."""
@@ -58,12 +55,15 @@ class Log(Protocol):
 
     def sent(self, error: BackendUnavailable | None, reply: object = None) -> None: ...
 
-    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], AppendArgs]: ...
+    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], bytes]:
+        """Its three keys, and its record of ``entries`` (sidecar/replay/redis_scripts.py)."""
+        ...
 
 
 class Store(Protocol):
     budget: float
     cluster: bool
+    live_ttl: float
     scripts: dict[str, AsyncScript]
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
@@ -147,16 +147,18 @@ class Appends:
         else:
             groups[0] = list(range(len(parts)))
         script = self._store.scripts["append_many"]
+        ttl = ms(self._store.live_ttl)
         calls: list[ScriptCall] = []
         order: list[list[int]] = []
         for members in groups.values():
             for at in range(0, len(members), LOGS_PER_CALL):
                 positions = members[at : at + LOGS_PER_CALL]
                 keys: list[str] = []
-                args: AppendArgs = []
+                args: list[int | bytes] = [ttl]
                 for i in positions:
-                    keys += parts[i][0]
-                    args += parts[i][1]
+                    log_keys, record = parts[i]
+                    keys += log_keys
+                    args.append(record)
                 calls.append((script, keys, args))
                 order.append(positions)
         return calls, order

@@ -21,9 +21,9 @@ from redis.commands.core import AsyncScript
 from sidecar.errors import BackendUnavailable
 from sidecar.redisconn import Client, ScriptRounds
 from sidecar.replay.base import Entry
-from sidecar.replay.redis_append import AppendArgs, Appends
+from sidecar.replay.redis_append import Appends
 from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms
-from sidecar.replay.redis_scripts import Keys, entries_of
+from sidecar.replay.redis_scripts import Keys, append_head, append_record, entries_of
 
 
 class Store(Protocol):
@@ -100,7 +100,7 @@ class RedisReplayLog:
         #: What every append call of this log repeats, made at its first (a
         #: log that never appends, as an idle stream's, holds none of it).
         self._append_keys: list[str] | None = None
-        self._append_head: AppendArgs = []
+        self._append_head = b""
 
     @property
     def run_id(self) -> str:
@@ -174,21 +174,15 @@ class RedisReplayLog:
         for callback in callbacks:
             callback()
 
-    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], AppendArgs]:
-        """This log's part of an append round's call: its keys and its arguments for ``entries``."""
+    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], bytes]:
+        """This log's part of an append round's call: its keys and its record of ``entries``."""
         keys = self._append_keys
         if keys is None:
             assert self._caps is not None  # the run's own log knows its caps
             k = self.keys
             keys = self._append_keys = [k.stream, k.index, k.pointer]
-            max_events, max_bytes = self._caps
-            self._append_head = [
-                self._run_id, ms(self._store.live_ttl), max_events, max_bytes, self.owner,
-            ]  # fmt: skip
-        args: AppendArgs = [len(entries), *self._append_head, self._cursor_sending]
-        for e in entries:
-            args += (e.seq, e.event_id, e.data, int(e.terminal))
-        return keys, args
+            self._append_head = append_head(self._run_id, self.owner, self._caps)
+        return keys, append_record(self._append_head, self._cursor_sending, entries)
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""
@@ -201,15 +195,13 @@ class RedisReplayLog:
             )
 
     async def _send(self, entries: Sequence[Entry]) -> None:
-        max_events, max_bytes = self._caps or await self._stored_caps()
+        caps = self._caps or await self._stored_caps()
         store, k = self._store, self.keys
-        args: list[str | bytes | int] = [
-            self._run_id, ms(store.live_ttl), max_events, max_bytes, self.owner, b"",
-        ]  # fmt: skip
-        for e in entries:
-            args += [e.seq, e.event_id, e.data, int(e.terminal)]
+        record = append_record(append_head(self._run_id, self.owner, caps), b"", entries)
         async with store.backend():
-            await store.scripts["append"](keys=[k.stream, k.index, k.pointer], args=args)
+            await store.scripts["append"](
+                keys=[k.stream, k.index, k.pointer], args=[ms(store.live_ttl), record]
+            )
 
     async def _stored_caps(self) -> tuple[int, int]:
         async with self._store.backend() as redis:

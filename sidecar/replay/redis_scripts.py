@@ -15,30 +15,39 @@ from sidecar.rediskeys import key_part, session_tag
 from sidecar.replay.base import Entry
 from sidecar.sessions.redis_scripts import fence_key, owner_key
 
-# One log's append, on its stream, index and pointer keys, with its arguments
-# at a[h] .. a[last]: run, ttl_ms, max_events, max_bytes, owner token ('' for a
-# log that is not the run's own), resume cursor ('' for unchanged), then seq,
-# event id, data, terminal (0/1) per entry. Entries at or below the last
-# appended seq are skipped, so a retried append (reply lost) is harmless.
-# Evicts oldest first while over either cap, never the newest entry (it may be
-# the terminal event); returns how many went, or -1 when another owner holds
-# the run (taken over): a fenced owner never writes again. A log whose index is
-# gone (a newer run of the session replaced it) takes the append: the replaced
-# run's own followers still read its end.
+# One log's append, on its stream, index and pointer keys, from its record
+# (:func:`append_record`): run, owner token ('' for a log that is not the
+# run's own), max_events, max_bytes, resume cursor (empty for unchanged), then
+# seq, event id, data and terminal (0/1) per entry. One argument per log, not
+# four per entry and six more per log: a round's call packs ~14 arguments a
+# log otherwise, which costs the sidecar more than the entries themselves.
+# Entries at or below the last appended seq are skipped, so a retried append
+# (reply lost) is harmless. Evicts oldest first while over either cap, never
+# the newest entry (it may be the terminal event); returns how many went, or
+# -1 when another owner holds the run (taken over): a fenced owner never
+# writes again. A log whose index is gone (a newer run of the session replaced
+# it) takes the append: the replaced run's own followers still read its end.
 _APPEND_FUNCTION = """
-local function append(stream, index, pointer, a, h, last_arg)
-  local run, ttl = a[h], a[h + 1]
+local function append(stream, index, pointer, rec, ttl)
+  local run, me, max_events, max_bytes, clen, pos =
+    string.match(rec, '^([^\\n]*)\\n([^\\n]*)\\n(%d+)\\n(%d+)\\n(%d+)\\n()')
+  clen = tonumber(clen)
   local held = redis.call('HMGET', index, 'gen', 'last', 'bytes')
   local owner = held[1]
-  if a[h + 4] ~= '' and owner and owner ~= a[h + 4] then return -1 end
-  if a[h + 5] ~= '' then redis.call('HSET', index, 'cur', a[h + 5]) end
-  local max_events, max_bytes = tonumber(a[h + 2]), tonumber(a[h + 3])
+  if me ~= '' and owner and owner ~= me then return -1 end
+  if clen > 0 then redis.call('HSET', index, 'cur', string.sub(rec, pos, pos + clen - 1)) end
+  pos = pos + clen
+  max_events, max_bytes = tonumber(max_events), tonumber(max_bytes)
   local last = tonumber(held[2] or '0')
   local added = 0
-  for i = h + 6, last_arg, 4 do
-    local seq, id, data = a[i], a[i + 1], a[i + 2]
+  while pos <= #rec do
+    local seq, ilen, dlen, flag, at = string.match(rec, '^(%d+) (%d+) (%d+) ([01])\\n()', pos)
+    local id_end = at + tonumber(ilen)
+    local id = string.sub(rec, at, id_end - 1)
+    pos = id_end + tonumber(dlen)
+    local data = string.sub(rec, id_end, pos - 1)
     if tonumber(seq) > last then
-      redis.call('XADD', stream, '0-' .. seq, 'i', id, 'd', data, 't', a[i + 3])
+      redis.call('XADD', stream, '0-' .. seq, 'i', id, 'd', data, 't', flag)
       if id == run .. '-' .. seq then
         redis.call('HDEL', index, 'id:' .. id)  -- the newest entry with an id wins, as in memory
       elseif id ~= '' then  -- '' is a keepalive: nobody resumes from it
@@ -79,29 +88,51 @@ local function append(stream, index, pointer, a, h, last_arg)
 end
 """
 
-# KEYS: stream, index, pointer. ARGV: one log's arguments, as above.
+# KEYS: stream, index, pointer. ARGV: ttl_ms, the log's record.
 APPEND = (
     _APPEND_FUNCTION
     + """
-return append(KEYS[1], KEYS[2], KEYS[3], ARGV, 1, #ARGV)
+return append(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[1])
 """
 )
 
 # Many logs in one call (an append round's): each log's three keys in KEYS;
-# in ARGV, per log, its entry count and then its arguments as above. One
-# result per log, in order. On a cluster, one call's logs share a slot.
+# ARGV: ttl_ms, then each log's record, in the order of the keys. One result
+# per log, in order. On a cluster, one call's logs share a slot.
 APPEND_MANY = (
     _APPEND_FUNCTION
     + """
-local out, h = {}, 1
-for k = 1, #KEYS, 3 do
-  local last_arg = h + 6 + 4 * tonumber(ARGV[h])
-  out[#out + 1] = append(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV, h + 1, last_arg)
-  h = last_arg + 1
+local out = {}
+for k = 1, #KEYS / 3 do
+  out[k] = append(KEYS[3 * k - 2], KEYS[3 * k - 1], KEYS[3 * k], ARGV[k + 1], ARGV[1])
 end
 return out
 """
 )
+
+
+def append_head(run_id: str, owner: str, caps: tuple[int, int]) -> bytes:
+    """What every append record of a log starts with (made once per log)."""
+    return b"%b\n%b\n%d\n%d\n" % (run_id.encode(), owner.encode(), caps[0], caps[1])
+
+
+def append_record(head: bytes, cursor: bytes, entries: Sequence[Entry]) -> bytes:
+    """One log's argument of an append call: head, cursor and entries, as the script reads them."""
+    if len(entries) == 1:  # a round's usual log: one format operation
+        e = entries[0]
+        event_id = e.event_id.encode()
+        return b"%b%d\n%b%d %d %d %d\n%b%b" % (
+            head, len(cursor), cursor, e.seq, len(event_id), len(e.data), e.terminal,
+            event_id, e.data,
+        )  # fmt: skip
+    parts = [head, b"%d\n%b" % (len(cursor), cursor)]
+    for e in entries:
+        event_id = e.event_id.encode()
+        parts.append(
+            b"%d %d %d %d\n%b%b" % (e.seq, len(event_id), len(e.data), e.terminal, event_id, e.data)
+        )
+    return b"".join(parts)
+
 
 # KEYS: stream, index. ARGV: event id, its seq if it has the sidecar's form, else ''.
 # The entries after the id, or false when it is unknown or what follows it was

@@ -31,7 +31,7 @@ from sidecar.resume.follower import Follower, unavailable
 from sidecar.resume.run import ResumableRun
 from sidecar.resume.takeover import Resumed, Takeover
 from sidecar.services import RouteServices
-from sidecar.sessions.binding import CredentialBinding, same_credentials
+from sidecar.sessions.binding import same_credentials
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -48,7 +48,7 @@ class ResumeEntry:
     def __init__(self, services: RouteServices) -> None:
         self.services = services
         self.runs: dict[str, ResumableRun] = {}
-        self.binding = CredentialBinding(services.route.resume.bind)
+        self.binding = services.binding
         self.takeover = Takeover(services, self.runs)
 
     async def start(self, request: web.Request, url: URL, body: bytes | None, key: str) -> Joined:
@@ -169,9 +169,8 @@ class ResumeEntry:
         return follower.serve(run.stream_headers if run is not None else None)
 
     def credentials_of(self, request: web.Request, key: str) -> str:
-        """The fingerprint of this request's credentials, as the route's ``resume.bind`` says."""
-        route = self.services.route.name
-        return self.binding.of_request(route, key, request)
+        """The fingerprint of this request's credentials, as the route's ``session.bind`` says."""
+        return self.services.credentials_of(request, key)
 
     def forbidden(self) -> web.Response:
         """Other credentials than the run's: refused, never the replay."""

@@ -5,7 +5,7 @@ Stop is not leave: a client that disconnects may come back within
 owner (in this process or, with Redis, on whichever replica holds it) ends
 its stream with ``event: end`` / reason ``stopped`` (in the route's dialect),
 which closes the upstream and ends every follower. On a resumable route the
-request must carry the credentials the run is bound to (``resume.bind``).
+request must carry the credentials the run is bound to (``session.bind``).
 """
 
 from __future__ import annotations

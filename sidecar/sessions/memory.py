@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from sidecar.errors import SessionConflict
-from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
+from sidecar.errors import SessionConflict, SessionForbidden
+from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy, may_replace
 
 
 class MemorySessionStore:
@@ -36,12 +36,18 @@ class MemorySessionStore:
     def __len__(self) -> int:
         return len(self._held)
 
-    async def claim(self, route: str, key: str, policy: Policy, holder: Holder) -> Claim:
+    async def claim(
+        self, route: str, key: str, policy: Policy, holder: Holder, binding: str = ""
+    ) -> Claim:
         slot = (route, key)
         old = self._held.get(slot)
         if old is not None and policy == "reject":
             raise SessionConflict(f"session already has a live stream on route {route}")
-        claim = Claim(route, key, next(self._tokens), holder)
+        if old is not None and not may_replace(old.binding, binding):
+            raise SessionForbidden(
+                f"the live stream of this session on route {route} is bound to other credentials"
+            )
+        claim = Claim(route, key, next(self._tokens), holder, binding=binding)
         # The newcomer owns the session from now on, so a third request
         # replaces it, not the stream that is on its way out.
         self._held[slot] = claim

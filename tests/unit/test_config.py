@@ -542,6 +542,8 @@ def test_load_shipped_config() -> None:
                 name="chat",
                 path="/v1/chat",
                 upstream="http://127.0.0.1:8000/v1/chat",
+                # Spelled out in the file, so it loads as set, not as the default.
+                session=Session(bind=("header:Authorization", "header:Cookie")),
                 stream=Stream(retry=3.0, open_event=None, commit_after=1.0),
             ),
             # The demo page and its resumable stream (scripts/demo).

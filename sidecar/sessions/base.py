@@ -52,7 +52,9 @@ class Claim:
     #: True when taking it ended another stream (policy replace).
     replaced: bool = False
     released: Flag = field(default_factory=Flag)
-    #: The owner's credentials (sessions/binding.py); "" binds nothing.
+    #: The owner's credentials (sessions/binding.py), where a backend compares
+    #: them in process (memory); "" binds nothing. Redis keeps them in the
+    #: owner value instead (sessions/redis_scripts.py), not twice per stream.
     binding: str = ""
 
 

@@ -216,8 +216,7 @@ class RedisSessionStore:
             self._forget(entry)
             raise SessionForbidden(f"the live stream on route {route} has other credentials")
         entry.token = token
-        replaced = old is not None
-        claim = Claim(route, key, token, holder, replaced, entry.done, binding)
+        claim = Claim(route, key, token, holder, replaced=old is not None, released=entry.done)
         self._owned[claim] = entry
         if old is not None:
             try:

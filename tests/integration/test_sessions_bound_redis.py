@@ -89,16 +89,15 @@ async def test_concurrent_claims_with_two_credentials_leave_one_of_them_owning(s
     a, b = await stores(replace_wait=0.05), await stores(replace_wait=0.05)
     for round_ in range(10):
         key = f"k{round_}"
+        bindings = [ALICE if i % 4 < 2 else MALLORY for i in range(12)]
         results = await asyncio.gather(
             *(
-                (a if i % 2 else b).claim(
-                    ROUTE, key, "replace", FakeHolder(), ALICE if i % 4 < 2 else MALLORY
-                )
-                for i in range(12)
+                (a if i % 2 else b).claim(ROUTE, key, "replace", FakeHolder(), binding)
+                for i, binding in enumerate(bindings)
             ),
             return_exceptions=True,
         )
-        won = {r.binding for r in results if isinstance(r, Claim)}
+        won = {w for w, r in zip(bindings, results, strict=True) if isinstance(r, Claim)}
         assert len(won) == 1, results
         (binding,) = won
         losers = [r for r in results if not isinstance(r, Claim)]

@@ -1,8 +1,8 @@
 """A route's ``session:`` block: where the key is read, the policy, and the credentials it binds.
 
 ``session.bind`` names the credentials a session's live stream belongs to
-(sidecar/sessions/binding.py): a replace, and on resume routes a reconnect or
-a stop, must present the same ones. It was ``resume.bind`` before it covered
+(sidecar/sessions/binding.py): a replace or a stop, and on resume routes a
+reconnect, must present the same ones. It was ``resume.bind`` before it covered
 routes without resume; that name is still read (pure: no I/O).
 """
 
@@ -31,7 +31,7 @@ class Session:
     required: bool = False
     pattern: str = r"^[A-Za-z0-9._:-]{1,128}$"
     #: The credentials a live stream of the session belongs to (header:NAME or
-    #: cookie:NAME): a replace (and, with resume, a reconnect or a stop) must
+    #: cookie:NAME): a replace or a stop (and, with resume, a reconnect) must
     #: present the same ones. Null: ``resume.bind`` if set, else DEFAULT_BIND.
     #: Empty binds nothing, so whoever knows a session key can end its stream.
     bind: tuple[str, ...] | None = None

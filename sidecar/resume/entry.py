@@ -22,16 +22,17 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from sidecar.client import json_error, start_response
+from sidecar.client import start_response
 from sidecar.context import StreamHandle
 from sidecar.dialects import Dialect
 from sidecar.errors import BackendUnavailable, SessionForbidden
-from sidecar.replay.base import FORBIDDEN, Entry, ReplayLog
+from sidecar.replay.base import Entry, ReplayLog
 from sidecar.resume.follower import Follower, unavailable
 from sidecar.resume.run import ResumableRun
 from sidecar.resume.takeover import Resumed, Takeover
 from sidecar.services import RouteServices
 from sidecar.sessions.binding import same_credentials
+from sidecar.stream.claim import forbidden
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -176,8 +177,7 @@ class ResumeEntry:
         """Other credentials than the run's: refused, never the replay."""
         services = self.services
         services.ctx.metrics.resume.labels(services.route.name, "forbidden").inc()
-        services.metrics.rejected(SessionForbidden.code)
-        return json_error(403, SessionForbidden.code, FORBIDDEN)
+        return forbidden(services)
 
 
 async def _caught_up(

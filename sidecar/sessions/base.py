@@ -4,8 +4,8 @@ A *claim* says "this stream owns this session". Claiming an owned session
 either fails (policy ``reject``) or tells the owner to stop with ``replaced``
 and waits, briefly, for it to let go (policy ``replace``). A claim records
 the fingerprint of its request's credentials (sidecar/sessions/binding.py),
-and a replace must present the same ones: a session key alone is no secret,
-so it must not be a way to end another user's stream. Every claim is
+and a replace or a stop must present the same ones: a session key alone is
+no secret, so it must not be a way to end another user's stream. Every claim is
 released on every way a stream ends; a backend with leases (Redis) also
 frees the claims of a process that died without releasing.
 """
@@ -24,11 +24,11 @@ Policy = Literal["replace", "reject"]
 REPLACE_WAIT = 1.0
 
 
-def may_replace(owner: str, presented: str) -> bool:
-    """Whether a request with credentials ``presented`` may replace a stream bound to ``owner``.
+def may_end(owner: str, presented: str) -> bool:
+    """Whether a request bearing ``presented`` may replace or stop a stream bound to ``owner``.
 
     An owner bound to nothing ("": ``bind: []``, or a Redis claim written by
-    a version that recorded no credentials) may be replaced by anyone, as
+    a version that recorded no credentials) may be ended by anyone, as
     before bindings existed: refusing those would refuse every replace during
     a rolling upgrade, the owner's own refresh included.
     """
@@ -77,7 +77,7 @@ class SessionStore(Protocol):
         Raises :class:`~sidecar.errors.SessionConflict` under ``reject`` when a
         live stream owns it; :class:`~sidecar.errors.SessionForbidden` under
         ``replace`` when the live stream is bound to other credentials (see
-        :func:`may_replace`); :class:`~sidecar.errors.BackendUnavailable` when
+        :func:`may_end`); :class:`~sidecar.errors.BackendUnavailable` when
         the backend cannot be reached.
         """
         ...
@@ -86,9 +86,11 @@ class SessionStore(Protocol):
         """Let go of ``claim``; never raises, a no-op if it was taken over."""
         ...
 
-    async def stop(self, route: str, key: str) -> bool:
+    async def stop(self, route: str, key: str, binding: str = "") -> bool:
         """Tell the stream that owns ``key`` (wherever it runs) to end with ``stopped``.
 
-        False when no stream owns it; raises BackendUnavailable when unknown.
+        False when no stream owns it; raises BackendUnavailable when unknown,
+        SessionForbidden when the owner is bound to other credentials than
+        ``binding`` (see :func:`may_end`).
         """
         ...

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 
 from sidecar.errors import SessionConflict, SessionForbidden
-from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy, may_replace
+from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy, may_end
 
 
 class MemorySessionStore:
@@ -43,10 +43,8 @@ class MemorySessionStore:
         old = self._held.get(slot)
         if old is not None and policy == "reject":
             raise SessionConflict(f"session already has a live stream on route {route}")
-        if old is not None and not may_replace(old.binding, binding):
-            raise SessionForbidden(
-                f"the live stream of this session on route {route} is bound to other credentials"
-            )
+        if old is not None and not may_end(old.binding, binding):
+            raise SessionForbidden(f"the live stream on route {route} has other credentials")
         claim = Claim(route, key, next(self._tokens), holder, binding=binding)
         # The newcomer owns the session from now on, so a third request
         # replaces it, not the stream that is on its way out.
@@ -61,10 +59,12 @@ class MemorySessionStore:
                 pass  # it is told to stop; the session is ours either way
         return claim
 
-    async def stop(self, route: str, key: str) -> bool:
+    async def stop(self, route: str, key: str, binding: str = "") -> bool:
         claim = self._held.get((route, key))
         if claim is None:
             return False
+        if not may_end(claim.binding, binding):
+            raise SessionForbidden(f"the live stream on route {route} has other credentials")
         claim.holder.stop("stopped")
         return True
 

@@ -44,7 +44,7 @@ from sidecar.redisconn import (
     ScriptRounds,
     connect,
 )
-from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
+from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy, may_end
 from sidecar.sessions.channel import Subscriber
 from sidecar.sessions.redis_leases import Health, Held, Leases, milliseconds
 from sidecar.sessions.redis_scripts import (
@@ -53,6 +53,7 @@ from sidecar.sessions.redis_scripts import (
     RELEASE,
     RENEW,
     STOP,
+    bound_to,
     fence_key,
     fence_ttl,
     owner_key,
@@ -237,14 +238,14 @@ class RedisSessionStore:
         # The work finishes even if the caller is cancelled meanwhile.
         await asyncio.shield(self._spawn(self._let_go(entry)))
 
-    async def stop(self, route: str, key: str) -> bool:
+    async def stop(self, route: str, key: str, binding: str = "") -> bool:
         """Stop the owner of ``key``: here at once, elsewhere by message and stop mark."""
         redis = self._redis
         if redis is None:
             raise BackendUnavailable("the session backend (redis) is not running")
         try:
             async with looptime.timeout(BUDGET):
-                stopped = await self._stop_owner(redis, route, key)
+                stopped = await self._stop_owner(redis, route, key, binding)
         except (RedisError, OSError, TimeoutError) as exc:
             self._health.failed(exc if not isinstance(exc, TimeoutError) else OSError("timed out"))
             raise BackendUnavailable(
@@ -253,16 +254,19 @@ class RedisSessionStore:
         self._health.ok()
         return stopped
 
-    async def _stop_owner(self, redis: Client, route: str, key: str) -> bool:
+    async def _stop_owner(self, redis: Client, route: str, key: str, binding: str) -> bool:
         keys = [owner_key(self.prefix, route, key), stop_key(self.prefix, route, key)]
-        # The script marks only the owner read here, so a mark never stops a
-        # newer owner; a claim or release that lands in between is read on
-        # the next turn.
+        # The script marks only the owner read here (its value, binding and
+        # all), so a mark never stops a newer owner, nor one whose binding was
+        # not the one checked; a claim or release that lands in between is
+        # read on the next turn.
         for _ in range(_STOP_TURNS):
             value = await redis.get(keys[0])
             if value is None:
                 return False
             value = _text(value)
+            if not may_end(bound_to(value), binding):
+                raise SessionForbidden(f"the live stream on route {route} has other credentials")
             local = self._held.get(value)
             if local is not None:
                 local.stop("stopped")

@@ -6,6 +6,8 @@ goes in (KEYS, ARGV) and what comes out.
 
 from __future__ import annotations
 
+import re
+
 from sidecar.rediskeys import session_tag
 
 # KEYS: owner, fence. ARGV: value, lease_ms, policy, channel, fence_ttl_ms, route,
@@ -14,7 +16,7 @@ from sidecar.rediskeys import session_tag
 # other credentials than ``binding`` (see owner_value): compared here, so two
 # replicas cannot both pass a check made before the script. An owner value
 # bound to nothing (bind: [], or written before values carried a binding) may
-# be replaced by anyone (sessions/base.py, may_replace).
+# be replaced by anyone (sessions/base.py, may_end).
 # Finding its own value means a retry after a lost reply: answer as the first run did.
 CLAIM = """
 local old = redis.call('GET', KEYS[1])
@@ -112,6 +114,15 @@ def owner_value(owner_id: str, seq: int, binding: str) -> str:
     replica of a version that did not write one reads the value as before.
     """
     return f"{owner_id}:{seq}/{binding}" if binding else f"{owner_id}:{seq}"
+
+
+_BINDING = re.compile(r"/([0-9A-Fa-f]+)$")
+
+
+def bound_to(value: str) -> str:
+    """The binding an owner value carries ("" for none), read as CLAIM reads it ('/(%x+)$')."""
+    match = _BINDING.search(value)
+    return match[1] if match else ""
 
 
 def owner_key(prefix: str, route: str, key: str) -> str:

@@ -51,12 +51,10 @@ async def claim_session(
         state.outcome = "rejected"
         ctx.metrics.session_conflicts.labels(route.name, "reject").inc()
         return json_error(409, exc.code, str(exc))
-    except SessionForbidden as exc:
-        # The live stream goes on untouched: not a conflict, a refusal (as on
-        # resume routes, sidecar/resume/entry.py).
+    except SessionForbidden:
+        # The live stream goes on untouched: not a conflict, a refusal.
         state.outcome = "rejected"
-        services.metrics.rejected(exc.code)
-        return json_error(403, exc.code, FORBIDDEN)
+        return forbidden(services)
     except BackendUnavailable as exc:
         if ctx.config.backend.on_outage == "allow":
             log.warning("session_unguarded", route=route.name, reason=str(exc))
@@ -68,3 +66,12 @@ async def claim_session(
     if claim.replaced:
         ctx.metrics.session_conflicts.labels(route.name, "replace").inc()
     return claim
+
+
+def forbidden(services: RouteServices) -> web.Response:
+    """The answer to a request with other credentials than the session's stream (``session.bind``).
+
+    A replace, a stop, or on resume routes a reconnect: refused, and counted.
+    """
+    services.metrics.rejected(SessionForbidden.code)
+    return json_error(403, SessionForbidden.code, FORBIDDEN)

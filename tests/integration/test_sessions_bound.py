@@ -82,3 +82,28 @@ async def test_bind_nothing_lets_any_holder_of_the_key_replace(upstream, start_s
     async with sc.http.get(sc.url + "/s", headers=MALLORY) as new:
         assert new.status == 200
         assert (await asyncio.wait_for(old, 2.0)).error()["code"] == "replaced"
+
+
+async def test_a_stop_with_other_credentials_gets_403_and_the_stream_goes_on(
+    upstream, start_sidecar
+):
+    upstream.script = Script([FIRST, "hang"])
+    sc = await start_sidecar(make_config(upstream.url))
+    reading = asyncio.ensure_future(read_stream(sc.http, "GET", sc.url + "/s", headers=ALICE))
+    while not upstream.requests:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    for other in (MALLORY, KEY):
+        async with sc.http.delete(sc.url + "/s", headers=other) as resp:
+            assert resp.status == 403
+            assert (await resp.json())["error"]["code"] == "session_forbidden"
+    await asyncio.sleep(0.1)
+    assert not reading.done()
+    async with sc.http.delete(sc.url + "/s", headers=ALICE) as resp:
+        assert resp.status == 202
+    got = await asyncio.wait_for(reading, 5)
+    assert got.data("end") == [{"type": "end", "reason": "stopped", "partial": True}]
+    assert (
+        'sse_sidecar_rejected_requests_total{reason="session_forbidden",route="test"} 2.0'
+        in await sc.metrics()
+    )

@@ -15,6 +15,7 @@ import pytest
 
 from sidecar.errors import SessionConflict, SessionForbidden
 from sidecar.sessions.base import Claim
+from sidecar.sessions.redis_scripts import stop_key
 from tests.conftest import Script
 from tests.integration.streams import read_stream
 from tests.integration.test_sessions_redis import (
@@ -143,6 +144,30 @@ async def test_a_dead_replicas_bound_session_is_free_for_anyone_after_its_lease(
     assert not taken[0].replaced  # the lease had freed it: nobody to replace
 
 
+@pytest.mark.parametrize("same_process", [True, False])
+async def test_a_stop_with_other_credentials_is_refused_and_leaves_no_mark(
+    stores, raw, same_process
+):
+    a = await stores(lease=30.0)
+    b = a if same_process else await stores(lease=30.0)
+    owner = FakeHolder()
+    await a.claim(ROUTE, "k", "replace", owner, ALICE)
+    for binding in (MALLORY, ""):
+        with pytest.raises(SessionForbidden):
+            await b.stop(ROUTE, "k", binding)
+    assert await raw.exists(stop_key(a.prefix, ROUTE, "k")) == 0
+    assert owner.codes == []
+    assert await b.stop(ROUTE, "k", ALICE)
+    await eventually(lambda: owner.codes == ["stopped"], within=2.0)
+
+
+async def test_a_claim_written_without_a_binding_may_be_stopped_by_anyone(stores, raw):
+    store = await stores()
+    await raw.set(key_of(store, "k"), "0123456789abcdef:7", px=30_000)
+    assert await store.stop(ROUTE, "k", MALLORY)
+    assert await raw.get(stop_key(store.prefix, ROUTE, "k")) == "0123456789abcdef:7"
+
+
 # --- through the proxy: two sidecars sharing one Redis ----------------------------
 
 KEY = {"X-Session-Key": "conv-1"}
@@ -175,3 +200,23 @@ async def test_a_replace_on_another_sidecar_needs_the_owners_credentials(
         got = await asyncio.wait_for(old, 2.0)
         assert got.error()["code"] == "replaced"
         assert await mine.content.readuntil(b"\n\n") == FIRST
+
+
+async def test_a_stop_on_another_sidecar_needs_the_owners_credentials(
+    redis_server, upstream, start_sidecar
+):
+    upstream.script = Script([FIRST, "hang"])
+    a = await start_sidecar(redis_config(upstream.url, redis_server, lease="10s"))
+    b = await start_sidecar(redis_config(upstream.url, redis_server, lease="10s"))
+    reading = asyncio.ensure_future(read_stream(a.http, "GET", a.url + "/s", headers=ALICE_HEADERS))
+    await eventually(lambda: upstream.requests)
+    await asyncio.sleep(0.05)
+    async with b.http.delete(b.url + "/s", headers=MALLORY_HEADERS) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"]["code"] == "session_forbidden"
+    await asyncio.sleep(0.3)
+    assert not reading.done()
+    async with b.http.delete(b.url + "/s", headers=ALICE_HEADERS) as resp:
+        assert resp.status == 202
+    got = await asyncio.wait_for(reading, 5)
+    assert got.data("end") == [{"type": "end", "reason": "stopped", "partial": True}]

@@ -65,3 +65,23 @@ async def test_a_released_session_is_free_for_other_credentials() -> None:
     await store.release(held)
     claim = await store.claim("chat", "k", "replace", Recorder(), MALLORY)
     assert not claim.replaced
+
+
+async def test_a_stop_with_other_credentials_is_refused_and_the_owner_goes_on() -> None:
+    store = MemorySessionStore(replace_wait=0.01)
+    owner = Recorder()
+    await store.claim("chat", "k", "replace", owner, ALICE)
+    for binding in (MALLORY, ""):
+        with pytest.raises(SessionForbidden):
+            await store.stop("chat", "k", binding)
+    assert owner.codes == []
+    assert await store.stop("chat", "k", ALICE)
+    assert owner.codes == ["stopped"]
+
+
+async def test_an_owner_bound_to_nothing_is_stopped_by_anyone() -> None:
+    store = MemorySessionStore(replace_wait=0.01)
+    owner = Recorder()
+    await store.claim("chat", "k", "replace", owner, "")
+    assert await store.stop("chat", "k", MALLORY)
+    assert owner.codes == ["stopped"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import yaml
 from yarl import URL
 
 from sidecar.config_env import apply_env
+from sidecar.config_session import Session, bind_sources, validate_session
 from sidecar.cors import CorsPolicy, validate_cors
 from sidecar.dialects import DialectName
 from sidecar.errors import ConfigError
@@ -32,11 +32,10 @@ from sidecar.upstream.resume_config import UpstreamResume, validate_upstream_res
 from sidecar.upstream.ws_profile import WebSocketProfile, validate_profile
 
 # The typed loader is part of this module's API (the WS profile uses Duration
-# and Size; tests use the parsers).
-__all__ = ["Duration", "EnvValue", "Size", "build", "parse_duration", "parse_size"]
+# and Size; tests use the parsers), and so is the session block (sidecar/config_session.py).
+__all__ = ["Duration", "EnvValue", "Session", "Size", "build", "parse_duration", "parse_size"]
 
 CommentMode = Literal["convert", "pass", "drop"]
-SessionPolicy = Literal["replace", "reject"]
 BackendKind = Literal["memory", "redis"]
 OutagePolicy = Literal["reject", "allow"]
 LogFormat = Literal["auto", "json", "console"]
@@ -101,15 +100,6 @@ class Terminal:
 
 
 @dataclass(frozen=True)
-class Session:
-    #: Where the key is read: header:NAME, cookie:NAME, query:NAME or path:INDEX.
-    from_: str = "header:X-Session-Key"
-    policy: SessionPolicy = "replace"
-    required: bool = False
-    pattern: str = r"^[A-Za-z0-9._:-]{1,128}$"
-
-
-@dataclass(frozen=True)
 class Resume:
     enabled: bool = False
     grace: Duration = 30.0
@@ -119,10 +109,8 @@ class Resume:
     #: Query parameter that carries the last event id for fetch() clients
     #: (EventSource sends the Last-Event-ID header by itself).
     query_param: str = "last_event_id"
-    #: The credentials a run is bound to: a reconnect, a replace or a stop
-    #: must present the same ones (header:NAME or cookie:NAME). Empty binds
-    #: nothing, so whoever knows a session key can read its run: unsafe.
-    bind: tuple[str, ...] = ("header:Authorization", "header:Cookie")
+    #: The old name of ``session.bind`` (sidecar/config_session.py), still read.
+    bind: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +180,11 @@ class Route:
     def is_websocket(self) -> bool:
         return self.upstream.startswith(("ws://", "wss://"))
 
+    @property
+    def bind(self) -> tuple[str, ...]:
+        """The credentials the route's sessions are bound to (``session.bind``)."""
+        return bind_sources(self.session, self.resume.bind)
+
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -243,9 +236,6 @@ class Config:
 
 
 # --- whole-config checks -----------------------------------------------------------
-
-_BIND_SOURCE = re.compile(r"^(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_SESSION_SOURCE = re.compile(r"^(header|cookie|query):[!#$%&'*+.^_`|~0-9A-Za-z-]+$|^path:\d+$")
 
 
 def validate(config: Config) -> Config:
@@ -323,15 +313,7 @@ def _validate_route(route: Route, key: str) -> None:
     bad = [m for m in route.methods if m not in ("GET", "POST")]
     if bad:
         raise ConfigError(f"{key}.methods: only GET and POST are streamed, got {bad[0]!r}")
-    if not _SESSION_SOURCE.fullmatch(route.session.from_):
-        raise ConfigError(
-            f"{key}.session.from: expected header:NAME, cookie:NAME, query:NAME or path:N, "
-            f"got {route.session.from_!r}"
-        )
-    try:
-        re.compile(route.session.pattern)
-    except re.error as exc:
-        raise ConfigError(f"{key}.session.pattern: not a valid regular expression: {exc}") from None
+    validate_session(route.session, route.resume.bind, key)
     limits = route.limits
     for name in (
         "max_event_bytes",
@@ -343,11 +325,6 @@ def _validate_route(route: Route, key: str) -> None:
     ):
         if not getattr(limits, name) > 0:
             raise ConfigError(f"{key}.limits.{name}: must be greater than 0")
-    for i, source in enumerate(route.resume.bind):
-        if not _BIND_SOURCE.fullmatch(source):
-            raise ConfigError(
-                f"{key}.resume.bind[{i}]: expected header:NAME or cookie:NAME, got {source!r}"
-            )
     for name in ("max_upstream_head_bytes", "max_upstream_headers", "max_pending_bytes"):
         if not getattr(limits, name) > 0:
             raise ConfigError(f"{key}.limits.{name}: must be greater than 0")

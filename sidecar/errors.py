@@ -162,7 +162,7 @@ class SessionConflict(SessionError):
 
 
 class SessionForbidden(SessionError):
-    """The session's run is bound to other credentials (``resume.bind``)."""
+    """The session's live stream or run is bound to other credentials (``session.bind``)."""
 
     code = "session_forbidden"
 

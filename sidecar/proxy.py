@@ -21,7 +21,7 @@ from sidecar.context import Context, StreamHandle
 from sidecar.errors import BackendUnavailable, BadSessionKey
 from sidecar.paths import BadPath
 from sidecar.query import query_param
-from sidecar.resume.entry import ResumeEntry
+from sidecar.resume.entry import Joined, ResumeEntry
 from sidecar.services import RouteServices
 from sidecar.sessions.keys import SessionKeySource
 from sidecar.stream.run import StreamRun
@@ -73,27 +73,12 @@ class RouteHandler:
         if isinstance(body, web.Response):
             return body
         if self.resume is not None:
-            last_id = request.headers.get("Last-Event-ID") or query_param(
-                request.rel_url.raw_query_string, self.route.resume.query_param
-            )
-            if last_id:
-                # A reconnect follows the run it lost; a POST body is not sent again.
-                joined = await self.resume.reattach(request, key, last_id)
+            joined = await self._join(self.resume, request, url, body, key)
+            if joined is not None:
+                # The follower's stream is awaited here, not inside _join, so
+                # _join's frame is not held for the stream's life (as Joined says).
                 return joined if isinstance(joined, web.StreamResponse) else await joined
-            if key is not None:
-                try:
-                    joined = await self.resume.start(request, url, body, key)
-                    return joined if isinstance(joined, web.StreamResponse) else await joined
-                except BackendUnavailable as exc:
-                    if self.ctx.config.backend.on_outage != "allow":
-                        self.metrics.rejected("backend_unavailable")
-                        return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
-                    # allow: serve it, without resume, rather than not at all; and
-                    # unguarded at once: the session claim would wait on the same
-                    # backend for another whole budget.
-                    self.metrics.rejected("backend_unavailable_allowed")
-                    log.warning("session_unguarded", route=self.route.name, reason=str(exc))
-                    key = None
+            key = None  # served without resume: it had no key, or the backend is out
         task = asyncio.current_task()
         assert task is not None  # a handler always runs in a task
         handle = StreamHandle(secrets.token_hex(8), self.route.name, task)
@@ -101,6 +86,36 @@ class RouteHandler:
         response = await run.serve()
         assert response is not None  # a client stream always commits or refuses
         return response
+
+    async def _join(
+        self,
+        resume: ResumeEntry,
+        request: web.Request,
+        url: URL,
+        body: bytes | None,
+        key: str | None,
+    ) -> Joined | None:
+        """A resume route's answer: a reconnect's or a new run's; None: serve it without resume."""
+        last_id = request.headers.get("Last-Event-ID") or query_param(
+            request.rel_url.raw_query_string, self.route.resume.query_param
+        )
+        if last_id:
+            # A reconnect follows the run it lost; a POST body is not sent again.
+            return await resume.reattach(request, key, last_id)
+        if key is None:
+            return None
+        try:
+            return await resume.start(request, url, body, key)
+        except BackendUnavailable as exc:
+            if self.ctx.config.backend.on_outage != "allow":
+                self.metrics.rejected("backend_unavailable")
+                return json_error(503, exc.code, str(exc), **{"Retry-After": "1"})
+            # allow: serve it, without resume, rather than not at all; and
+            # unguarded at once: the session claim would wait on the same
+            # backend for another whole budget.
+            self.metrics.rejected("backend_unavailable_allowed")
+            log.warning("session_unguarded", route=self.route.name, reason=str(exc))
+            return None
 
     async def _refuse(self, request: web.Request) -> web.Response | None:
         if self.ctx.draining:

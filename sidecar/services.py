@@ -15,13 +15,16 @@ from sidecar.dialects import dialect_for
 from sidecar.forwarding import TrustedProxies
 from sidecar.metrics import RouteMetrics
 from sidecar.normalize import Normalizer
+from sidecar.sessions.binding import CredentialBinding, CredentialedRequest
 from sidecar.stream.pacing import Pacing
 
 
 class RouteServices:
     """The per-route parts a stream needs (config, context, normaliser, metrics)."""
 
-    __slots__ = ("_pacing", "admission", "ctx", "metrics", "normalizer", "raw_events", "route")
+    __slots__ = (
+        "_pacing", "admission", "binding", "ctx", "metrics", "normalizer", "raw_events", "route",
+    )  # fmt: skip
 
     def __init__(self, route: Route, ctx: Context) -> None:
         self.route = route
@@ -43,7 +46,13 @@ class RouteServices:
             Pacing.of(route.limits, 0.0),
             Pacing.of(route.limits, route.heartbeat.interval),
         )
+        #: The credentials the route's sessions are bound to (``session.bind``).
+        self.binding = CredentialBinding(route.bind)
 
     def pacing(self, heartbeats: bool = True) -> Pacing:
         """The route's limits, and its heartbeat interval if ``heartbeats``."""
         return self._pacing[heartbeats]
+
+    def credentials_of(self, request: CredentialedRequest, key: str) -> str:
+        """The fingerprint of a request's credentials for session ``key`` of this route."""
+        return self.binding.of_request(self.route.name, key, request)

@@ -22,16 +22,17 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from sidecar.client import json_error, start_response
+from sidecar.client import start_response
 from sidecar.context import StreamHandle
 from sidecar.dialects import Dialect
 from sidecar.errors import BackendUnavailable, SessionForbidden
-from sidecar.replay.base import FORBIDDEN, Entry, ReplayLog
+from sidecar.replay.base import Entry, ReplayLog
 from sidecar.resume.follower import Follower, unavailable
 from sidecar.resume.run import ResumableRun
 from sidecar.resume.takeover import Resumed, Takeover
 from sidecar.services import RouteServices
-from sidecar.sessions.binding import CredentialBinding, same_credentials
+from sidecar.sessions.binding import same_credentials
+from sidecar.stream.claim import forbidden
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -48,7 +49,7 @@ class ResumeEntry:
     def __init__(self, services: RouteServices) -> None:
         self.services = services
         self.runs: dict[str, ResumableRun] = {}
-        self.binding = CredentialBinding(services.route.resume.bind)
+        self.binding = services.binding
         self.takeover = Takeover(services, self.runs)
 
     async def start(self, request: web.Request, url: URL, body: bytes | None, key: str) -> Joined:
@@ -169,16 +170,14 @@ class ResumeEntry:
         return follower.serve(run.stream_headers if run is not None else None)
 
     def credentials_of(self, request: web.Request, key: str) -> str:
-        """The fingerprint of this request's credentials, as the route's ``resume.bind`` says."""
-        route = self.services.route.name
-        return self.binding.of_request(route, key, request)
+        """The fingerprint of this request's credentials, as the route's ``session.bind`` says."""
+        return self.services.credentials_of(request, key)
 
     def forbidden(self) -> web.Response:
         """Other credentials than the run's: refused, never the replay."""
         services = self.services
         services.ctx.metrics.resume.labels(services.route.name, "forbidden").inc()
-        services.metrics.rejected(SessionForbidden.code)
-        return json_error(403, SessionForbidden.code, FORBIDDEN)
+        return forbidden(services)
 
 
 async def _caught_up(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from aiohttp import web
 from sidecar.dialects import Dialect
 from sidecar.errors import BackendUnavailable, ClientGone, SlowClient
 from sidecar.headers import Headers
-from sidecar.replay.base import NotTaken, ReplayLog
+from sidecar.replay.base import Entry, NotTaken, ReplayLog
 from sidecar.services import RouteServices
 from sidecar.stream.sink import ClientSink
 from sidecar.stream.state import StreamState
@@ -157,32 +158,23 @@ class Follower:
             if waited and self.run is not None:
                 self.run.detach()
         # Then the log is written out until its end, in this frame: each
-        # coroutine a stream's handler awaits is held for the stream's life.
+        # coroutine a stream's handler awaits is held for the stream's life,
+        # and so is each local of this one. So every await is here, and what
+        # is decided between two of them is a plain method that has returned
+        # before anything waits.
         try:
             await self.sink.open()
-            m = self.services.metrics
-            state = self.state
-            interval = self.pacing.heartbeat
-            idle = self.route.limits.idle_timeout
-            grace = self.route.resume.grace
             self.last_entry = self.loop.time()
-            followed_at = -grace
-            remote = self.run is None
+            followed_at = -math.inf
             while True:
                 now = self.loop.time()
-                if remote and now - followed_at > grace / 3:
-                    await self.log.follow(grace)  # keeps a run on another process going
+                if self.run is None and now - followed_at > self.route.resume.grace / 3:
+                    # Keeps a run on another process going.
+                    await self.log.follow(self.route.resume.grace)
                     followed_at = now
-                block = min(self.last_entry + idle, now + grace / 3) - now
-                if interval > 0:
-                    block = min(block, state.last_write + interval - now)
-                if remote:
-                    # A quiet run elsewhere is asked after once a second, so the
-                    # death of its process ends this stream within its lease + 1 s.
-                    block = min(block, OWNER_CHECK)
                 if self.run is not None and self.run.direct(self):
                     try:
-                        await self._direct_wait(max(block, 0.0))
+                        await self._direct_wait(self._block(now))
                     finally:
                         self._direct_over()
                     if self.ended:
@@ -190,96 +182,136 @@ class Follower:
                         return response
                     entries = await self.log.read(self.after_seq, 0)
                 else:
-                    entries = await self.log.read(self.after_seq, max(block, 0.0))
+                    entries = await self.log.read(self.after_seq, self._block(now))
                 now = self.loop.time()
-                if entries and entries[0].seq > self.after_seq + 1:
-                    # This client fell further behind than the buffer holds.
-                    self.services.ctx.metrics.resume.labels(self.route.name, "gap").inc()
-                    message = "events were lost: the client fell behind the resume buffer"
-                    dialect = self.services.normalizer.dialect
-                    await self.sink.write(dialect.error("resume_gap", message, partial=True))
-                    self.outcome = "completed"
-                    return response
                 if entries:
-                    self.last_entry = now
+                    ending = self._lost(entries)
+                    if ending is not None:
+                        await self.sink.write(ending)
+                        self.outcome = "completed"
+                        return response
                     await self.sink.write(b"".join(e.data for e in entries))
-                    replayed = sum(1 for e in entries if e.seq <= self.replay_until)
-                    if replayed:
-                        self.replayed += replayed
-                        m.event("replayed", replayed)
-                    self.after_seq = entries[-1].seq
-                    if entries[-1].terminal:
+                    if self._forwarded(entries, now):
                         self.outcome = "completed"
                         return response
                     continue
                 if self.run is not None and self.run.done:
                     if await self.log.read(self.after_seq, 0):
                         continue  # it ended while we looked: write the rest first
-                    # It ended without a terminal entry (abandoned as this client came,
-                    # or a run taken over whose session claim was refused and whose
-                    # log could not be given its end); the client still gets an end.
-                    message = "the stream ended before its terminal event"
-                    data = self.dialect.error("upstream_disconnected", message, partial=True)
-                    await self.sink.write(data)
+                    await self.sink.write(self._unfinished())
                     self.outcome = "upstream_disconnected"
                     return response
-                if remote and await self.log.abandoned():
+                if self.run is None and await self.log.abandoned():
                     if await self.log.read(self.after_seq, 0):
                         continue  # what it wrote before it died comes first
                     if await self._taken_over():
-                        remote = self.run is None
                         continue
                     self.outcome = await self._gone()
                     return response
-                # A run of this process has the same limit on its upstream and
-                # always ends with a terminal entry (or resumes its upstream):
-                # only a follower of a run elsewhere needs its own idle limit.
-                if remote and now - self.last_entry >= idle:
-                    data = self.services.normalizer.dialect.error(
-                        "upstream_timeout",
-                        f"no event for limits.idle_timeout ({idle:g}s) while following the stream",
-                        partial=True,
-                    )
-                    await self.sink.write(data)
+                ending = self._timed_out(now)
+                if ending is not None:
+                    await self.sink.write(ending)
                     self.outcome = "completed"
                     return response
-                if self.pacing.heartbeat_due(now, state.last_write):
+                if self.pacing.heartbeat_due(now, self.state.last_write):
                     await self.sink.write(self.services.normalizer.keepalive)
-                    state.heartbeat()
+                    self.state.heartbeat()
         except asyncio.CancelledError:
             if not self.replaced:
                 raise  # the client went away
-            assert self.task is not None
-            self.task.uncancel()
-            self.outcome = "replaced"
-            message = "a newer connection resumed this stream"
             with contextlib.suppress(ClientGone, SlowClient):
-                dialect = self.services.normalizer.dialect
-                await self.sink.write(dialect.error("replaced", message, partial=True))
+                await self.sink.write(self._replaced())
         except BackendUnavailable as exc:
             self.outcome = "backend_unavailable"
             with contextlib.suppress(ClientGone, SlowClient):
-                await self.sink.write(unavailable(str(exc), self.services.normalizer.dialect))
+                await self.sink.write(unavailable(str(exc), self.dialect))
         except (ClientGone, SlowClient) as exc:
             if isinstance(exc, SlowClient):
                 self.outcome = "slow_client"
                 self.services.ctx.metrics.slow_clients.labels(self.route.name).inc()
         finally:
-            if self.run is not None:
-                self.run.detach(self)
-            # The run logs its own start and end; this is the client's side.
-            log.info(
-                "follow_end",
-                route=self.route.name,
-                request_id=self.request_id,
-                run=self.log.run_id,
-                outcome=self.outcome,
-                duration_s=round(self.loop.time() - self.state.started, 3),
-                replayed=self.replayed,
-                heartbeats=self.state.heartbeats,
-                bytes_out=self.state.bytes_out,
-            )
+            self._ended()
         return response
+
+    # --- what serve decides between its awaits (none of these awaits) ---------
+
+    def _block(self, now: float) -> float:
+        """How long the next wait may last: to the idle limit, a heartbeat, a follow, a check."""
+        grace = self.route.resume.grace
+        block = min(self.last_entry + self.route.limits.idle_timeout, now + grace / 3) - now
+        interval = self.pacing.heartbeat
+        if interval > 0:
+            block = min(block, self.state.last_write + interval - now)
+        if self.run is None:
+            # A quiet run elsewhere is asked after once a second, so the
+            # death of its process ends this stream within its lease + 1 s.
+            block = min(block, OWNER_CHECK)
+        return max(block, 0.0)
+
+    def _lost(self, entries: list[Entry]) -> bytes | None:
+        """The stream's last write if this client fell further behind than the buffer holds."""
+        if entries[0].seq <= self.after_seq + 1:
+            return None
+        self.services.ctx.metrics.resume.labels(self.route.name, "gap").inc()
+        message = "events were lost: the client fell behind the resume buffer"
+        return self.dialect.error("resume_gap", message, partial=True)
+
+    def _forwarded(self, entries: list[Entry], now: float) -> bool:
+        """Count the entries the client was just sent; whether the last one ends the stream."""
+        self.last_entry = now
+        replayed = sum(1 for e in entries if e.seq <= self.replay_until)
+        if replayed:
+            self.replayed += replayed
+            self.services.metrics.event("replayed", replayed)
+        self.after_seq = entries[-1].seq
+        return entries[-1].terminal
+
+    def _unfinished(self) -> bytes:
+        """The end of a run of this process that ended without a terminal entry.
+
+        It was abandoned as this client came, or it was taken over, its session
+        claim was refused and its log could not be given its end: the client
+        still gets an end.
+        """
+        message = "the stream ended before its terminal event"
+        return self.dialect.error("upstream_disconnected", message, partial=True)
+
+    def _timed_out(self, now: float) -> bytes | None:
+        """The stream's last write once a run elsewhere was silent for the idle limit.
+
+        A run of this process has the same limit on its upstream and always
+        ends with a terminal entry (or resumes its upstream): only a follower
+        of a run elsewhere needs its own idle limit.
+        """
+        idle = self.route.limits.idle_timeout
+        if self.run is not None or now - self.last_entry < idle:
+            return None
+        message = f"no event for limits.idle_timeout ({idle:g}s) while following the stream"
+        return self.dialect.error("upstream_timeout", message, partial=True)
+
+    def _replaced(self) -> bytes:
+        """A newer connection took over (:meth:`stop`): the cancel is ours, the last write this."""
+        assert self.task is not None
+        self.task.uncancel()
+        self.outcome = "replaced"
+        message = "a newer connection resumed this stream"
+        return self.dialect.error("replaced", message, partial=True)
+
+    def _ended(self) -> None:
+        if self.run is not None:
+            self.run.detach(self)
+        # The run logs its own start and end; this is the client's side.
+        log.info(
+            "follow_end",
+            route=self.route.name,
+            request_id=self.request_id,
+            run=self.log.run_id,
+            outcome=self.outcome,
+            duration_s=round(self.loop.time() - self.state.started, 3),
+            replayed=self.replayed,
+            heartbeats=self.state.heartbeats,
+            bytes_out=self.state.bytes_out,
+        )
 
     @property
     def dialect(self) -> Dialect:

@@ -1,13 +1,16 @@
-"""Which credentials a resumable run belongs to: a fingerprint of the starting request.
+"""Which credentials a session's stream belongs to: a fingerprint of the starting request.
 
-A reconnect is served from the replay log without asking the upstream, so the
-upstream's authentication never sees it; the session key alone is no secret
-(keys are often conversation or user ids). So a run keeps a fingerprint of the
-credentials of the request that started it (by default its ``Authorization``
-and ``Cookie`` headers), and a reconnect, a replace or a stop must present the
-same ones. The fingerprint is a SHA-256 over the route, the session key and
-the configured values, so the log stores no credential, and equal credentials
-on another route or session give another fingerprint. Pure: plain mappings in.
+The session key alone is no secret (keys are often conversation or user ids):
+it must not let one user cut off another's stream by replacing it, nor, on
+resume routes, read it (a reconnect is served from the replay log without
+asking the upstream, so the upstream's authentication never sees it). So a
+session claim and a resumable run keep a fingerprint of the credentials of
+the request that started them (``session.bind``; by default its
+``Authorization`` and ``Cookie`` headers), and a replace, a reconnect or a
+stop must present the same ones. The fingerprint is a SHA-256 over the route,
+the session key and the configured values, so no claim or log stores a
+credential, and equal credentials on another route or session give another
+fingerprint. Pure: plain mappings in.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ _UNREAD: Mapping[str, str] = MappingProxyType({})
 
 
 class CredentialBinding:
-    """The fingerprint of a request's credentials, as ``resume.bind`` lists them."""
+    """The fingerprint of a request's credentials, as ``session.bind`` lists them."""
 
     __slots__ = ("_sources",)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from sidecar.errors import SessionConflict
-from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
+from sidecar.errors import SessionConflict, SessionForbidden
+from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy, may_end
 
 
 class MemorySessionStore:
@@ -36,12 +36,16 @@ class MemorySessionStore:
     def __len__(self) -> int:
         return len(self._held)
 
-    async def claim(self, route: str, key: str, policy: Policy, holder: Holder) -> Claim:
+    async def claim(
+        self, route: str, key: str, policy: Policy, holder: Holder, binding: str = ""
+    ) -> Claim:
         slot = (route, key)
         old = self._held.get(slot)
         if old is not None and policy == "reject":
             raise SessionConflict(f"session already has a live stream on route {route}")
-        claim = Claim(route, key, next(self._tokens), holder)
+        if old is not None and not may_end(old.binding, binding):
+            raise SessionForbidden(f"the live stream on route {route} has other credentials")
+        claim = Claim(route, key, next(self._tokens), holder, binding=binding)
         # The newcomer owns the session from now on, so a third request
         # replaces it, not the stream that is on its way out.
         self._held[slot] = claim
@@ -55,10 +59,12 @@ class MemorySessionStore:
                 pass  # it is told to stop; the session is ours either way
         return claim
 
-    async def stop(self, route: str, key: str) -> bool:
+    async def stop(self, route: str, key: str, binding: str = "") -> bool:
         claim = self._held.get((route, key))
         if claim is None:
             return False
+        if not may_end(claim.binding, binding):
+            raise SessionForbidden(f"the live stream on route {route} has other credentials")
         claim.holder.stop("stopped")
         return True
 

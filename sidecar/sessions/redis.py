@@ -34,7 +34,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from sidecar import looptime
-from sidecar.errors import BackendUnavailable, SessionConflict
+from sidecar.errors import BackendUnavailable, SessionConflict, SessionForbidden
 from sidecar.flag import Flag
 from sidecar.redisconn import (
     BUDGET,
@@ -44,17 +44,20 @@ from sidecar.redisconn import (
     ScriptRounds,
     connect,
 )
-from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy
+from sidecar.sessions.base import REPLACE_WAIT, Claim, Holder, Policy, may_end
 from sidecar.sessions.channel import Subscriber
 from sidecar.sessions.redis_leases import Health, Held, Leases, milliseconds
 from sidecar.sessions.redis_scripts import (
     CLAIM,
+    FORBIDDEN_TOKEN,
     RELEASE,
     RENEW,
     STOP,
+    bound_to,
     fence_key,
     fence_ttl,
     owner_key,
+    owner_value,
     stop_key,
 )
 
@@ -183,15 +186,16 @@ class RedisSessionStore:
 
     # --- claim and release ---------------------------------------------------
 
-    async def claim(self, route: str, key: str, policy: Policy, holder: Holder) -> Claim:
-        redis = self._redis
-        if redis is None:
+    async def claim(
+        self, route: str, key: str, policy: Policy, holder: Holder, binding: str = ""
+    ) -> Claim:
+        if self._redis is None:
             raise BackendUnavailable("the session backend (redis) is not running")
-        entry = Held(route, key, f"{self.owner_id}:{next(self._seq)}", holder)
+        entry = Held(route, key, owner_value(self.owner_id, next(self._seq), binding), holder)
         # Registered before the script runs, so a replace that overtakes it
         # (a newer claim, in this process or another) finds the holder.
         self._held[entry.value] = entry
-        attempt = asyncio.ensure_future(self._take(redis, entry, policy))
+        attempt = asyncio.ensure_future(self._take(entry, policy, binding))
         try:
             # Shielded: once sent, the script runs; a cancelled claim must
             # learn what it did to undo it (see _abandon).
@@ -209,6 +213,9 @@ class RedisSessionStore:
         if token == 0:
             self._forget(entry)
             raise SessionConflict(f"session already has a live stream on route {route}")
+        if token == FORBIDDEN_TOKEN:
+            self._forget(entry)
+            raise SessionForbidden(f"the live stream on route {route} has other credentials")
         entry.token = token
         claim = Claim(route, key, token, holder, replaced=old is not None, released=entry.done)
         self._owned[claim] = entry
@@ -231,14 +238,14 @@ class RedisSessionStore:
         # The work finishes even if the caller is cancelled meanwhile.
         await asyncio.shield(self._spawn(self._let_go(entry)))
 
-    async def stop(self, route: str, key: str) -> bool:
+    async def stop(self, route: str, key: str, binding: str = "") -> bool:
         """Stop the owner of ``key``: here at once, elsewhere by message and stop mark."""
         redis = self._redis
         if redis is None:
             raise BackendUnavailable("the session backend (redis) is not running")
         try:
             async with looptime.timeout(BUDGET):
-                stopped = await self._stop_owner(redis, route, key)
+                stopped = await self._stop_owner(redis, route, key, binding)
         except (RedisError, OSError, TimeoutError) as exc:
             self._health.failed(exc if not isinstance(exc, TimeoutError) else OSError("timed out"))
             raise BackendUnavailable(
@@ -247,16 +254,19 @@ class RedisSessionStore:
         self._health.ok()
         return stopped
 
-    async def _stop_owner(self, redis: Client, route: str, key: str) -> bool:
+    async def _stop_owner(self, redis: Client, route: str, key: str, binding: str) -> bool:
         keys = [owner_key(self.prefix, route, key), stop_key(self.prefix, route, key)]
-        # The script marks only the owner read here, so a mark never stops a
-        # newer owner; a claim or release that lands in between is read on
-        # the next turn.
+        # The script marks only the owner read here (its value, binding and
+        # all), so a mark never stops a newer owner, nor one whose binding was
+        # not the one checked; a claim or release that lands in between is
+        # read on the next turn.
         for _ in range(_STOP_TURNS):
             value = await redis.get(keys[0])
             if value is None:
                 return False
             value = _text(value)
+            if not may_end(bound_to(value), binding):
+                raise SessionForbidden(f"the live stream on route {route} has other credentials")
             local = self._held.get(value)
             if local is not None:
                 local.stop("stopped")
@@ -267,13 +277,14 @@ class RedisSessionStore:
                 return True
         return False  # owners coming and going faster than they can be read: none to name
 
-    async def _take(self, redis: Client, entry: Held, policy: Policy) -> tuple[int, str | None]:
+    async def _take(self, entry: Held, policy: Policy, binding: str) -> tuple[int, str | None]:
         prefix, route, key = self.prefix, entry.route, entry.key
         assert self._claims is not None
+        args = [entry.value, self._lease_ms, policy, self.channel, self._fence_ms, route, key]
         token, old = await self._claims.call(
             self._claim_script,
             [owner_key(prefix, route, key), fence_key(prefix, route, key)],
-            [entry.value, self._lease_ms, policy, self.channel, self._fence_ms, route, key],
+            [*args, binding],
             BUDGET,
         )
         return int(token), None if old is None else _text(old)
@@ -308,9 +319,10 @@ class RedisSessionStore:
         async def undo() -> None:
             try:
                 token, _ = await attempt
+                took = token > 0  # 0 and FORBIDDEN_TOKEN: refused, nothing written
             except (RedisError, OSError, asyncio.CancelledError):
-                token = -1  # unknown whether it ran: delete our value if it is there
-            if token != 0:
+                took = True  # unknown whether it ran: delete our value if it is there
+            if took:
                 await self._let_go(entry)
             else:
                 self._forget(entry)

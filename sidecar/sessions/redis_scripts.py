@@ -6,15 +6,26 @@ goes in (KEYS, ARGV) and what comes out.
 
 from __future__ import annotations
 
+import re
+
 from sidecar.rediskeys import session_tag
 
-# KEYS: owner, fence. ARGV: value, lease_ms, policy, channel, fence_ttl_ms, route, key.
-# Returns {token, old value or nil}; token 0 means refused (reject and taken).
+# KEYS: owner, fence. ARGV: value, lease_ms, policy, channel, fence_ttl_ms, route,
+# key, binding. Returns {token, old value or nil}; token 0 means refused (reject
+# and taken), -1 (FORBIDDEN_TOKEN) refused because the owner's value is bound to
+# other credentials than ``binding`` (see owner_value): compared here, so two
+# replicas cannot both pass a check made before the script. An owner value
+# bound to nothing (bind: [], or written before values carried a binding) may
+# be replaced by anyone (sessions/base.py, may_end).
 # Finding its own value means a retry after a lost reply: answer as the first run did.
 CLAIM = """
 local old = redis.call('GET', KEYS[1])
 if old == ARGV[1] then return {tonumber(redis.call('GET', KEYS[2]) or '0'), false} end
 if old and ARGV[3] == 'reject' then return {0, old} end
+if old then
+  local bound = string.match(old, '/(%x+)$')
+  if bound and bound ~= ARGV[8] then return {-1, old} end
+end
 local token = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -82,6 +93,9 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
+#: CLAIM's token for a replace refused: the owner is bound to other credentials.
+FORBIDDEN_TOKEN = -1
+
 #: A fence counter outlives every claim drawn from it by a day.
 FENCE_TTL = 86400.0
 
@@ -89,6 +103,26 @@ FENCE_TTL = 86400.0
 def fence_ttl(lease: float) -> float:
     """How long a session's fence counter is kept past its last claim or renewal."""
     return max(FENCE_TTL, 10 * lease)
+
+
+def owner_value(owner_id: str, seq: int, binding: str) -> str:
+    """What a claim writes into the owner key: unique, and the owner's credentials.
+
+    ``{owner_id}:{seq}``, then ``/{binding}`` (a hex digest) when the claim is
+    bound: CLAIM reads the binding back from the value, so the lease, renewal,
+    release and stop, which compare whole values, need nothing new, and a
+    replica of a version that did not write one reads the value as before.
+    """
+    return f"{owner_id}:{seq}/{binding}" if binding else f"{owner_id}:{seq}"
+
+
+_BINDING = re.compile(r"/([0-9A-Fa-f]+)$")
+
+
+def bound_to(value: str) -> str:
+    """The binding an owner value carries ("" for none), read as CLAIM reads it ('/(%x+)$')."""
+    match = _BINDING.search(value)
+    return match[1] if match else ""
 
 
 def owner_key(prefix: str, route: str, key: str) -> str:

@@ -167,7 +167,7 @@ class StreamRun:
             try:
                 if self.session_key is not None:
                     claimed = await claim_session(
-                        self.services, state, self.handle, self.session_key,
+                        self.services, state, self.handle, self.session_key, self.request,
                         taken_over=self._resuming,
                     )  # fmt: skip
                     if isinstance(claimed, web.Response):

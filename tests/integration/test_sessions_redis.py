@@ -147,9 +147,9 @@ async def test_a_retried_claim_script_answers_as_the_first_run(stores, raw):
     await pubsub.subscribe(store.channel)
     assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
     entry = Held(ROUTE, "k", "me:1", FakeHolder())
-    first = await store._take(store._redis, entry, "replace")
-    assert await store._take(store._redis, entry, "replace") == first
-    assert await store._take(store._redis, entry, "reject") == first
+    first = await store._take(entry, "replace", "")
+    assert await store._take(entry, "replace", "") == first
+    assert await store._take(entry, "reject", "") == first
     assert first == (first[0], None)
     assert first[0] > 0
     assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2) is None

@@ -1,7 +1,8 @@
 """Session claims on a real Redis Cluster: the single-server tests again, store and sidecars.
 
-The tests of tests/integration/test_sessions_redis.py that need no server
-restart run here unchanged against a 3-master cluster
+The tests of tests/integration/test_sessions_redis.py (and of its bindings,
+test_sessions_bound_redis.py) that need no server restart run here
+unchanged against a 3-master cluster
 (tests/fixtures_redis_cluster.py): the claim scripts run on the session's
 slot, and replace messages (PUBLISH from a script) reach subscribers on every
 node.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.integration import test_sessions_bound_redis as bound
 from tests.integration import test_sessions_redis as single
 from tests.integration import test_stop_redis as stop
 from tests.integration.test_sessions_redis import sidecar_processes, stores
@@ -79,4 +81,19 @@ test_release_takes_its_own_mark_with_it_and_no_other = (
 )
 test_a_store_that_hears_nothing_is_stopped_by_its_next_renewal = (
     stop.test_a_store_that_hears_nothing_is_stopped_by_its_next_renewal
+)
+test_a_replace_with_other_credentials_is_refused_and_the_owner_goes_on = (
+    bound.test_a_replace_with_other_credentials_is_refused_and_the_owner_goes_on
+)
+test_concurrent_claims_with_two_credentials_leave_one_of_them_owning = (
+    bound.test_concurrent_claims_with_two_credentials_leave_one_of_them_owning
+)
+test_a_claim_written_without_a_binding_may_be_replaced_by_anyone = (
+    bound.test_a_claim_written_without_a_binding_may_be_replaced_by_anyone
+)
+test_a_stop_with_other_credentials_is_refused_and_leaves_no_mark = (
+    bound.test_a_stop_with_other_credentials_is_refused_and_leaves_no_mark
+)
+test_a_replace_on_another_sidecar_needs_the_owners_credentials = (
+    bound.test_a_replace_on_another_sidecar_needs_the_owners_credentials
 )

@@ -542,6 +542,8 @@ def test_load_shipped_config() -> None:
                 name="chat",
                 path="/v1/chat",
                 upstream="http://127.0.0.1:8000/v1/chat",
+                # Spelled out in the file, so it loads as set, not as the default.
+                session=Session(bind=("header:Authorization", "header:Cookie")),
                 stream=Stream(retry=3.0, open_event=None, commit_after=1.0),
             ),
             # The demo page and its resumable stream (scripts/demo).
@@ -635,19 +637,43 @@ def test_resume_buffer_must_hold_one_event() -> None:
     assert str(err.value).startswith("routes[0].resume.buffer_bytes: must hold at least one event")
 
 
-def test_resume_binds_authorization_and_cookie_by_default() -> None:
+def test_sessions_bind_authorization_and_cookie_by_default() -> None:
     r = from_mapping(config(route())).routes[0]
-    assert r.resume.bind == ("header:Authorization", "header:Cookie")
-    bound = from_mapping(config(route(resume={"bind": ["cookie:sid", "header:X-Key"]})))
-    assert bound.routes[0].resume.bind == ("cookie:sid", "header:X-Key")
-    assert from_mapping(config(route(resume={"bind": []}))).routes[0].resume.bind == ()
+    assert r.bind == ("header:Authorization", "header:Cookie")
+    bound = from_mapping(config(route(session={"bind": ["cookie:sid", "header:X-Key"]})))
+    assert bound.routes[0].bind == ("cookie:sid", "header:X-Key")
+    assert from_mapping(config(route(session={"bind": []}))).routes[0].bind == ()
 
 
-@pytest.mark.parametrize("source", ["query:token", "header:", "cookie:a b", "Authorization"])
-def test_resume_bind_names_a_header_or_cookie(source: str) -> None:
-    assert error_of(config(route(resume={"bind": ["header:Authorization", source]}))) == (
-        f"routes[0].resume.bind[1]: expected header:NAME or cookie:NAME, got {source!r}"
+def test_resume_bind_is_still_read_as_the_old_name_of_session_bind() -> None:
+    # Configs written when only resume routes were bound keep working, and
+    # bind the route's plain replaces too.
+    bound = from_mapping(config(route(resume={"bind": ["cookie:sid"]})))
+    assert bound.routes[0].bind == ("cookie:sid",)
+    assert from_mapping(config(route(resume={"bind": []}))).routes[0].bind == ()
+    both = route(session={"bind": ["cookie:sid"]}, resume={"bind": ["cookie:sid"]})
+    assert from_mapping(config(both)).routes[0].bind == ("cookie:sid",)
+
+
+def test_session_bind_and_its_old_name_must_not_disagree() -> None:
+    clash = route(session={"bind": ["cookie:sid"]}, resume={"bind": []})
+    assert error_of(config(clash)) == (
+        "routes[0].resume.bind: the old name of session.bind, and the two differ "
+        "([] against ['cookie:sid']); set session.bind only"
     )
+
+
+@pytest.mark.parametrize("block", ["session", "resume"])
+@pytest.mark.parametrize("source", ["query:token", "header:", "cookie:a b", "Authorization"])
+def test_bind_names_a_header_or_cookie(block: str, source: str) -> None:
+    assert error_of(config(route(**{block: {"bind": ["header:Authorization", source]}}))) == (
+        f"routes[0].{block}.bind[1]: expected header:NAME or cookie:NAME, got {source!r}"
+    )
+
+
+def test_session_bind_from_the_environment() -> None:
+    environ = {"SSE_SIDECAR_ROUTES__CHAT__SESSION__BIND": "[cookie:sid]"}
+    assert from_mapping(config(route()), environ).routes[0].bind == ("cookie:sid",)
 
 
 def test_backend_pool_size_is_at_least_two() -> None:

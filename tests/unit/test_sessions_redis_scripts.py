@@ -15,7 +15,7 @@ from sidecar.sessions.redis_leases import (
     Held,
     Leases,
 )
-from sidecar.sessions.redis_scripts import stop_key
+from sidecar.sessions.redis_scripts import bound_to, owner_value, stop_key
 
 
 class Recorder:
@@ -31,6 +31,17 @@ def test_key_names():
     assert fence_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:fence:{chat:u-1}"
     # Same hash tag as the owner key: the cluster runs STOP and RENEW on one slot.
     assert stop_key("sse-sidecar:", "chat", "u-1") == "sse-sidecar:stop:{chat:u-1}"
+
+
+def test_an_owner_value_carries_its_binding_after_the_last_slash():
+    # CLAIM reads it back with '/(%x+)$'; unbound values keep the old form.
+    fingerprint = "0f" * 32
+    assert owner_value("ab12", 7, fingerprint) == f"ab12:7/{fingerprint}"
+    assert owner_value("ab12", 7, "") == "ab12:7"
+    assert bound_to(owner_value("ab12", 7, fingerprint)) == fingerprint
+    # Unbound, or written before bindings (always ending in :SEQ): nothing to compare.
+    for unbound in ("ab12:7", "pod/7f:3"):
+        assert bound_to(unbound) == ""
 
 
 def test_routes_and_keys_with_colons_never_share_a_name():

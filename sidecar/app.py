@@ -19,7 +19,7 @@ from sidecar.probe import add_probe_route
 from sidecar.proxy import RouteHandler
 from sidecar.replay.base import ReplayStore
 from sidecar.replay.memory import MemoryReplayStore
-from sidecar.server import Guard, GuardedRunner
+from sidecar.server import Guard, GuardedRunner, start_site
 from sidecar.sessions.base import SessionStore
 from sidecar.sessions.memory import MemorySessionStore
 
@@ -154,14 +154,12 @@ class Sidecar:
         site = web.TCPSite(
             self._runner, listen.host, listen.port, backlog=1024, reuse_port=self.worker or None
         )
-        await site.start()
-        self.port = _bound_port(site)
+        self.port = await start_site(site, "listen")
         if self.worker:
             return
         await self._admin_runner.setup()
         admin_site = web.TCPSite(self._admin_runner, self.config.admin.host, self.config.admin.port)
-        await admin_site.start()
-        self.admin_port = _bound_port(admin_site)
+        self.admin_port = await start_site(admin_site, "admin")
 
     async def drain(self) -> None:
         """Refuse new streams, let running ones finish, then end them with error/shutdown."""
@@ -187,12 +185,3 @@ class Sidecar:
     async def shutdown(self) -> None:
         await self.drain()
         await self.stop()
-
-
-def _bound_port(site: web.BaseSite) -> int:
-    server = site._server  # aiohttp exposes the bound socket nowhere else
-    sockets = getattr(server, "sockets", None)
-    if not sockets:
-        raise RuntimeError("site is not listening")
-    port: int = sockets[0].getsockname()[1]
-    return port

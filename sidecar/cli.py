@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from sidecar import __version__, serve
 from sidecar.config import Config, load
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ListenError
 from sidecar.serve import tune_gc
 
 __all__ = ["main", "run", "tune_gc"]
@@ -108,11 +108,15 @@ def run(config: Config, *, worker: bool = False) -> int:
     from sidecar import logs
 
     logs.configure(config.logging)
-    if config.workers > 1 and not worker:
-        from sidecar.workers import Supervisor
+    try:
+        if config.workers > 1 and not worker:
+            from sidecar.workers import Supervisor
 
-        return asyncio.run(Supervisor(config).run())
-    return serve.run(config, worker)
+            return asyncio.run(Supervisor(config).run())
+        return serve.run(config, worker)
+    except ListenError as exc:
+        print(f"sse-sidecar: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # python -m sidecar.cli, as python -m sidecar

@@ -24,6 +24,12 @@ class ConfigError(SidecarError):
     code = "config"
 
 
+class ListenError(SidecarError):
+    """A port in the configuration cannot be listened on (in use, not permitted)."""
+
+    code = "listen"
+
+
 class ProtocolError(SidecarError):
     """The upstream sent bytes that are not a valid event stream."""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +33,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from sidecar.config import ServerLimits
+from sidecar.errors import ListenError
 from sidecar.metrics import Metrics
 
 log = structlog.get_logger("sse_sidecar")
@@ -331,3 +333,25 @@ def guard_heads(limits: ServerLimits, guard: Guard, handler: Handler) -> Handler
 
 async def _answered(response: web.StreamResponse) -> web.StreamResponse:
     return response
+
+
+async def start_site(site: web.TCPSite, key: str) -> int:
+    """Listen on ``site``'s address, the setting ``key``'s; the port bound.
+
+    A port taken by another process (or not ours to bind) is the
+    configuration's problem: ListenError names the setting and the address,
+    so the operator reads one line, not a traceback.
+    """
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ListenError(
+            f"{key}: cannot listen on {site.name.removeprefix('http://')}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc}"
+        ) from exc
+    server = site._server  # aiohttp exposes the bound socket nowhere else
+    sockets = getattr(server, "sockets", None)
+    if not sockets:
+        raise RuntimeError("site is not listening")
+    port: int = sockets[0].getsockname()[1]
+    return port

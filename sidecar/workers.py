@@ -31,7 +31,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from sidecar.config import Config
+from sidecar.errors import ListenError
 from sidecar.metrics import admin_app
+from sidecar.server import start_site
 
 log = structlog.get_logger("sse_sidecar")
 
@@ -48,7 +50,13 @@ def _worker_main(config: Config, index: int, listening: Event) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     structlog.contextvars.bind_contextvars(worker=index)
     logs.configure(config.logging)
-    raise SystemExit(serve.run(config, worker=True, on_listening=listening.set))
+    try:
+        code = serve.run(config, worker=True, on_listening=listening.set)
+    except ListenError as exc:
+        # The supervisor logs the exit and starts it again (the port may come free).
+        log.error("worker_cannot_listen", worker=index, error=str(exc))
+        code = 1
+    raise SystemExit(code)
 
 
 class Supervisor:
@@ -98,8 +106,9 @@ class Supervisor:
         # class from this variable when a process first imports it.
         os.environ[_MULTIPROC_ENV] = self.metrics_dir
         try:
-            self.procs = [self._start_worker(i) for i in range(self.config.workers)]
+            # The admin port first: if it cannot be had, no worker is left behind.
             runner = await self._start_admin()
+            self.procs = [self._start_worker(i) for i in range(self.config.workers)]
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -147,5 +156,5 @@ class Supervisor:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.config.admin.host, self.config.admin.port)
-        await site.start()
+        await start_site(site, "admin")
         return runner

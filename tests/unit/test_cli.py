@@ -1,8 +1,9 @@
-"""CLI tests: --check-config, --version and argument errors (the server itself is not started)."""
+"""CLI tests: --check-config, --version, argument errors, and a port the server cannot have."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tomllib
@@ -218,3 +219,33 @@ def test_a_bad_dialect_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad = SDK_ROUTES.replace("dialect: anthropic", "dialect: claude")
     assert main(["--check-config", str(write(tmp_path, bad))]) == 2
     assert "routes[1].dialect" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_is_one_line_naming_the_setting_and_exit_1(
+    tmp_path: Path, workers: int
+) -> None:
+    """The stream port (one process) or the supervisor's admin port: no traceback, no worker."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with taken:
+        key = "listen" if workers == 1 else "admin"
+        ports = {"listen": 0, "admin": 0, key: port}
+        config = write(
+            tmp_path,
+            f"listen: {{host: 127.0.0.1, port: {ports['listen']}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {ports['admin']}}}\n"
+            f"workers: {workers}\n"
+            "backend: {kind: redis, url: 'redis://127.0.0.1:1/0'}\n"
+            "routes: [{name: chat, path: /v1/chat, upstream: 'http://127.0.0.1:9'}]\n",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "sidecar", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"sse-sidecar: {key}: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )

@@ -145,13 +145,13 @@ def _result(child: Child, timeout: float, phase: str = "done") -> dict[str, Any]
 
 
 def _flow(scn: Scenario, target: targets.Target, streams: int, workdir: Path) -> dict[str, Any]:
-    base, base_parts = target.usage(), _cpu_parts(target)
+    base, base_parts = target.usage_parts()
     backend0 = target.backend()
     clients = _clients(scn, target, streams, workdir)
     try:
         with PeakRss(target) as peak:
             parts = [_result(c, scn.deadline + 30) for c in clients]
-        end, end_parts = target.usage(), _cpu_parts(target)
+        end, end_parts = target.usage_parts()
     finally:
         for c in clients:
             c.stop()
@@ -174,10 +174,6 @@ def _flow(scn: Scenario, target: targets.Target, streams: int, workdir: Path) ->
         }  # fmt: skip
     _backend(out, backend0, target.backend())
     return out
-
-
-def _cpu_parts(target: targets.Target) -> dict[str, float]:
-    return {role: Usage.of(pid).cpu_s for role, pid in target.pids().items()}
 
 
 def _per_event(cpu_s: float, events: int) -> float:

@@ -102,10 +102,20 @@ class Target:
 
     def usage(self) -> Usage:
         """CPU time and RSS of all the proxy's processes together."""
-        parts = [Usage.of(pid) for pid in self.pids().values()]
+        return self.usage_parts()[0]
+
+    def usage_parts(self) -> tuple[Usage, dict[str, float]]:
+        """The proxy's usage and each role's CPU seconds, from the same reads.
+
+        The total is the sum of the parts as read, so the two always agree:
+        reading them apart lets a clock tick fall between the reads.
+        """
+        parts = {role: Usage.of(pid) for role, pid in self.pids().items()}
         if not parts:
-            return Usage.of(None)
-        return Usage(sum(u.cpu_s for u in parts), sum(u.rss_kib for u in parts), parts[-1].at)
+            return Usage.of(None), {}
+        used = list(parts.values())
+        total = Usage(sum(u.cpu_s for u in used), sum(u.rss_kib for u in used), used[-1].at)
+        return total, {role: u.cpu_s for role, u in parts.items()}
 
     @property
     def producer_pid(self) -> int | None:

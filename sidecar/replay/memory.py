@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
@@ -33,7 +34,6 @@ class MemoryReplayLog:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.entries: deque[Entry] = deque()
-        self._index: dict[str, int] = {}
         self._boundary: tuple[str, int] | None = None
         self.bytes = 0
         self.last_seq = 0
@@ -51,20 +51,24 @@ class MemoryReplayLog:
         self.append_nowait(entries)
 
     def append_nowait(self, entries: Sequence[Entry]) -> None:
-        added = 0
-        for entry in entries:
-            self.entries.append(entry)
-            if entry.event_id:
-                self._index[entry.event_id] = entry.seq
-            added += len(entry.data)
-            self.last_seq = entry.seq
+        # Once per read of every resumable stream: no index to keep (a
+        # reconnect looks its event up in the deque), and one entry, the
+        # steady read's, costs no loop.
+        held = self.entries
+        if len(entries) == 1:
+            entry = entries[0]
+            held.append(entry)
+            added = len(entry.data)
+        else:
+            held.extend(entries)
+            added = sum(len(entry.data) for entry in entries)
+        self.last_seq = held[-1].seq
         self.bytes += added
         # Never the newest entry: an event over the byte cap must still reach
         # the followers (it may be the terminal event).
-        held = len(self.entries)
-        while held > 1 and (held > self.max_events or self.bytes > self.max_bytes):
-            self.evict_oldest()
-            held -= 1
+        if len(held) > self.max_events or self.bytes > self.max_bytes:
+            while len(held) > 1 and (len(held) > self.max_events or self.bytes > self.max_bytes):
+                self.evict_oldest()
         store = self._store
         store.total += added
         if store.total > store.max_total_bytes:
@@ -80,16 +84,20 @@ class MemoryReplayLog:
         self._boundary = (old.event_id, old.seq)
         self.bytes -= len(old.data)
         self._store.total -= len(old.data)
-        if self._index.get(old.event_id) == old.seq:
-            del self._index[old.event_id]
 
     async def after(self, event_id: str) -> list[Entry] | None:
-        seq = self._index.get(event_id)
-        if seq is None and self._boundary is not None and self._boundary[0] == event_id != "":
-            seq = self._boundary[1]
-        if seq is None or not self.entries or seq < self.entries[0].seq - 1:
+        held = self.entries
+        if not event_id or not held:
             return None
-        return [e for e in self.entries if e.seq > seq]
+        # From the newest back: a reconnect's event is mostly a recent one,
+        # and an id the upstream repeated resumes after its latest use.
+        for i in range(len(held) - 1, -1, -1):
+            if held[i].event_id == event_id:
+                return list(itertools.islice(held, i + 1, None))
+        boundary = self._boundary
+        if boundary is not None and boundary[0] == event_id and boundary[1] == held[0].seq - 1:
+            return list(held)  # its event was the newest evicted: it misses nothing
+        return None
 
     async def last(self) -> Entry | None:
         return self.entries[-1] if self.entries else None

@@ -111,7 +111,8 @@ class Follower:
         )
         self.pacing = services.pacing()
         self.task: asyncio.Task[Any] | None = None
-        #: When the client last got an entry (its idle limit counts from there).
+        #: When the client last got an entry (its idle limit counts from there;
+        #: while the run writes here, when that stopped).
         self.last_entry = self.loop.time()
         #: The client got the run's terminal event (written by the run itself).
         self.ended = False
@@ -173,10 +174,11 @@ class Follower:
                     await self.log.follow(self.route.resume.grace)
                     followed_at = now
                 if self.run is not None and self.run.direct(self):
+                    since = self.after_seq
                     try:
                         await self._direct_wait(self._block(now))
                     finally:
-                        self._direct_over()
+                        self._direct_over(since)
                     if self.ended:
                         self.outcome = "completed"
                         return response
@@ -356,9 +358,14 @@ class Follower:
         self._slot = self.services.ctx.timers.add(self.loop.time() + block, self.released)
         return direct
 
-    def _direct_over(self) -> None:
+    def _direct_over(self, since: int) -> None:
+        """The run stopped writing here; ``since``: the client's last seq when it started."""
         self.services.ctx.timers.remove(self._slot, self.released)
         self._direct = None
+        if self.after_seq != since:
+            # The run writes entries without the time (a clock read per
+            # event): the wait's end stands for the last one's.
+            self.last_entry = self.loop.time()
         # Whatever comes next reads the log from after_seq, which only
         # stays still once the run no longer writes here.
         assert self.run is not None

@@ -35,8 +35,6 @@ class DirectClient(Protocol):
 
     #: The seq of the last entry its client has.
     after_seq: int
-    #: When it last got an entry (its idle limit counts from there).
-    last_entry: float
     #: Its client got the run's terminal event.
     ended: bool
 
@@ -115,7 +113,6 @@ class LogSink:
         if client is not None:
             if client.after_seq == seq - 1 and client.sink.write_if_room(data):
                 client.after_seq = seq
-                client.last_entry = self._loop.time()
                 if entry.terminal:
                     client.ended = True
                     self.release()
@@ -201,7 +198,6 @@ class LogSink:
             self.release()  # behind (or gone): it catches up from the log
             return
         client.after_seq = entries[-1].seq
-        client.last_entry = self._loop.time()
         if entries[-1].terminal:
             client.ended = True
             self.release()

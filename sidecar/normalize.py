@@ -70,7 +70,8 @@ class Batch:
     comments_dropped: int = 0
     #: True when the chunk held the upstream's terminal event; nothing after it is kept.
     terminal: bool = False
-    #: With an IdSource (resume on): the events as log entries, keepalives left out.
+    #: With an IdSource (resume on): the events and keepalives as log entries;
+    #: ``data`` is their bytes joined, and any comment passed on (no entry).
     entries: list[Entry] = field(default_factory=list)
 
 
@@ -195,28 +196,33 @@ class Normalizer:
         line (it is not dispatched, so it takes no seq): the decoder decides
         those.
         """
-        if block.find(b"\n\n") == len(block) - 2:
+        end = block.find(b"\n\n")
+        if end == len(block) - 2:
             entry = self.number_one(block, ids)
             return None if entry is None else Batch(data=entry.data, forwarded=1, entries=[entry])
-        pieces = block.split(b"\n\n")
-        pieces.pop()  # the block ends with a blank line: nothing after it
-        own: list[str] = []
-        for piece in pieces:
-            event_id = _event_id(piece, len(piece))
+        # Event by event in place: each slice, blank line included, is its
+        # entry's data as it came, judged as number_one judges it; the seq is
+        # a local until the whole block passed (a refusal takes no seq).
+        entries: list[Entry] = []
+        seq, nonce, kept, start = ids.seq, ids.nonce, True, 0
+        while end >= 0:
+            event = block[start : end + 2]
+            event_id = _event_id(event, len(event) - 2)
             if event_id is None:
                 return None
-            own.append(event_id)
-        # Numbered only once the whole block is known to pass (a refusal takes no seq).
-        batch = Batch(forwarded=len(pieces))
-        entries = batch.entries
-        for piece, event_id in zip(pieces, own, strict=True):
-            seq, ours = ids.next()
+            seq += 1
             if event_id:
-                entries.append(Entry(seq, event_id, piece + b"\n\n"))
+                entries.append(_new_entry(Entry, (seq, event_id, event, False)))
             else:
-                entries.append(Entry(seq, ours, b"id: %b\n%b\n\n" % (ours.encode(), piece)))
-        batch.data = b"".join(e.data for e in entries)
-        return batch
+                ours = f"{nonce}-{seq}"
+                data = b"id: %b\n%b" % (ours.encode(), event)
+                entries.append(_new_entry(Entry, (seq, ours, data, False)))
+                kept = False
+            start = end + 2
+            end = block.find(b"\n\n", start)
+        ids.seq = seq
+        data = block if kept else b"".join([entry.data for entry in entries])
+        return Batch(data=data, forwarded=len(entries), entries=entries)
 
     def number_one(self, block: bytes, ids: IdSource) -> Entry | None:
         """:meth:`number` of a block of one event (the steady read), as its log entry alone.

@@ -96,7 +96,9 @@ class LogSink:
             # not state.wrote(): the route's client bytes are the followers' to count.
             self.state.bytes_out += len(batch.data)
         if batch.entries:
-            self._logged(batch.entries)
+            # The batch's bytes are its entries' unless a comment was passed
+            # on (no entry: never a place to resume from): then join them.
+            self._logged(batch.entries, None if batch.comments_passed else batch.data)
 
     def emit_entry(self, entry: Entry) -> None:
         """One numbered event (the splice's steady read): ``emit_nowait`` without a batch.
@@ -119,12 +121,12 @@ class LogSink:
             else:
                 self.release()  # behind (or gone): it catches up from the log
 
-    def _logged(self, entries: Sequence[Entry]) -> None:
-        """Entries into the log, and to the caught-up client, if any."""
+    def _logged(self, entries: Sequence[Entry], data: bytes | None) -> None:
+        """Entries into the log, and to the caught-up client, if any (``data``: their bytes)."""
         self.log.append_nowait(entries)
         self.last_seq = entries[-1].seq
         if self._direct is not None:
-            self._deliver(entries)
+            self._deliver(entries, data)
 
     async def write(self, data: bytes) -> None:
         """Bytes of the run's own without an id (never a place to resume from)."""
@@ -189,10 +191,11 @@ class LogSink:
             self._direct = None
             direct.released()
 
-    def _deliver(self, entries: Sequence[Entry]) -> None:
+    def _deliver(self, entries: Sequence[Entry], data: bytes | None = None) -> None:
         client = self._direct
         assert client is not None
-        data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
+        if data is None:
+            data = entries[0].data if len(entries) == 1 else b"".join([e.data for e in entries])
         sink = client.sink
         if client.after_seq != entries[0].seq - 1 or not sink.write_if_room(data):
             self.release()  # behind (or gone): it catches up from the log

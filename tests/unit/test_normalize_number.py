@@ -33,6 +33,26 @@ def test_id_lines_the_decoder_must_judge_leave_the_block_to_it(block: bytes) -> 
     assert ids.seq == 0  # nothing numbered
 
 
+@pytest.mark.parametrize("bad", [b"data: x\nid: 7\n\n", b"id: \ndata: x\n\n", b"event: tok\n\n"])
+def test_a_block_refused_at_a_later_event_takes_no_seq(bad: bytes) -> None:
+    ids = IdSource("n")
+    assert NORMALIZER.number(b"id: 1\ndata: a\n\ndata: b\n\n" + bad, ids) is None
+    assert ids.seq == 0
+
+
+def test_events_that_all_keep_their_own_ids_go_as_the_block_came() -> None:
+    ids = IdSource("n")
+    block = b"id: up-1\ndata: a\n\nid: up-2\nevent: tok\ndata: b\n\n"
+    batch = NORMALIZER.number(block, ids)
+    assert batch is not None
+    assert batch.data is block  # no copy
+    assert batch.entries == [
+        Entry(1, "up-1", b"id: up-1\ndata: a\n\n"),
+        Entry(2, "up-2", b"id: up-2\nevent: tok\ndata: b\n\n"),
+    ]
+    assert ids.seq == 2
+
+
 def test_an_events_own_first_id_is_kept_and_the_others_get_ours() -> None:
     ids = IdSource("n")
     batch = NORMALIZER.number(b"id: up-1\ndata: a\n\ndata: b\n\n", ids)

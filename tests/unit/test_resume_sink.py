@@ -112,3 +112,13 @@ async def test_a_batch_goes_as_one_write_and_counts_as_its_entries(sink):
     assert client.sink.wrote == [batch.data]
     assert client.after_seq == 2
 
+
+async def test_a_comment_passed_on_is_not_written_to_the_client_it_is_in_no_entry(sink):
+    # What followers read from the log is what the live client gets: a
+    # comment the route passes on has no entry, so neither sees it.
+    client = Client()
+    sink.direct(client)
+    data = entry(1).data + b": note\n\n" + entry(2).data
+    sink.emit_nowait(Batch(data=data, comments_passed=1, entries=[entry(1), entry(2)]))
+    assert client.sink.wrote == [entry(1).data + entry(2).data]
+    assert [e.seq for e in await sink.log.read(0, 0)] == [1, 2]

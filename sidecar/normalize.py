@@ -85,26 +85,26 @@ _NOT_FIRST = frozenset({b":", b"\n", b"\xef"})
 _DATA_LINE = re.compile(rb"(?:^|\n)data:")
 _OWN_ID = re.compile(rb"id: ?+([^\n\x00]+)\n")  # possessive: the space is never the value
 _ID_LINE = re.compile(rb"\nid(?::|\n|$)")
-#: The steady read's shape, an own id and one data line, judged in one match.
-_ID_AND_DATA = re.compile(rb"id: ?+([^\n\x00]+)\ndata:[^\n]*\n\n")
+#: The steady read's shape, an own id and one data line, judged in one match
+#: (tried by the callers of _event_id first: a call less per event).
+_id_and_data = re.compile(rb"id: ?+([^\n\x00]+)\ndata:[^\n]*\n\n").fullmatch
 #: An Entry made as the tuple it is: a named tuple's own __new__ is a Python
 #: function, a third of the cost of numbering an event.
 _new_entry = tuple.__new__
 
 
-def _event_id(block: bytes, end: int) -> str | None:
-    """The own id of the event in ``block[:end]`` ("" for none), or None: the decoder decides."""
-    if end == len(block) - 2 and (simple := _ID_AND_DATA.fullmatch(block)) is not None:
-        return simple.group(1).decode()
-    if _DATA_LINE.search(block, 0, end) is None:
+def _event_id(event: bytes) -> str | None:
+    """The own id of a complete event ("" for none), or None: the decoder decides."""
+    end = len(event) - 2  # its blank line
+    if _DATA_LINE.search(event, 0, end) is None:
         return None
     event_id, rest_at = "", 0
-    if block.startswith(b"id"):
-        found = _OWN_ID.match(block, 0, end)
+    if event.startswith(b"id"):
+        found = _OWN_ID.match(event, 0, end)
         if found is None:
             return None  # empty, with NUL, or another field that starts so
         event_id, rest_at = found.group(1).decode(), found.end() - 1
-    if _ID_LINE.search(block, rest_at, end) is not None:
+    if _ID_LINE.search(event, rest_at, end) is not None:
         return None
     return event_id
 
@@ -150,6 +150,7 @@ class Normalizer:
         With one ``data:`` line per event the count is exact; a block that
         also holds an event of no data and one of several data lines counts
         the former, and ``partial`` is still right (an event did go out).
+
         """
         needles = [b"\n:", b"\n\n\n"]
         needles += [m.encode() for m in (*self._terminal_events, *self._terminal_data) if m]
@@ -207,8 +208,9 @@ class Normalizer:
         seq, nonce, kept, start = ids.seq, ids.nonce, True, 0
         while end >= 0:
             event = block[start : end + 2]
-            event_id = _event_id(event, len(event) - 2)
-            if event_id is None:
+            if (simple := _id_and_data(event)) is not None:
+                event_id = simple.group(1).decode()
+            elif (event_id := _event_id(event)) is None:
                 return None
             seq += 1
             if event_id:
@@ -229,7 +231,12 @@ class Normalizer:
 
         Judged in place, and sent as it came (no copy) when it has its own id.
         """
-        event_id = _event_id(block, len(block) - 2)
+        if (simple := _id_and_data(block)) is not None:
+            # The steady shape; the seq counted here, not by a call (once
+            # per event of every resumable stream).
+            seq = ids.seq = ids.seq + 1
+            return _new_entry(Entry, (seq, simple.group(1).decode(), block, False))
+        event_id = _event_id(block)
         if event_id is None:
             return None
         if event_id:

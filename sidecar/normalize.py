@@ -88,6 +88,12 @@ _ID_LINE = re.compile(rb"\nid(?::|\n|$)")
 #: The steady read's shape, an own id and one data line, judged in one match
 #: (tried by the callers of _event_id first: a call less per event).
 _id_and_data = re.compile(rb"id: ?+([^\n\x00]+)\ndata:[^\n]*\n\n").fullmatch
+#: One event of the steady shapes (an id, an event type, one data line), for
+#: the raw check: its type and its data line's value, as the decoder reads
+#: them. Possessive `.*+`: sre's fastest scan (CR is looked for apart).
+_one_event = re.compile(rb"(?:id:.*+\n)?(?:event: ?+(.*+)\n)?data:(.*+)\n\n").fullmatch
+#: What str.strip() strips of ASCII text (the decoder's terminal check strips a str).
+_STR_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 #: An Entry made as the tuple it is: a named tuple's own __new__ is a Python
 #: function, a third of the cost of numbering an event.
 _new_entry = tuple.__new__
@@ -151,7 +157,13 @@ class Normalizer:
         also holds an event of no data and one of several data lines counts
         the former, and ``partial`` is still right (an event did go out).
 
+        The steady read, one ASCII event of an optional ``id:`` and
+        ``event:`` line and one ``data:`` line, is judged exactly instead, in
+        one match: terminal only as the decoder would find it (so text that
+        merely mentions a marker takes the fast path too).
         """
+        terminal_events = frozenset(e.encode() for e in self._terminal_events)
+        terminal_data = frozenset(d.encode() for d in self._terminal_data)
         needles = [b"\n:", b"\n\n\n"]
         needles += [m.encode() for m in (*self._terminal_events, *self._terminal_data) if m]
         # A small block (a read of one or a few events, the steady case) is
@@ -166,7 +178,14 @@ class Normalizer:
         limit = min(limits.max_event_bytes, limits.max_line_bytes)
 
         def events(block: bytes) -> int:
-            if len(block) > limit or block[:1] in _NOT_FIRST:
+            if len(block) > limit:
+                return -1
+            if (one := _one_event(block)) is not None and block.find(b"\r") < 0 and block.isascii():
+                name, value = one.groups()
+                if name in terminal_events or value.strip(_STR_SPACE) in terminal_data:
+                    return -1
+                return 1
+            if block[:1] in _NOT_FIRST:
                 return -1
             if len(block) <= _REGEX_MAX:
                 if search(block) is not None:

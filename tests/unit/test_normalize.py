@@ -319,7 +319,15 @@ def _raw(comments: str = "convert", **limits: int):
         (b"data: a\n\n: ping\n\n", "pass", -1),  # a comment is no event to count
         (b"event: done\ndata: x\n\n", "convert", -1),
         (b"data: [DONE]\n\n", "convert", -1),
-        (b"data: I am done here\n\n", "convert", -1),  # conservative: decoder decides
+        (b"data: I am done here\n\n", "convert", 1),  # one event: judged exactly
+        (b"id: 7\nevent: token\ndata: done\n\n", "convert", 1),  # a marker only as data text
+        (b"data:  [DONE] \n\n", "convert", -1),  # the sentinel, stripped as the decoder does
+        (b"data: \x1c[DONE]\n\n", "convert", -1),  # str.strip() takes \x1c as well
+        (b"event: final\ndata: x\n\n", "convert", -1),
+        (b"event:done\ndata: x\n\n", "convert", -1),
+        (b"event:  done\ndata: x\n\n", "convert", 1),  # type " done": one space is the separator
+        (b"id: 1\rdata: x\n\n", "convert", -1),  # CR inside the one-event shape
+        (b"data: x\n\ndata: I am done\n\n", "convert", -1),  # several events: conservative
         (b"data: \xff\n\n", "convert", -1),
         # events that are not dispatched must not be counted: the decoder counts them
         (b"retry: 3000\n\n", "convert", -1),

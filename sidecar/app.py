@@ -60,6 +60,7 @@ def replay_store(config: Config, metrics: Metrics) -> ReplayStore:
             pool_size=backend.pool_size,
             lease=backend.lease,
             cluster=backend.cluster,
+            workers=config.workers,
         )
 
         metrics.samplers.append(lambda: _sample_pool(metrics, "replay", store.connections()))

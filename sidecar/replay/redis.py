@@ -86,6 +86,7 @@ class RedisReplayStore:
         pool_size: int = POOL_SIZE,
         lease: float = 10.0,
         cluster: bool = False,
+        workers: int = 1,
     ) -> None:
         self.url = url
         #: A cluster, by the setting or by the URL (``redis+cluster://``).
@@ -103,7 +104,8 @@ class RedisReplayStore:
         self.rounds: ScriptRounds | None = None
         self.wakeups = Wakeups(self)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.appends = Appends(self)
+        #: Its append rounds, spaced for the ``workers`` that share the Redis.
+        self.appends = Appends(self, workers)
         #: The logs this process's runs append to, by session.
         self._owned: dict[str, RedisReplayLog] = {}  # by pointer key
 

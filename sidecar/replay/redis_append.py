@@ -36,7 +36,9 @@ from sidecar.replay.redis_follow import RETRY, ms
 #: a round (the pipeline's awaits, a write and a read on each side) is shared
 #: by tens of events. It delays no client (a run writes its own clients
 #: directly); it is how far Redis may lag the run, which is what another
-#: replica could not replay if this process died.
+#: replica could not replay if this process died. That is one process's;
+#: with ``workers: N`` each worker's rounds are N times as far apart (see
+#: Appends), so Redis takes as many rounds a second as from one process.
 ROUND_INTERVAL = 0.005
 
 #: The most logs one script call of a round appends to. Redis runs a script
@@ -76,8 +78,13 @@ class Store(Protocol):
 class Appends:
     """The append rounds of one replay store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, workers: int = 1) -> None:
         self._store = store
+        #: Each of N workers has about 1/N of the streams: its rounds N
+        #: intervals apart carry as many events each as one process's, and
+        #: the tree's rounds a second (Redis's cost, and the workers') stay
+        #: one process's. Redis then lags a worker by up to N intervals.
+        self.interval = ROUND_INTERVAL * workers
         self._queued: dict[Log, None] = {}  # in the order they appended
         self._appender: asyncio.Task[None] | None = None
         self._round = asyncio.Event()
@@ -98,7 +105,7 @@ class Appends:
 
         One round trip carries all the appends of the streams that produced
         meanwhile, however many they are, and rounds are at least
-        ROUND_INTERVAL apart; a failed round goes again (the script skips
+        ``interval`` apart; a failed round goes again (the script skips
         what it already has) after a pause.
         """
         loop = asyncio.get_running_loop()
@@ -129,7 +136,7 @@ class Appends:
                 self._round_done()
                 if error is not None:
                     await asyncio.sleep(RETRY)
-                elif (pause := started + ROUND_INTERVAL - loop.time()) > 0:
+                elif (pause := started + self.interval - loop.time()) > 0:
                     await asyncio.sleep(pause)
         finally:
             self._appender = None

@@ -41,6 +41,25 @@ SDK_PATHS: dict[str, DialectName] = {
     "/v1/messages": "anthropic",
 }
 
+#: Codes of the terminal ``error`` event the sidecar writes itself (DESIGN.md),
+#: in every dialect's form (Dialect.error).
+ERROR_CODES = frozenset(
+    {
+        "upstream_status",
+        "upstream_unreachable",
+        "upstream_refused",
+        "upstream_disconnected",
+        "upstream_timeout",
+        "upstream_protocol",
+        "upstream_error",
+        "upstream_aborted",
+        "replaced",
+        "shutdown",
+        "resume_gap",
+        "backend_unavailable",
+    }
+)
+
 #: The Anthropic error type that fits each of our codes (their SDKs and UIs switch on it).
 _ANTHROPIC_TYPES = {
     "upstream_timeout": "timeout_error",

@@ -1,4 +1,8 @@
-"""What the client is sent: pure decisions for each upstream item, heartbeats and endings.
+"""What the client is sent: pure decisions for each upstream item, heartbeats, the opening.
+
+Which upstream event is terminal is decided here; the sidecar's own
+terminal events (error, end) are written in the route's dialect
+(sidecar/dialects.py).
 
 The proxy feeds decoded items in and writes what comes out; no clock and no
 socket here, so every rule of DESIGN.md's "normalised stream" is testable
@@ -16,24 +20,6 @@ from sidecar.config import CommentMode, Keepalive, Limits, Terminal
 from sidecar.dialects import Dialect, dialect
 from sidecar.replay.base import Entry
 from sidecar.sse import Comment, Event, Item, encode_comment, encode_event
-
-#: Codes of the terminal ``error`` event the sidecar writes itself (DESIGN.md).
-ERROR_CODES = frozenset(
-    {
-        "upstream_status",
-        "upstream_unreachable",
-        "upstream_refused",
-        "upstream_disconnected",
-        "upstream_timeout",
-        "upstream_protocol",
-        "upstream_error",
-        "upstream_aborted",
-        "replaced",
-        "shutdown",
-        "resume_gap",
-        "backend_unavailable",
-    }
-)
 
 
 class IdSource:
@@ -358,42 +344,6 @@ class Normalizer:
 def heartbeat_due(now: float, last_write: float, interval: float) -> bool:
     """A heartbeat is due when nothing was written for ``interval`` (0: never)."""
     return interval > 0 and now - last_write >= interval
-
-
-def error_event(
-    code: str,
-    message: str,
-    *,
-    partial: bool,
-    retry_ms: int | None = None,
-    event_id: str | None = None,
-    **extra: object,
-) -> bytes:
-    """The terminal ``error`` event the sidecar writes when a stream cannot end normally.
-
-    ``partial`` tells the client whether it already got part of the answer, so
-    a truncated answer never looks complete.
-    """
-    if code not in ERROR_CODES:
-        raise ValueError(f"unknown terminal error code {code!r}")
-    payload = {"type": "error", "code": code, "message": message, "partial": partial, **extra}
-    return encode_event(
-        json.dumps(payload, separators=(",", ":")), "error", id=event_id, retry=retry_ms
-    )
-
-
-def end_event(
-    *, partial: bool = False, event_id: str | None = None, reason: str = "upstream_closed"
-) -> bytes:
-    """``event: end``: the stream ended cleanly without the upstream's terminal event.
-
-    ``partial`` means what it means on ``error``: the client has part of an
-    answer whose rest will not come. An upstream that closed cleanly said
-    all it had (``false``); a stopped run was cut short (``true`` once an
-    event went out).
-    """
-    payload = {"type": "end", "reason": reason, "partial": partial}
-    return encode_event(json.dumps(payload, separators=(",", ":")), "end", id=event_id)
 
 
 def opening(retry_ms: int | None, open_event: str | None, keepalive: bytes | None = None) -> bytes:

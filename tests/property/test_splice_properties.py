@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from sidecar.config import Route
 from sidecar.errors import ProtocolError
-from sidecar.normalize import Batch, Normalizer, end_event, error_event
+from sidecar.normalize import Batch, Normalizer
 from sidecar.sse import Decoder, Event, Item
 from tests.budget import examples
 from tests.conftest import Running, Script, ScriptedUpstream, make_config
@@ -223,9 +223,10 @@ def reference(body: bytes, route: Route, normalizer: Normalizer) -> list[Item]:
         if decoder.error is not None:
             raise decoder.error
         decoder.close()
-        last = end_event(partial=False)  # a clean close: nothing known to be missing
+        # A clean close: nothing known to be missing.
+        last = normalizer.dialect.end("upstream_closed", partial=False)
     except ProtocolError as exc:
-        last = error_event(exc.code, str(exc), partial=batch.forwarded > 0)
+        last = normalizer.dialect.error(exc.code, str(exc), partial=batch.forwarded > 0)
     return decode_all(batch.data + last)
 
 
@@ -440,7 +441,10 @@ async def test_a_second_bom_is_not_the_clients_first(
     U+FEFF ``data: x`` (an unknown field upstream) became part of the data.
     """
     case = Case(pieces)
-    expected = [Event("y"), *decode_all(end_event(partial=False))]
+    expected = [
+        Event("y"),
+        *decode_all(converting.normalizer.dialect.end("upstream_closed", partial=False)),
+    ]
     assert reference(case.body, converting.route, converting.normalizer) == expected
     assert await converting.receive(case) == expected
 
@@ -458,7 +462,7 @@ async def test_invalid_utf8_in_a_comment_ends_the_stream(
     """Comments rewritten on bytes hid their invalid UTF-8, and the stream went on."""
     case = Case(pieces)
     message = "upstream sent invalid UTF-8 at byte 2 of a line"
-    error = error_event("upstream_protocol", message, partial=True)
+    error = converting.normalizer.dialect.error("upstream_protocol", message, partial=True)
     assert reference(case.body, converting.route, converting.normalizer) == [
         Event("1"),
         *decode_all(error),

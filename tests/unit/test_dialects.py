@@ -7,8 +7,8 @@ import json
 import pytest
 
 from sidecar.config import Keepalive, Terminal, from_mapping
-from sidecar.dialects import dialect, dialect_for, suggested, warnings
-from sidecar.normalize import ERROR_CODES, Normalizer, end_event, error_event
+from sidecar.dialects import ERROR_CODES, dialect, dialect_for, suggested, warnings
+from sidecar.normalize import Normalizer
 from sidecar.sse import Decoder, Event
 
 GENERIC_KA = b'event: keepalive\ndata: {"type":"keepalive"}\n\n'
@@ -19,13 +19,99 @@ def events(raw: bytes) -> list[Event]:
     return [i for i in [*decoder.feed(raw), *decoder.close()] if isinstance(i, Event)]
 
 
+GENERIC = dialect("generic", GENERIC_KA)
+
+
 def test_generic_is_todays_contract() -> None:
-    d = dialect("generic", GENERIC_KA)
-    assert d.keepalive == GENERIC_KA
-    assert d.error("upstream_timeout", "m", partial=True, retry_ms=5) == error_event(
-        "upstream_timeout", "m", partial=True, retry_ms=5
+    assert GENERIC.keepalive == GENERIC_KA
+    assert GENERIC.error("upstream_timeout", "m", partial=True, retry_ms=5) == (
+        b'event: error\nretry: 5\ndata: {"type":"error","code":"upstream_timeout",'
+        b'"message":"m","partial":true}\n\n'
     )
-    assert d.end("upstream_closed", partial=False) == end_event(partial=False)
+    assert GENERIC.end("upstream_closed", partial=False) == (
+        b'event: end\ndata: {"type":"end","reason":"upstream_closed","partial":false}\n\n'
+    )
+
+
+def test_error_codes_are_those_of_the_design() -> None:
+    assert {
+        "upstream_status",
+        "upstream_unreachable",
+        "upstream_disconnected",
+        "upstream_timeout",
+        "upstream_protocol",
+        "replaced",
+        "shutdown",
+        "resume_gap",
+    } <= ERROR_CODES
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_CODES))
+def test_every_error_code_is_written(code: str) -> None:
+    assert GENERIC.error(code, "m", partial=False) == (
+        f'event: error\ndata: {{"type":"error","code":"{code}","message":"m",'
+        f'"partial":false}}\n\n'.encode()
+    )
+
+
+def test_generic_error_exact_bytes() -> None:
+    assert GENERIC.error("upstream_timeout", "no upstream byte for 300s", partial=True) == (
+        b'event: error\ndata: {"type":"error","code":"upstream_timeout",'
+        b'"message":"no upstream byte for 300s","partial":true}\n\n'
+    )
+    assert GENERIC.error("replaced", "another stream took over", partial=False) == (
+        b'event: error\ndata: {"type":"error","code":"replaced",'
+        b'"message":"another stream took over","partial":false}\n\n'
+    )
+
+
+def test_generic_error_with_retry_and_extra_fields() -> None:
+    assert GENERIC.error("shutdown", "bye", partial=False, retry_ms=1000) == (
+        b'event: error\nretry: 1000\ndata: {"type":"error","code":"shutdown",'
+        b'"message":"bye","partial":false}\n\n'
+    )
+    assert GENERIC.error("upstream_status", "bad gateway", partial=True, status=502) == (
+        b'event: error\ndata: {"type":"error","code":"upstream_status",'
+        b'"message":"bad gateway","partial":true,"status":502}\n\n'
+    )
+
+
+def test_error_message_with_line_breaks_stays_on_one_data_line() -> None:
+    message = "line one\nline two\r\nthird\rfourth\u2028fifth\n\nevent: injected"
+    raw = GENERIC.error("upstream_protocol", message, partial=True, retry_ms=500)
+    assert raw.count(b"\n") == 4  # event, retry, data, blank line
+    assert raw.count(b"data:") == 1
+    (event,) = events(raw)
+    assert (event.event, event.retry, event.id) == ("error", 500, None)
+    assert event.data is not None
+    assert json.loads(event.data) == {
+        "type": "error",
+        "code": "upstream_protocol",
+        "message": message,
+        "partial": True,
+    }
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_generic_end(partial: bool) -> None:
+    wire = GENERIC.end("upstream_closed", partial=partial)
+    flag = str(partial).lower()
+    assert wire == (
+        b'event: end\ndata: {"type":"end","reason":"upstream_closed","partial":%b}\n\n'
+        % flag.encode()
+    )
+    (event,) = events(wire)
+    assert event == Event(f'{{"type":"end","reason":"upstream_closed","partial":{flag}}}', "end")
+
+
+def test_generic_error_and_end_carry_an_id_when_given() -> None:
+    assert GENERIC.error("shutdown", "bye", partial=False, retry_ms=100, event_id="n-9") == (
+        b"event: error\nid: n-9\nretry: 100\n"
+        b'data: {"type":"error","code":"shutdown","message":"bye","partial":false}\n\n'
+    )
+    assert GENERIC.end("upstream_closed", partial=True, event_id="n-3") == (
+        b'event: end\nid: n-3\ndata: {"type":"end","reason":"upstream_closed","partial":true}\n\n'
+    )
 
 
 def test_openai_keepalive_is_a_comment_no_parser_dispatches() -> None:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.config import Keepalive, Terminal
 from sidecar.normalize import (
-    ERROR_CODES,
     Batch,
     IdSource,
     Normalizer,
-    end_event,
-    error_event,
     heartbeat_due,
     opening,
 )
@@ -182,93 +177,6 @@ def test_heartbeat_due(now: float, last_write: float, interval: float, due: bool
 
 
 # --- endings the sidecar writes --------------------------------------------------------
-
-
-def test_error_codes_are_those_of_the_design() -> None:
-    assert {
-        "upstream_status",
-        "upstream_unreachable",
-        "upstream_disconnected",
-        "upstream_timeout",
-        "upstream_protocol",
-        "replaced",
-        "shutdown",
-        "resume_gap",
-    } <= ERROR_CODES
-
-
-@pytest.mark.parametrize("code", sorted(ERROR_CODES))
-def test_every_error_code_is_written(code: str) -> None:
-    assert error_event(code, "m", partial=False) == (
-        f'event: error\ndata: {{"type":"error","code":"{code}","message":"m",'
-        f'"partial":false}}\n\n'.encode()
-    )
-
-
-def test_error_event_exact_bytes() -> None:
-    assert error_event("upstream_timeout", "no upstream byte for 300s", partial=True) == (
-        b'event: error\ndata: {"type":"error","code":"upstream_timeout",'
-        b'"message":"no upstream byte for 300s","partial":true}\n\n'
-    )
-    assert error_event("replaced", "another stream took over", partial=False) == (
-        b'event: error\ndata: {"type":"error","code":"replaced",'
-        b'"message":"another stream took over","partial":false}\n\n'
-    )
-
-
-def test_error_event_with_retry_and_extra_fields() -> None:
-    assert error_event("shutdown", "bye", partial=False, retry_ms=1000) == (
-        b'event: error\nretry: 1000\ndata: {"type":"error","code":"shutdown",'
-        b'"message":"bye","partial":false}\n\n'
-    )
-    assert error_event("upstream_status", "bad gateway", partial=True, status=502) == (
-        b'event: error\ndata: {"type":"error","code":"upstream_status",'
-        b'"message":"bad gateway","partial":true,"status":502}\n\n'
-    )
-
-
-@pytest.mark.parametrize("code", ["oops", "", "internal", "UPSTREAM_TIMEOUT"])
-def test_unknown_error_code_raises(code: str) -> None:
-    with pytest.raises(ValueError, match=r"^unknown terminal error code "):
-        error_event(code, "m", partial=False)
-
-
-def test_error_message_with_line_breaks_stays_on_one_data_line() -> None:
-    message = "line one\nline two\r\nthird\rfourth\u2028fifth\n\nevent: injected"
-    raw = error_event("upstream_protocol", message, partial=True, retry_ms=500)
-    assert raw.count(b"\n") == 4  # event, retry, data, blank line
-    assert raw.count(b"data:") == 1
-    (event,) = decode(raw)
-    assert isinstance(event, Event)
-    assert (event.event, event.retry, event.id) == ("error", 500, None)
-    assert event.data is not None
-    assert json.loads(event.data) == {
-        "type": "error",
-        "code": "upstream_protocol",
-        "message": message,
-        "partial": True,
-    }
-
-
-@pytest.mark.parametrize(
-    ("partial", "wire"),
-    [
-        (False, b'event: end\ndata: {"type":"end","reason":"upstream_closed","partial":false}\n\n'),
-        (True, b'event: end\ndata: {"type":"end","reason":"upstream_closed","partial":true}\n\n'),
-    ],
-)
-def test_end_event(partial: bool, wire: bytes) -> None:
-    assert end_event(partial=partial) == wire
-    (event,) = decode(wire)
-    assert event == Event(
-        f'{{"type":"end","reason":"upstream_closed","partial":{str(partial).lower()}}}', "end"
-    )
-
-
-def test_end_event_by_default_says_the_answer_is_whole() -> None:
-    # The clean end's usual case, an upstream that closed having said all it
-    # had: nothing is missing unless the caller says so.
-    assert end_event() == end_event(partial=False)
 
 
 KA = b'event: keepalive\ndata: {"type":"keepalive"}\n\n'
@@ -521,13 +429,3 @@ def test_batch_with_ids_and_terminal_by_name() -> None:
     batch = normalizer().batch([Event("1", event="done")], IdSource("t"))
     assert batch.terminal
     assert batch.entries == [Entry(1, "t-1", b"event: done\nid: t-1\ndata: 1\n\n", True)]
-
-
-def test_error_and_end_events_carry_an_id_when_given() -> None:
-    assert error_event("shutdown", "bye", partial=False, retry_ms=100, event_id="n-9") == (
-        b"event: error\nid: n-9\nretry: 100\n"
-        b'data: {"type":"error","code":"shutdown","message":"bye","partial":false}\n\n'
-    )
-    assert end_event(partial=True, event_id="n-3") == (
-        b'event: end\nid: n-3\ndata: {"type":"end","reason":"upstream_closed","partial":true}\n\n'
-    )

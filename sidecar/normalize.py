@@ -228,6 +228,8 @@ class Normalizer:
                 kept = False
             start = end + 2
             end = block.find(b"\n\n", start)
+        if start != len(block):
+            return None  # not a block of complete events: the decoder's
         ids.seq = seq
         data = block if kept else b"".join([entry.data for entry in entries])
         return Batch(data=data, forwarded=len(entries), entries=entries)

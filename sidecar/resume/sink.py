@@ -58,7 +58,7 @@ class LogSink:
     """
 
     __slots__ = (
-        "_direct", "_loop", "_route", "_terminal", "headers", "ids", "last_seq", "log",
+        "_direct", "_route", "_terminal", "headers", "ids", "last_seq", "log",
         "ready", "state",
     )  # fmt: skip
 
@@ -72,9 +72,10 @@ class LogSink:
         self.ids: IdSource | None = IdSource(replay_log.run_id)
         #: The run's state, for its stream_end log (set by ResumableRun).
         self.state: StreamState | None = None
-        self._loop = asyncio.get_running_loop()
         #: Set once the run committed (None) or answered otherwise (that answer).
-        self.ready: asyncio.Future[web.StreamResponse | None] = self._loop.create_future()
+        self.ready: asyncio.Future[web.StreamResponse | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         #: What every follower's response keeps of the upstream's headers.
         self.headers: Headers | None = None
         self._terminal: tuple[int, str] | None = None

@@ -40,6 +40,13 @@ def test_a_block_refused_at_a_later_event_takes_no_seq(bad: bytes) -> None:
     assert ids.seq == 0
 
 
+@pytest.mark.parametrize("block", [b"id: 1\ndata: a", b"id: 1\ndata: a\n\nid: 2\ndata: b\n"])
+def test_a_block_that_does_not_end_with_a_blank_line_is_the_decoders(block: bytes) -> None:
+    ids = IdSource("n")
+    assert NORMALIZER.number(block, ids) is None
+    assert ids.seq == 0
+
+
 def test_events_that_all_keep_their_own_ids_go_as_the_block_came() -> None:
     ids = IdSource("n")
     block = b"id: up-1\ndata: a\n\nid: up-2\nevent: tok\ndata: b\n\n"

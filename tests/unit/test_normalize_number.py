@@ -25,26 +25,20 @@ NORMALIZER = Normalizer("convert", Keepalive(), Terminal())
         b"id: \ndata: x\n\n",  # an empty id
         b"id: a\x00b\ndata: x\n\n",  # NUL: the decoder ignores such an id
         b"event: tok\n\n",  # no data line: not dispatched, so no seq
+        # refused at a later event: the events before it take no seq either
+        *(
+            b"id: 1\ndata: a\n\ndata: b\n\n" + bad
+            for bad in (b"data: x\nid: 7\n\n", b"id: \ndata: x\n\n", b"event: tok\n\n")
+        ),
+        # not a block of complete events
+        b"id: 1\ndata: a",
+        b"id: 1\ndata: a\n\nid: 2\ndata: b\n",
     ],
 )
 def test_id_lines_the_decoder_must_judge_leave_the_block_to_it(block: bytes) -> None:
     ids = IdSource("n")
     assert NORMALIZER.number(block, ids) is None
     assert ids.seq == 0  # nothing numbered
-
-
-@pytest.mark.parametrize("bad", [b"data: x\nid: 7\n\n", b"id: \ndata: x\n\n", b"event: tok\n\n"])
-def test_a_block_refused_at_a_later_event_takes_no_seq(bad: bytes) -> None:
-    ids = IdSource("n")
-    assert NORMALIZER.number(b"id: 1\ndata: a\n\ndata: b\n\n" + bad, ids) is None
-    assert ids.seq == 0
-
-
-@pytest.mark.parametrize("block", [b"id: 1\ndata: a", b"id: 1\ndata: a\n\nid: 2\ndata: b\n"])
-def test_a_block_that_does_not_end_with_a_blank_line_is_the_decoders(block: bytes) -> None:
-    ids = IdSource("n")
-    assert NORMALIZER.number(block, ids) is None
-    assert ids.seq == 0
 
 
 def test_events_that_all_keep_their_own_ids_go_as_the_block_came() -> None:

@@ -85,7 +85,8 @@ class Subscriber:
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        # Typed from redis-py 8.2 on, untyped before: the ignore is for either.
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             if proven:
                 delay = RETRY_MIN  # it had worked: the first retry goes at once
             if node:

@@ -1,12 +1,13 @@
 """The in-process log holds what a list of entries under the same caps would, for any appends.
 
-``MemoryReplayLog`` keeps entries as one buffer, their ends and their ids,
-dropping evicted places only now and then. Whatever the appends (batches of
-any size, any lengths, repeated and keepalive ids, a terminal entry last)
-and whatever the caps, every read, lookup by id, newest entry and byte
-count must be the plain rule's: append to a list, then drop the oldest
-(never the newest) while over either cap.
-"""
+``MemoryReplayLog`` keeps its entries in a deque, their bytes counted per
+log and across the store, and remembers the newest evicted id (a client
+whose last event that was misses nothing). Whatever the appends (batches
+of any size, any lengths, repeated and keepalive ids, a terminal entry
+last) and whatever the caps, every read, lookup by id, newest entry and
+byte count must be the plain rule's: append to a list, then drop the
+oldest (never the newest) while over either cap. Any other layout of the
+log (one buffer per run, say) must pass the same test."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def test_the_log_holds_what_the_plain_rule_holds(
 
 
 def test_many_evictions_keep_the_newest_entries() -> None:
-    """Past the point where evicted places are dropped, seqs and bytes still line up."""
+    """Long after the first eviction, seqs, bytes and lookups still line up."""
 
     async def scenario() -> None:
         store = MemoryReplayStore()

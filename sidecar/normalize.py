@@ -71,10 +71,11 @@ _NOT_FIRST = frozenset({b":", b"\n", b"\xef"})
 _DATA_LINE = re.compile(rb"(?:^|\n)data:")
 _OWN_ID = re.compile(rb"id: ?+([^\n\x00]+)\n")  # possessive: the space is never the value
 _ID_LINE = re.compile(rb"\nid(?::|\n|$)")
-#: The steady read's shape, an own id and one data line, judged in one match
-#: (tried by the callers of _event_id first: a call less per event; `.*+`,
-#: not a class, for the data: sre's fastest scan).
-_id_and_data = re.compile(rb"id: ?+([^\n\x00]++)\ndata:.*+\n\n").fullmatch
+#: The steady read's shape, an own id (group 1, the one it keeps) and one
+#: data line, judged in one match (tried by the callers of _event_id first: a
+#: call less per event; `.*+`, not a class, for the data: sre's fastest
+#: scan). Public for the splice, which numbers the steady read inline.
+steady_event = re.compile(rb"id: ?+([^\n\x00]++)\ndata:.*+\n\n").fullmatch
 #: One event of the steady shapes (an id, an event type, one data line), for
 #: the raw check: its type and its data line's value, as the decoder reads
 #: them. Possessive `.*+`: sre's fastest scan (CR is looked for apart).
@@ -83,7 +84,7 @@ _one_event = re.compile(rb"(?:id:.*+\n)?(?:event: ?+(.*+)\n)?data:(.*+)\n\n").fu
 _STR_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 #: An Entry made as the tuple it is: a named tuple's own __new__ is a Python
 #: function, a third of the cost of numbering an event.
-_new_entry = tuple.__new__
+new_entry = tuple.__new__
 
 
 def _event_id(event: bytes) -> str | None:
@@ -214,17 +215,17 @@ class Normalizer:
         seq, nonce, kept, start = ids.seq, ids.nonce, True, 0
         while end >= 0:
             event = block[start : end + 2]
-            if (simple := _id_and_data(event)) is not None:
+            if (simple := steady_event(event)) is not None:
                 event_id = simple.group(1).decode()
             elif (event_id := _event_id(event)) is None:
                 return None
             seq += 1
             if event_id:
-                entries.append(_new_entry(Entry, (seq, event_id, event, False)))
+                entries.append(new_entry(Entry, (seq, event_id, event, False)))
             else:
                 ours = f"{nonce}-{seq}"
                 data = b"id: %b\n%b" % (ours.encode(), event)
-                entries.append(_new_entry(Entry, (seq, ours, data, False)))
+                entries.append(new_entry(Entry, (seq, ours, data, False)))
                 kept = False
             start = end + 2
             end = block.find(b"\n\n", start)
@@ -239,18 +240,18 @@ class Normalizer:
 
         Judged in place, and sent as it came (no copy) when it has its own id.
         """
-        if (simple := _id_and_data(block)) is not None:
+        if (simple := steady_event(block)) is not None:
             # The steady shape; the seq counted here, not by a call (once
             # per event of every resumable stream).
             seq = ids.seq = ids.seq + 1
-            return _new_entry(Entry, (seq, simple.group(1).decode(), block, False))
+            return new_entry(Entry, (seq, simple.group(1).decode(), block, False))
         event_id = _event_id(block)
         if event_id is None:
             return None
         if event_id:
-            return _new_entry(Entry, (ids.next_seq(), event_id, block, False))
+            return new_entry(Entry, (ids.next_seq(), event_id, block, False))
         seq, ours = ids.next()
-        return _new_entry(Entry, (seq, ours, b"id: %b\n%b" % (ours.encode(), block), False))
+        return new_entry(Entry, (seq, ours, b"id: %b\n%b" % (ours.encode(), block), False))
 
     def rewrite_comments(self, block: bytes) -> Batch | None:
         """Comments of a block of complete events handled on bytes: the fast path's second try.

@@ -71,6 +71,15 @@ class ReplayLog(Protocol):
         """
         ...
 
+    def append_one(self, entry: Entry, seq: int, size: int) -> None:
+        """``append_nowait`` of one entry, whose ``seq`` and ``len(data)`` the caller has.
+
+        The steady event's, once per event of every resumable stream: no
+        sequence around it, no fields read again (a named tuple's field is
+        an attribute lookup each time).
+        """
+        ...
+
     async def after(self, event_id: str) -> list[Entry] | None:
         """Entries after ``event_id``; None when the id is unknown or evicted."""
         ...

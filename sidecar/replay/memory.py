@@ -51,26 +51,27 @@ class MemoryReplayLog:
         self.append_nowait(entries)
 
     def append_nowait(self, entries: Sequence[Entry]) -> None:
-        # Once per read of every resumable stream: no index to keep (a
-        # reconnect looks its event up in the deque), and one entry, the
-        # steady read's, costs no loop.
+        if entries:
+            # All but the newest in, then the newest as one entry with the
+            # batch's bytes: the caps are checked once, after the whole batch.
+            *older, newest = entries
+            self.entries.extend(older)
+            self.append_one(newest, newest.seq, sum(len(entry.data) for entry in entries))
+
+    def append_one(self, entry: Entry, seq: int, size: int) -> None:
+        # Once per event of every resumable stream: no index to keep (a
+        # reconnect looks its event up in the deque), no loop, no tuple.
         held = self.entries
-        if len(entries) == 1:
-            entry = entries[0]
-            held.append(entry)
-            added = len(entry.data)
-        else:
-            held.extend(entries)
-            added = sum(len(entry.data) for entry in entries)
-        self.last_seq = held[-1].seq
-        self.bytes += added
+        held.append(entry)
+        self.last_seq = seq
+        self.bytes += size
         # Never the newest entry: an event over the byte cap must still reach
         # the followers (it may be the terminal event).
         if len(held) > self.max_events or self.bytes > self.max_bytes:
             while len(held) > 1 and (len(held) > self.max_events or self.bytes > self.max_bytes):
                 self.evict_oldest()
         store = self._store
-        store.total += added
+        store.total += size
         if store.total > store.max_total_bytes:
             store.over_total()
         if self._readers:

@@ -113,6 +113,9 @@ class RedisReplayLog:
             return
         self.append_nowait(entries)
 
+    def append_one(self, entry: Entry, seq: int, size: int) -> None:
+        self.append_nowait((entry,))
+
     def append_nowait(self, entries: Sequence[Entry]) -> None:
         local = self._local
         assert local is not None, "only the run's own log is appended to without waiting"

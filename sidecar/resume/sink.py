@@ -107,16 +107,17 @@ class LogSink:
         ``_logged`` and ``_deliver`` for one entry, inlined: this is once per
         event of every resumable stream.
         """
-        data = entry.data
+        seq, _, data, terminal = entry  # one unpacking, not three field lookups
+        size = len(data)
         if self.state is not None:
-            self.state.bytes_out += len(data)
-        self.log.append_nowait((entry,))
-        seq = self.last_seq = entry.seq
+            self.state.bytes_out += size
+        self.log.append_one(entry, seq, size)
+        self.last_seq = seq
         client = self._direct
         if client is not None:
             if client.after_seq == seq - 1 and client.sink.write_if_room(data):
                 client.after_seq = seq
-                if entry.terminal:
+                if terminal:
                     client.ended = True
                     self.release()
             else:

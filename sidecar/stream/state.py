@@ -19,11 +19,11 @@ class StreamState:
     """What one stream has done so far; :meth:`finish` accounts it once."""
 
     __slots__ = (
-        "_first_read",
         "bytes_out",
         "client_gone_at",
         "committed",
         "counts",
+        "first_read",
         "forwarded",
         "heartbeats",
         "last_byte",
@@ -66,7 +66,8 @@ class StreamState:
         self.heartbeats = 0
         self.bytes_out = 0
         self.client_gone_at: float | None = None
-        self._first_read = True
+        #: No upstream read yet (the first one samples the time to first byte).
+        self.first_read = True
 
     @property
     def partial(self) -> bool:
@@ -79,8 +80,8 @@ class StreamState:
         if silence > self.max_silence:  # noqa: PLR1730 (max() costs a call, once per read)
             self.max_silence = silence
         self.last_byte = now
-        if self._first_read:
-            self._first_read = False
+        if self.first_read:
+            self.first_read = False
             self.metrics.ttfb.observe(now - self.started)
 
     def reading_from(self, now: float) -> None:

@@ -60,11 +60,18 @@ class Model:
     st.integers(min_value=1, max_value=40),
     st.integers(min_value=1, max_value=400),
     st.booleans(),
+    st.lists(st.booleans(), max_size=300),
 )
 @settings(max_examples=examples(2), deadline=None)
 def test_the_log_holds_what_the_plain_rule_holds(
-    appends: list[list[tuple[str, int]]], max_events: int, max_bytes: int, ends: bool
+    appends: list[list[tuple[str, int]]],
+    max_events: int,
+    max_bytes: int,
+    ends: bool,
+    one_by_one: list[bool],
 ) -> None:
+    """``one_by_one``: which batches go in as the splice's steady reads, one ``append_one`` each."""
+
     async def scenario() -> None:
         store = MemoryReplayStore()
         log = await store.open("chat", "k", "r", max_events=max_events, max_bytes=max_bytes)
@@ -77,7 +84,11 @@ def test_the_log_holds_what_the_plain_rule_holds(
                 entries.append(Entry(seq, event_id, bytes([seq % 251]) * size))
             if ends and n == len(appends) - 1:
                 entries[-1] = entries[-1]._replace(terminal=True)
-            await log.append(entries)
+            if n < len(one_by_one) and one_by_one[n]:
+                for entry in entries:
+                    log.append_one(entry, entry.seq, len(entry.data))
+            else:
+                await log.append(entries)
             model.append(entries)
             assert log.bytes == store.total == model.bytes()
             assert await log.last() == model.held[-1]

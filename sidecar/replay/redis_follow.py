@@ -97,6 +97,20 @@ class LocalTail:
             self.bytes -= len(held.popleft().data)
         self._wake()
 
+    def add_one(self, entry: Entry, seq: int, size: int) -> None:
+        """``add`` of the run's next entry (newer than any held): the steady event's, no loop."""
+        held = self._entries
+        if held is None:
+            held = self._entries = deque()
+        held.append(entry)
+        self.bytes += size
+        self.last_seq = seq
+        if len(held) > self.max_events or self.bytes > self.max_bytes:
+            while len(held) > 1 and (len(held) > self.max_events or self.bytes > self.max_bytes):
+                self.bytes -= len(held.popleft().data)
+        if self._changed is not None:
+            self._wake()
+
     def finish(self) -> None:
         self.finished = True
         self._wake()

@@ -114,7 +114,20 @@ class RedisReplayLog:
         self.append_nowait(entries)
 
     def append_one(self, entry: Entry, seq: int, size: int) -> None:
-        self.append_nowait((entry,))
+        # append_nowait of one new entry, inlined: once per event of every
+        # resumable stream on Redis.
+        local = self._local
+        assert local is not None, "only the run's own log is appended to without waiting"
+        local.add_one(entry, seq, size)
+        if self.fenced:
+            return
+        pending = self._pending
+        pending.append(entry)
+        if len(pending) > local.max_events:
+            keep = local.max_events * (1 if self._flush_error is not None else 4)
+            if len(pending) > keep:
+                del pending[:-keep]
+        self._store.appends.queue(self)
 
     def append_nowait(self, entries: Sequence[Entry]) -> None:
         local = self._local

@@ -12,7 +12,7 @@ and reads the log from its place as every other follower does
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -58,7 +58,7 @@ class LogSink:
     """
 
     __slots__ = (
-        "_direct", "_route", "_terminal", "headers", "ids", "last_seq", "log",
+        "_direct", "_direct_write", "_route", "_terminal", "headers", "ids", "last_seq", "log",
         "ready", "state",
     )  # fmt: skip
 
@@ -82,6 +82,8 @@ class LogSink:
         #: The seq of the newest entry appended.
         self.last_seq = 0
         self._direct: DirectClient | None = None
+        #: Its sink's write_if_room, bound once: the steady event's write.
+        self._direct_write: Callable[[bytes], bool] | None = None
 
     async def commit(self, upstream_headers: Headers | None) -> None:
         self.headers = stream_kept(upstream_headers)
@@ -115,7 +117,8 @@ class LogSink:
         self.last_seq = seq
         client = self._direct
         if client is not None:
-            if client.after_seq == seq - 1 and client.sink.write_if_room(data):
+            assert self._direct_write is not None
+            if client.after_seq == seq - 1 and self._direct_write(data):
                 client.after_seq = seq
                 if terminal:
                     client.ended = True
@@ -184,13 +187,14 @@ class LogSink:
             return False
         client.sink.take_transport()
         self._direct = client
+        self._direct_write = client.sink.write_if_room
         return True
 
     def release(self, client: object = None) -> None:
         """Stop writing to ``client`` (None: to whichever client it writes to)."""
         direct = self._direct
         if direct is not None and (client is None or client is direct):
-            self._direct = None
+            self._direct = self._direct_write = None
             direct.released()
 
     def _deliver(self, entries: Sequence[Entry], data: bytes | None = None) -> None:

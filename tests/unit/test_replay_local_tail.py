@@ -64,3 +64,13 @@ async def test_caps_and_clear_as_before() -> None:
     assert tail.bytes == 0
     tail.add([entry(4)])
     assert list(tail.entries) == [entry(4)]
+
+
+async def test_a_waiting_reader_is_woken_by_a_steady_append() -> None:
+    tail = LocalTail(10, 1000)
+    reader = asyncio.ensure_future(tail.read(0, 5.0))
+    await asyncio.sleep(0.01)
+    tail.add_one(entry(1), 1, len(entry(1).data))
+    async with asyncio.timeout(0.5):
+        assert await reader == [entry(1)]
+    assert tail._changed is None

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sidecar.replay.base import Entry
 from sidecar.replay.redis_follow import LocalTail
 from tests.budget import examples
-from tests.property.test_replay_memory import Model, batches
+from tests.property.test_replay_memory import Model, batches, entries_of
 
 
 @given(
@@ -33,10 +33,8 @@ def test_the_tail_holds_what_the_plain_rule_holds(
     model = Model(max_events, max_bytes)
     seq = 0
     for n, batch in enumerate(appends):
-        entries = []
-        for event_id, size in batch:
-            seq += 1
-            entries.append(Entry(seq, event_id, bytes([seq % 251]) * size))
+        entries = entries_of(batch, seq)
+        seq += len(entries)
         if n < len(one_by_one) and one_by_one[n]:
             for entry in entries:
                 tail.add_one(entry, entry.seq, len(entry.data))

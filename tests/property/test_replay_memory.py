@@ -25,6 +25,14 @@ sizes = st.integers(min_value=0, max_value=40)
 batches = st.lists(st.lists(st.tuples(ids, sizes), min_size=1, max_size=5), max_size=300)
 
 
+def entries_of(batch: list[tuple[str, int]], after_seq: int) -> list[Entry]:
+    """A drawn batch as entries numbered on from ``after_seq``, each's bytes telling its seq."""
+    return [
+        Entry(seq, event_id, bytes([seq % 251]) * size)
+        for seq, (event_id, size) in enumerate(batch, start=after_seq + 1)
+    ]
+
+
 class Model:
     """The plain rule: a list of entries, oldest dropped first, never the newest."""
 
@@ -78,10 +86,8 @@ def test_the_log_holds_what_the_plain_rule_holds(
         model = Model(max_events, max_bytes)
         seq = 0
         for n, batch in enumerate(appends):
-            entries = []
-            for event_id, size in batch:
-                seq += 1
-                entries.append(Entry(seq, event_id, bytes([seq % 251]) * size))
+            entries = entries_of(batch, seq)
+            seq += len(entries)
             if ends and n == len(appends) - 1:
                 entries[-1] = entries[-1]._replace(terminal=True)
             if n < len(one_by_one) and one_by_one[n]:

@@ -84,21 +84,12 @@ class LocalTail:
         return () if self._entries is None else self._entries
 
     def add(self, entries: Sequence[Entry]) -> None:
-        held = self._entries
-        if held is None:
-            held = self._entries = deque()
         for entry in entries:
-            if entry.seq <= self.last_seq:
-                continue  # a retried append, as the script skips it
-            held.append(entry)
-            self.bytes += len(entry.data)
-            self.last_seq = entry.seq
-        while len(held) > 1 and (len(held) > self.max_events or self.bytes > self.max_bytes):
-            self.bytes -= len(held.popleft().data)
-        self._wake()
+            if entry.seq > self.last_seq:  # else a retried append, as the script skips it
+                self.add_one(entry, entry.seq, len(entry.data))
 
     def add_one(self, entry: Entry, seq: int, size: int) -> None:
-        """``add`` of the run's next entry (newer than any held): the steady event's, no loop."""
+        """One entry newer than any held (the steady event's, without ``add``'s loop)."""
         held = self._entries
         if held is None:
             held = self._entries = deque()

@@ -8,7 +8,8 @@ redis-py's pipeline bookkeeping, the script's start in Redis) than the
 entries it carries. On a cluster one call's logs share a slot. A failed
 round (Redis unreachable) goes again after a pause; the append script skips
 what Redis already has. On one server the rounds keep one connection of the
-pool for themselves (sidecar/redispipe.py: no pipeline object per round).
+pool for themselves and send their calls packed (sidecar/redispipe.py: no
+pipeline object per round, each log's keys packed once).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from redis.crc import key_slot
 
 from sidecar.errors import BackendUnavailable
 from sidecar.redisconn import Client
-from sidecar.redispipe import ScriptCall, run_scripts
-from sidecar.replay.base import Entry
+from sidecar.redispipe import Packed, ScriptCall, bulk, run_packed, run_scripts
 from sidecar.replay.redis_follow import RETRY, ms
 
 #: The least time from the start of one append round to the next. Under load
@@ -53,13 +53,16 @@ class Log(Protocol):
     @property
     def unsent(self) -> bool: ...
 
-    def take(self) -> list[Entry]: ...
+    #: Its three keys (stream, index, pointer), and packed (sidecar/redispipe.py),
+    #: once it made its first round's part.
+    append_keys: list[str]
+    packed_keys: bytes
+
+    def round_part(self) -> bytes:
+        """Its record of what the round takes (sidecar/replay/redis_scripts.py)."""
+        ...
 
     def sent(self, error: BackendUnavailable | None, reply: object = None) -> None: ...
-
-    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], bytes]:
-        """Its three keys, and its record of ``entries`` (sidecar/replay/redis_scripts.py)."""
-        ...
 
 
 class Store(Protocol):
@@ -114,22 +117,22 @@ class Appends:
                 started = loop.time()
                 logs = list(self._queued)
                 self._queued.clear()
-                batches = [(log, log.take()) for log in logs]
+                records = [log.round_part() for log in logs]
                 error: BackendUnavailable | None = None
-                replies: list[Any] = [None] * len(batches)
+                replies: list[Any] = []
                 try:
                     async with self._store.backend() as redis:
-                        calls, order = self._calls(batches)
                         # A failed call fails the round (as the backend says).
-                        results = await run_scripts(
-                            redis, calls, raise_on_error=True, connection=await self._held(redis)
-                        )
-                    for positions, result in zip(order, results, strict=True):
-                        for i, reply in zip(positions, result, strict=True):
-                            replies[i] = reply
+                        connection = await self._held(redis)
+                        if connection is None:
+                            replies = await self._on_cluster(redis, logs, records)
+                        else:
+                            assert isinstance(redis, Redis)
+                            replies = await self._on_server(redis, connection, logs, records)
                 except BackendUnavailable as exc:
                     error = exc
-                for (log, _), reply in zip(batches, replies, strict=True):
+                    replies = [None] * len(logs)
+                for log, reply in zip(logs, replies, strict=True):
                     log.sent(error, reply)  # -1: the run was taken over (fenced)
                     if error is not None and log.unsent:
                         self._queued.setdefault(log, None)
@@ -142,17 +145,42 @@ class Appends:
             self._appender = None
             self._round_done()
 
-    def _calls(
-        self, batches: Sequence[tuple[Log, list[Entry]]]
-    ) -> tuple[list[ScriptCall], list[list[int]]]:
-        """A round's script calls, and which of ``batches`` each call's results are for."""
-        parts = [log.append_part(entries) for log, entries in batches]
+    async def _on_server(
+        self,
+        redis: Redis,
+        connection: AbstractConnection,
+        logs: Sequence[Log],
+        records: Sequence[bytes],
+    ) -> list[Any]:
+        """A round on one server, its calls packed: each log's reply, in order.
+
+        A log's keys are packed at its first round, not at every one, and
+        its record is its one argument: a round's cost per log is little
+        more than its record's bytes.
+        """
+        script = self._store.scripts["append_many"]
+        ttl = bulk(b"%d" % ms(self._store.live_ttl))
+        calls: list[Packed] = []
+        for at in range(0, len(logs), LOGS_PER_CALL):
+            part = logs[at : at + LOGS_PER_CALL]
+            body = b"".join(
+                [
+                    *[log.packed_keys for log in part],
+                    ttl,
+                    *[bulk(record) for record in records[at : at + LOGS_PER_CALL]],
+                ]
+            )
+            calls.append(Packed(script, 3 * len(part), 1 + len(part), body))
+        results = await run_packed(redis, connection, calls, raise_on_error=True)
+        return [reply for result in results for reply in result]
+
+    async def _on_cluster(
+        self, redis: Client, logs: Sequence[Log], records: Sequence[bytes]
+    ) -> list[Any]:
+        """A round on a cluster, one call per slot's logs: each log's reply, in order."""
         groups: dict[int, list[int]] = {}
-        if self._store.cluster:
-            for i, (log_keys, _) in enumerate(parts):
-                groups.setdefault(key_slot(log_keys[0].encode()), []).append(i)
-        else:
-            groups[0] = list(range(len(parts)))
+        for i, log in enumerate(logs):
+            groups.setdefault(key_slot(log.append_keys[0].encode()), []).append(i)
         script = self._store.scripts["append_many"]
         ttl = ms(self._store.live_ttl)
         calls: list[ScriptCall] = []
@@ -163,12 +191,16 @@ class Appends:
                 keys: list[str] = []
                 args: list[int | bytes] = [ttl]
                 for i in positions:
-                    log_keys, record = parts[i]
-                    keys += log_keys
-                    args.append(record)
+                    keys += logs[i].append_keys
+                    args.append(records[i])
                 calls.append((script, keys, args))
                 order.append(positions)
-        return calls, order
+        results = await run_scripts(redis, calls, raise_on_error=True)
+        replies: list[Any] = [None] * len(logs)
+        for positions, result in zip(order, results, strict=True):
+            for i, reply in zip(positions, result, strict=True):
+                replies[i] = reply
+        return replies
 
     async def _held(self, redis: object) -> AbstractConnection | None:
         """The connection of the rounds' own, taken from the pool at the first (None: a cluster).

@@ -20,6 +20,7 @@ from redis.commands.core import AsyncScript
 
 from sidecar.errors import BackendUnavailable
 from sidecar.redisconn import Client, ScriptRounds
+from sidecar.redispipe import bulk
 from sidecar.replay.base import Entry
 from sidecar.replay.redis_append import Appends
 from sidecar.replay.redis_follow import MAX_BLOCK, LocalTail, Wakeups, ms
@@ -63,9 +64,9 @@ class RedisReplayLog:
     """
 
     __slots__ = (
-        "_append_head", "_append_keys", "_caps", "_cursor_of", "_cursor_sending", "_flush_error",
-        "_local", "_on_fenced", "_pending", "_run_id", "_sending", "_store", "binding", "fenced",
-        "keys", "owner",
+        "_append_head", "_caps", "_cursor_of", "_flush_error", "_local", "_on_fenced", "_pending",
+        "_run_id", "_sending", "_store", "append_keys", "binding", "fenced", "keys", "owner",
+        "packed_keys",
     )  # fmt: skip
 
     def __init__(
@@ -94,13 +95,14 @@ class RedisReplayLog:
         self._pending: list[Entry] = []
         self._sending: list[Entry] = []
         self._flush_error: BackendUnavailable | None = None
-        #: Where the upstream stands, read as a round takes the entries, and what it sends.
+        #: Where the upstream stands, read as a round takes the entries.
         self._cursor_of: Callable[[], bytes] | None = None
-        self._cursor_sending = b""
         #: What every append call of this log repeats, made at its first (a
-        #: log that never appends, as an idle stream's, holds none of it).
-        self._append_keys: list[str] | None = None
+        #: log that never appends, as an idle stream's, holds none of it):
+        #: its record's head, and its keys, as they are and packed.
         self._append_head = b""
+        self.append_keys: list[str] = []
+        self.packed_keys = b""
 
     @property
     def run_id(self) -> str:
@@ -150,13 +152,19 @@ class RedisReplayLog:
         """Entries appended here that Redis does not have yet (queued or on their way)."""
         return bool(self._pending or self._sending)
 
-    def take(self) -> list[Entry]:
-        """What the store's next append round sends for this log."""
+    def round_part(self) -> bytes:
+        """This log's record in the store's next append round: all it appended since the last."""
+        if not self._append_head:
+            assert self._caps is not None  # the run's own log knows its caps
+            k = self.keys
+            self.append_keys = [k.stream, k.index, k.pointer]
+            self.packed_keys = b"".join(bulk(key.encode()) for key in self.append_keys)
+            self._append_head = append_head(self._run_id, self.owner, self._caps)
         self._sending, self._pending = self._pending, []
         # The run updates its cursor before it appends an event, and a round
         # takes everything appended: read now, it is the cursor of the newest.
-        self._cursor_sending = self._cursor_of() if self._cursor_of is not None else b""
-        return self._sending
+        cursor = self._cursor_of() if self._cursor_of is not None else b""
+        return append_record(self._append_head, cursor, self._sending)
 
     def sent(self, error: BackendUnavailable | None, reply: object = None) -> None:
         """The round is over: its batch is in Redis, or goes back in front of what came since."""
@@ -189,16 +197,6 @@ class RedisReplayLog:
         callbacks, self._on_fenced = self._on_fenced, []
         for callback in callbacks:
             callback()
-
-    def append_part(self, entries: Sequence[Entry]) -> tuple[list[str], bytes]:
-        """This log's part of an append round's call: its keys and its record of ``entries``."""
-        keys = self._append_keys
-        if keys is None:
-            assert self._caps is not None  # the run's own log knows its caps
-            k = self.keys
-            keys = self._append_keys = [k.stream, k.index, k.pointer]
-            self._append_head = append_head(self._run_id, self.owner, self._caps)
-        return keys, append_record(self._append_head, self._cursor_sending, entries)
 
     async def flush(self) -> None:
         """Wait until what was appended is in Redis; BackendUnavailable if it cannot be."""

@@ -1,7 +1,7 @@
 """Script calls on pipelines (sidecar/redispipe.py), on a real Redis and a real cluster.
 
-Each one-server test runs twice: on a pipeline of the pool, and on a
-connection the caller holds (the append rounds' way).
+Each one-server test runs three times: on a pipeline of the pool, on a
+connection the caller holds, and packed on it (the append rounds' way).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from sidecar.redisconn import connect
-from sidecar.redispipe import run_scripts
+from sidecar.redispipe import Packed, bulk, run_packed, run_scripts
 
 pytestmark = pytest.mark.redis
 
@@ -30,14 +30,25 @@ async def client(redis_server):
     await conn.aclose()
 
 
-@pytest.fixture(params=["pipeline", "held"])
-async def held(request, client):
-    """None (a pipeline per call), or a connection taken from the pool for good."""
+def packed(call) -> Packed:
+    script, keys, args = call
+    body = b"".join(bulk(str(value).encode()) for value in [*keys, *args])
+    return Packed(script, len(keys), len(args), body)
+
+
+@pytest.fixture(params=["pipeline", "held", "packed"])
+async def send(request, client):
+    """The calls sent on a pipeline per call, or on a connection taken from the pool for good."""
     if request.param == "pipeline":
-        yield None
+        yield lambda calls, **kw: run_scripts(client, calls, **kw)
         return
     connection = await client.connection_pool.get_connection()
-    yield connection
+    if request.param == "held":
+        yield lambda calls, **kw: run_scripts(client, calls, connection=connection, **kw)
+    else:
+        yield lambda calls, **kw: run_packed(
+            client, connection, [packed(call) for call in calls], **kw
+        )
     await client.connection_pool.release(connection)
 
 
@@ -46,12 +57,12 @@ async def commands(client, name: str) -> int:
     return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
 
 
-async def test_calls_go_without_a_script_check_and_each_gets_its_own_result(client, held):
+async def test_calls_go_without_a_script_check_and_each_gets_its_own_result(client, send):
     script = client.register_script(SCRIPT)
     await client.script_load(SCRIPT)
     await client.config_resetstat()
     calls = [(script, ["a"], ["x"]), (script, ["b"], ["fail"])] * 2
-    results = await run_scripts(client, calls, connection=held)
+    results = await send(calls)
     assert results[0] == 1
     assert results[2] == 2
     assert all(isinstance(r, ResponseError) for r in results[1::2])
@@ -60,11 +71,11 @@ async def test_calls_go_without_a_script_check_and_each_gets_its_own_result(clie
     assert await commands(client, "evalsha") == 4
 
 
-async def test_a_server_that_lost_the_scripts_runs_each_call_once(client, held):
+async def test_a_server_that_lost_the_scripts_runs_each_call_once(client, send):
     script = client.register_script(SCRIPT)
     await client.script_flush()  # as after a restart
     calls = [(script, ["c"], ["x"]), (script, ["d"], ["x"])]
-    results = await run_scripts(client, calls, connection=held)
+    results = await send(calls)
     assert results == [1, 1]
     assert int(await client.get("c")) == 1  # the NOSCRIPT answer ran nothing
     assert await client.script_exists(script.sha) == [True]
@@ -81,15 +92,15 @@ async def test_a_cluster_pipeline_sends_the_scripts_text(redis_cluster):
         await conn.aclose()
 
 
-async def test_raise_on_error_raises_the_first_error_after_every_call_ran(client, held):
+async def test_raise_on_error_raises_the_first_error_after_every_call_ran(client, send):
     script = client.register_script(SCRIPT)
     await client.delete("e")
     calls = [(script, ["e"], ["fail"]), (script, ["e"], ["x"])]
     with pytest.raises(ResponseError, match="asked to fail"):
-        await run_scripts(client, calls, raise_on_error=True, connection=held)
+        await send(calls, raise_on_error=True)
     assert int(await client.get("e")) == 1  # the pipeline ran past the failed call
     # The held connection read every reply: the next call gets its own.
-    assert await run_scripts(client, [(script, ["e"], ["x"])], connection=held) == [2]
+    assert await send([(script, ["e"], ["x"])]) == [2]
 
 
 async def test_a_held_connection_cut_off_mid_call_is_closed_and_connects_again(client):

@@ -288,13 +288,13 @@ async def test_a_round_appends_to_many_logs_in_few_script_calls(stores, monkeypa
     # both sides than the entries it carries.
     monkeypatch.setattr(redis_append, "LOGS_PER_CALL", 4)
     sent: list[int] = []
-    run_scripts = redis_append.run_scripts
+    run_packed = redis_append.run_packed
 
-    async def counting(client, calls, **kwargs):
+    async def counting(client, connection, calls, **kwargs):
         sent.append(len(calls))
-        return await run_scripts(client, calls, **kwargs)
+        return await run_packed(client, connection, calls, **kwargs)
 
-    monkeypatch.setattr(redis_append, "run_scripts", counting)
+    monkeypatch.setattr(redis_append, "run_packed", counting)
     store, reader = await stores(), await stores()
     logs = [await store.open("chat", f"k{i}", f"r{i}", 100, 10_000) for i in range(10)]
     for i, log in enumerate(logs):  # in one loop turn: one round
